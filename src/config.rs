@@ -1,0 +1,138 @@
+//! Configuration: TOML text → validated [`Config`].
+//!
+//! Two levels, as in ripgrep and vector: [`raw`] mirrors the file exactly, and [`validate`]
+//! turns it into typed specs while collecting *every* problem with its key path, so one run of
+//! `healthgate config validate` lists all of them. Unknown keys are problems too (reported by
+//! path, all at once, rather than serde's first-only `deny_unknown_fields`).
+//!
+//! `${NAME}` in URLs, targets, addresses, header and metadata values is replaced from the
+//! environment; a missing variable is a problem, and every expanded value is treated as a secret.
+
+mod dependency;
+mod env;
+mod error;
+mod raw;
+mod service;
+mod tls;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use dependency::{
+    BodyCondition, BodyMatcher, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
+    JsonSelector, Mode, OnDemand, ProbeSpec, StatusSet, TcpSpec,
+};
+pub use error::{ConfigError, Problem};
+pub use service::{DegradedPolicy, LIVENESS, Quorum, ServiceSpec};
+pub use tls::TlsSpec;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `[server]` section.
+    pub server: ServerConfig,
+    /// The dependencies, by name.
+    pub dependencies: BTreeMap<String, DependencySpec>,
+    /// The services, by name; always contains `""` (by default: every dependency, critical).
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// The `[server]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where grpc.health.v1 is served. Default `0.0.0.0:50051`.
+    pub grpc_listen: SocketAddr,
+    /// How long to keep serving after shutdown began, so probes see `NOT_SERVING`. Default 5 s.
+    pub drain_delay: Duration,
+    /// How long in-flight RPCs may take after the drain delay. Default 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            drain_delay: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative TLS file paths are resolved against the
+    /// file's directory; `${NAME}` is read from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                &source,
+                vec![Problem::new("", format!("cannot read file: {e}"))],
+            )
+        })?;
+        parse(&text, &source, path.parent(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Validates config text; `${NAME}` is read from the process environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        parse(text, "<config>", None, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates config text, resolving `${NAME}` through `env` (for tests and embedding).
+    pub fn from_toml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        parse(text, "<config>", None, env)
+    }
+}
+
+fn parse(
+    text: &str,
+    source: &str,
+    base_dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError::new(source, problems);
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| fail(vec![Problem::new("", syntax_message(text, &e))]))?;
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.push(Problem::new(path.to_string(), "unknown key"));
+    };
+    let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(ignored).map_err(|e| {
+        let msg = e.inner().message().to_owned();
+        fail(vec![Problem::new(e.path().to_string(), msg)])
+    })?;
+    let mut v = validate::Validator {
+        problems: unknown,
+        env,
+        base_dir,
+    };
+    match v.config(raw) {
+        Some(config) => Ok(config),
+        None => {
+            v.problems.sort_by(|a, b| a.path.cmp(&b.path));
+            Err(fail(v.problems))
+        }
+    }
+}
+
+/// A TOML syntax error as one line: `line 3, column 7: expected ...`.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
+    }
+}

@@ -1,0 +1,407 @@
+//! [`DependencySpec`]: one validated dependency — what to probe, how often, and how its
+//! outcomes turn into health.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::HeaderMap;
+use tonic::metadata::MetadataMap;
+
+use super::TlsSpec;
+use super::error::Problem;
+use crate::probe::Probe;
+use crate::redact::{Secrets, redact_url};
+
+/// Default time between probes.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default probe timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default consecutive bad outcomes needed to get worse.
+pub const DEFAULT_FALL: u32 = 3;
+/// Default consecutive good outcomes needed to get better.
+pub const DEFAULT_RISE: u32 = 2;
+/// Default jitter: each wait is the interval ± this fraction of it.
+pub const DEFAULT_JITTER: f64 = 0.1;
+/// Default body read cap for HTTP probes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A validated dependency.
+#[derive(Debug, Clone)]
+pub struct DependencySpec {
+    /// What to probe.
+    pub probe: ProbeSpec,
+    /// When to probe.
+    pub mode: Mode,
+    /// How long one probe run may take; a run still going then is Unhealthy ("timed out").
+    pub timeout: Duration,
+    /// Consecutive outcomes at least that bad needed to move to a worse health.
+    pub fall: u32,
+    /// Consecutive outcomes at least that good needed to move to a better health.
+    pub rise: u32,
+    /// A successful run slower than this is Degraded.
+    pub degraded_after: Option<Duration>,
+    /// A dependency whose last outcome is older than this is Unknown.
+    pub stale_after: Duration,
+    /// Values to scrub from anything printed about this dependency.
+    pub secrets: Secrets,
+}
+
+/// When a dependency is probed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// A background task probes every `interval` ± `jitter` × `interval`.
+    Background {
+        /// Time between probe runs.
+        interval: Duration,
+        /// Fraction of the interval by which each wait varies (0 disables jitter).
+        jitter: f64,
+    },
+    /// Probed only when a reader finds the cached outcome older than its time to live.
+    OnDemand(OnDemand),
+}
+
+/// Cache lifetimes of an on-demand dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDemand {
+    /// How long a successful outcome is fresh.
+    pub ttl: Duration,
+    /// How long a failed outcome is fresh; doubles while failures continue.
+    pub failure_ttl: Duration,
+    /// The cap on the doubled failure time to live.
+    pub max_failure_ttl: Duration,
+}
+
+/// What a dependency probes, by kind.
+#[derive(Clone)]
+pub enum ProbeSpec {
+    /// An HTTP(S) endpoint.
+    Http(Box<HttpSpec>),
+    /// A gRPC server's own `grpc.health.v1.Health/Check`.
+    Grpc(Box<GrpcSpec>),
+    /// A TCP connect.
+    Tcp(TcpSpec),
+    /// An in-process check supplied by a library user.
+    Custom {
+        /// The probe.
+        probe: Arc<dyn Probe>,
+        /// What it checks, for display (must not hold secrets).
+        target: String,
+    },
+}
+
+impl fmt::Debug for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeSpec::Http(s) => fmt::Debug::fmt(s, f),
+            ProbeSpec::Grpc(s) => fmt::Debug::fmt(s, f),
+            ProbeSpec::Tcp(s) => fmt::Debug::fmt(s, f),
+            ProbeSpec::Custom { target, .. } => {
+                f.debug_struct("Custom").field("target", target).finish()
+            }
+        }
+    }
+}
+
+/// An HTTP probe.
+#[derive(Clone)]
+pub struct HttpSpec {
+    /// The URL requested (may carry credentials: never print it, use [`redact_url`]).
+    pub url: Url,
+    /// The request method.
+    pub method: reqwest::Method,
+    /// Request headers; secret values are marked sensitive.
+    pub headers: HeaderMap,
+    /// Statuses that count as success.
+    pub expected_statuses: StatusSet,
+    /// Statuses that count as degraded (checked before `expected_statuses`).
+    pub degraded_statuses: StatusSet,
+    /// Conditions on the response body, checked in order.
+    pub body: Vec<BodyCondition>,
+    /// The most body bytes read; the body is streamed and never buffered beyond this.
+    pub max_body_bytes: usize,
+    /// Follow same-origin redirects (never to another origin).
+    pub follow_redirects: bool,
+    /// TLS settings for `https://` URLs.
+    pub tls: TlsSpec,
+}
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if v.is_sensitive() {
+                        "[redacted]"
+                    } else {
+                        v.to_str().unwrap_or("[binary]")
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("HttpSpec")
+            .field("url", &redact_url(&self.url))
+            .field("method", &self.method)
+            .field("headers", &headers)
+            .field("expected_statuses", &self.expected_statuses)
+            .field("degraded_statuses", &self.degraded_statuses)
+            .field("body", &self.body)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("follow_redirects", &self.follow_redirects)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// A set of HTTP status codes, as inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusSet(pub Vec<RangeInclusive<u16>>);
+
+impl StatusSet {
+    /// 200–299, the default expected statuses.
+    pub fn success() -> StatusSet {
+        StatusSet(vec![200..=299])
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&status))
+    }
+}
+
+/// One condition on an HTTP response body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyCondition {
+    /// What must hold.
+    pub matcher: BodyMatcher,
+    /// What a mismatch means: Unhealthy (default) or Degraded.
+    pub on_mismatch: crate::Health,
+}
+
+/// What a body condition checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyMatcher {
+    /// The body contains this text.
+    Contains(String),
+    /// The body is JSON and the selected value equals `equals`.
+    Json {
+        /// Where the value is.
+        selector: JsonSelector,
+        /// What it must equal.
+        equals: serde_json::Value,
+    },
+}
+
+/// Where a value sits in a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonSelector {
+    /// An RFC 6901 JSON pointer, e.g. `/status`.
+    Pointer(String),
+    /// An RFC 9535 JSONPath, e.g. `$.checks[0].status`; it must select exactly one value.
+    Path(serde_json_path::JsonPath),
+}
+
+/// A gRPC health probe.
+#[derive(Clone)]
+pub struct GrpcSpec {
+    /// The server, `http://host:port` or `https://host:port`.
+    pub target: Url,
+    /// The service name sent in `HealthCheckRequest` (`""` for the whole server).
+    pub service: String,
+    /// Overrides `:authority` (and the TLS server name unless `tls.server_name` is set).
+    pub authority: Option<String>,
+    /// Request metadata; secret values are redacted wherever shown.
+    pub metadata: MetadataMap,
+    /// Keys of `metadata` whose values are secret.
+    pub secret_metadata: Vec<String>,
+    /// TLS settings for `https://` targets.
+    pub tls: TlsSpec,
+}
+
+impl fmt::Debug for GrpcSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self
+            .metadata
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(k) => Some(k.as_str()),
+            })
+            .collect();
+        f.debug_struct("GrpcSpec")
+            .field("target", &redact_url(&self.target))
+            .field("service", &self.service)
+            .field("authority", &self.authority)
+            .field("metadata_keys", &keys)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// A TCP connect probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSpec {
+    /// `host:port`.
+    pub address: String,
+}
+
+impl DependencySpec {
+    /// A spec with default timing for `probe`: background every 5 s, timeout 2 s, fall 3,
+    /// rise 2, jitter 10 %.
+    pub fn new(probe: ProbeSpec) -> DependencySpec {
+        let mut spec = DependencySpec {
+            probe,
+            mode: Mode::Background {
+                interval: DEFAULT_INTERVAL,
+                jitter: DEFAULT_JITTER,
+            },
+            timeout: DEFAULT_TIMEOUT,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            degraded_after: None,
+            stale_after: Duration::ZERO,
+            secrets: Secrets::default(),
+        };
+        spec.stale_after = spec.default_stale_after();
+        spec
+    }
+
+    /// A spec for an in-process [`Probe`], with default timing.
+    pub fn custom(probe: Arc<dyn Probe>, target: impl Into<String>) -> DependencySpec {
+        DependencySpec::new(ProbeSpec::Custom {
+            probe,
+            target: target.into(),
+        })
+    }
+
+    /// Sets background mode with this interval and jitter, and the default `stale_after`.
+    #[must_use]
+    pub fn every(mut self, interval: Duration, jitter: f64) -> DependencySpec {
+        self.mode = Mode::Background { interval, jitter };
+        self.stale_after = self.default_stale_after();
+        self
+    }
+
+    /// Sets on-demand mode, and the default `stale_after`.
+    #[must_use]
+    pub fn on_demand(mut self, on_demand: OnDemand) -> DependencySpec {
+        self.mode = Mode::OnDemand(on_demand);
+        self.stale_after = self.default_stale_after();
+        self
+    }
+
+    /// Sets the timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> DependencySpec {
+        self.timeout = timeout;
+        self.stale_after = self.default_stale_after();
+        self
+    }
+
+    /// Sets the hysteresis thresholds.
+    #[must_use]
+    pub fn with_thresholds(mut self, fall: u32, rise: u32) -> DependencySpec {
+        self.fall = fall;
+        self.rise = rise;
+        self
+    }
+
+    /// The kind name: `http`, `grpc`, `tcp` or `custom`.
+    pub fn kind(&self) -> &'static str {
+        match self.probe {
+            ProbeSpec::Http(_) => "http",
+            ProbeSpec::Grpc(_) => "grpc",
+            ProbeSpec::Tcp(_) => "tcp",
+            ProbeSpec::Custom { .. } => "custom",
+        }
+    }
+
+    /// What is probed, safe to show: URLs redacted, custom targets scrubbed.
+    pub fn target(&self) -> String {
+        match &self.probe {
+            ProbeSpec::Http(s) => redact_url(&s.url),
+            ProbeSpec::Grpc(s) if s.service.is_empty() => redact_url(&s.target),
+            ProbeSpec::Grpc(s) => format!("{} service {:?}", redact_url(&s.target), s.service),
+            ProbeSpec::Tcp(s) => self.secrets.scrub(&s.address).into_owned(),
+            ProbeSpec::Custom { target, .. } => self.secrets.scrub(target).into_owned(),
+        }
+    }
+
+    /// The period that sets the default staleness: the interval, or the on-demand ttl.
+    fn period(&self) -> Duration {
+        match &self.mode {
+            Mode::Background { interval, .. } => *interval,
+            Mode::OnDemand(o) => o.ttl.max(o.max_failure_ttl),
+        }
+    }
+
+    /// `3 × period + timeout`: three missed runs in a row make a dependency Unknown.
+    pub fn default_stale_after(&self) -> Duration {
+        self.period().saturating_mul(3).saturating_add(self.timeout)
+    }
+
+    /// The cross-field rules, for config validation and runtime changes alike. `path` prefixes
+    /// each problem (e.g. `dependencies.payments`).
+    pub fn check(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |msg: String| problems.push(Problem::new(path, msg));
+        let t = humantime::format_duration(self.timeout);
+        if self.timeout.is_zero() {
+            problem("timeout must be greater than 0".into());
+        }
+        match &self.mode {
+            Mode::Background { interval, jitter } => {
+                let i = humantime::format_duration(*interval);
+                if self.timeout >= *interval {
+                    problem(format!("timeout ({t}) must be less than interval ({i})"));
+                }
+                if !(0.0..=0.5).contains(jitter) {
+                    problem(format!("jitter ({jitter}) must be between 0 and 0.5"));
+                }
+                if self.stale_after <= *interval + self.timeout {
+                    problem(format!(
+                        "stale_after ({}) must be greater than interval + timeout ({})",
+                        humantime::format_duration(self.stale_after),
+                        humantime::format_duration(*interval + self.timeout)
+                    ));
+                }
+            }
+            Mode::OnDemand(o) => {
+                if o.ttl.is_zero() || o.failure_ttl.is_zero() {
+                    problem("ttl and failure_ttl must be greater than 0".into());
+                }
+                if o.failure_ttl > o.max_failure_ttl {
+                    problem(format!(
+                        "failure_ttl ({}) must not exceed max_failure_ttl ({})",
+                        humantime::format_duration(o.failure_ttl),
+                        humantime::format_duration(o.max_failure_ttl)
+                    ));
+                }
+                if self.stale_after <= o.ttl {
+                    problem(format!(
+                        "stale_after ({}) must be greater than ttl ({})",
+                        humantime::format_duration(self.stale_after),
+                        humantime::format_duration(o.ttl)
+                    ));
+                }
+            }
+        }
+        if self.fall == 0 || self.rise == 0 {
+            problem("fall and rise must be at least 1".into());
+        }
+        if let Some(d) = self.degraded_after
+            && d >= self.timeout
+        {
+            problem(format!(
+                "degraded_after ({}) must be less than timeout ({t})",
+                humantime::format_duration(d)
+            ));
+        }
+        problems
+    }
+}

@@ -1,0 +1,109 @@
+//! The raw serde mirror of the configuration file: exactly what the TOML says, nothing checked.
+//!
+//! Durations, kinds, modes and impacts stay strings here so that validation can report every bad
+//! value with its key path in one pass, instead of serde stopping at the first. Unknown keys are
+//! collected by `serde_ignored` in [`super::parse`] for the same reason.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) defaults: RawDefaults,
+    #[serde(default)]
+    pub(crate) dependencies: BTreeMap<String, RawDependency>,
+    #[serde(default)]
+    pub(crate) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServer {
+    pub(crate) grpc_listen: Option<String>,
+    pub(crate) drain_delay: Option<String>,
+    pub(crate) drain_timeout: Option<String>,
+}
+
+/// Settings that apply to every dependency unless it overrides them.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawDefaults {
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) fall: Option<i64>,
+    pub(crate) rise: Option<i64>,
+    pub(crate) jitter: Option<f64>,
+    pub(crate) degraded_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawDependency {
+    pub(crate) kind: Option<String>,
+    pub(crate) mode: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) fall: Option<i64>,
+    pub(crate) rise: Option<i64>,
+    pub(crate) jitter: Option<f64>,
+    pub(crate) degraded_after: Option<String>,
+    pub(crate) stale_after: Option<String>,
+    pub(crate) ttl: Option<String>,
+    pub(crate) failure_ttl: Option<String>,
+    pub(crate) max_failure_ttl: Option<String>,
+    // http
+    pub(crate) url: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) headers: Option<BTreeMap<String, String>>,
+    pub(crate) secret_headers: Option<Vec<String>>,
+    pub(crate) expected_statuses: Option<Vec<toml::Value>>,
+    pub(crate) degraded_statuses: Option<Vec<toml::Value>>,
+    pub(crate) body: Option<Vec<RawBodyCondition>>,
+    pub(crate) max_body_bytes: Option<i64>,
+    pub(crate) follow_redirects: Option<bool>,
+    // grpc
+    pub(crate) target: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) authority: Option<String>,
+    pub(crate) metadata: Option<BTreeMap<String, String>>,
+    pub(crate) secret_metadata: Option<Vec<String>>,
+    // tcp
+    pub(crate) address: Option<String>,
+    // http and grpc
+    pub(crate) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawBodyCondition {
+    pub(crate) contains: Option<String>,
+    pub(crate) json: Option<String>,
+    pub(crate) equals: Option<toml::Value>,
+    pub(crate) on_mismatch: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTls {
+    pub(crate) ca_file: Option<String>,
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) insecure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawService {
+    #[serde(default)]
+    pub(crate) dependencies: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) quorum: Vec<RawQuorum>,
+    pub(crate) degraded: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawQuorum {
+    #[serde(default)]
+    pub(crate) dependencies: Vec<String>,
+    pub(crate) min: Option<i64>,
+    pub(crate) impact: Option<String>,
+}

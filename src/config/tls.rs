@@ -1,0 +1,90 @@
+//! [`TlsSpec`]: how a probe verifies the dependency's certificate and proves its own identity.
+//! Key material is read and parsed during validation, so a bad file is a config error, not a
+//! probe failure at 3 a.m.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS settings for an `https://` HTTP or gRPC dependency.
+///
+/// The default verifies the server against the system's roots. Two specs that are equal share
+/// one HTTP client (and its connection pool).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// Extra trust anchors (PEM) that replace the system roots when set.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key (PEM), for mTLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the certificate against (and send as SNI) instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate. Logged as a warning when the probe starts.
+    pub insecure: bool,
+}
+
+impl Hash for TlsSpec {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.ca_pem.hash(state);
+        self.identity_pem.hash(state);
+        self.server_name.hash(state);
+        self.insecure.hash(state);
+    }
+}
+
+impl fmt::Debug for TlsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsSpec")
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity_pem.is_some())
+            .field("server_name", &self.server_name)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl TlsSpec {
+    /// Whether this is the default (system roots, no client certificate).
+    pub fn is_default(&self) -> bool {
+        *self == TlsSpec::default()
+    }
+
+    /// The custom CA certificates, parsed.
+    pub(crate) fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
+        self.ca_pem
+            .as_deref()
+            .map(|pem| parse_certs(pem).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The client identity, parsed.
+    pub(crate) fn identity(
+        &self,
+    ) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        let (cert, key) = self.identity_pem.as_ref()?;
+        Some((
+            parse_certs(cert).ok()?,
+            PrivateKeyDer::from_pem_slice(key).ok()?,
+        ))
+    }
+}
+
+/// Every certificate in a PEM file; an error when there is none or one is malformed.
+pub(crate) fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a valid PEM certificate file ({e})"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".to_owned());
+    }
+    Ok(certs)
+}
+
+/// Checks that a PEM file holds a private key.
+pub(crate) fn check_key(pem: &[u8]) -> Result<(), String> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| format!("no usable PEM private key ({e})"))
+}
