@@ -26,6 +26,7 @@ pub use dependency::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
     JsonSelector, Mode, OnDemand, ProbeSpec, StatusSet, TcpSpec,
 };
+pub(crate) use error::key as path_key;
 pub use error::{ConfigError, Problem};
 pub use service::{DegradedPolicy, LIVENESS, Quorum, ServiceSpec};
 pub use tls::TlsSpec;

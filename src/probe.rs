@@ -1,11 +1,121 @@
-//! probes
-use crate::Verdict;
+//! The [`Probe`] trait and the built-in probes: [`http`], [`grpc`] and [`tcp`].
+//!
+//! A probe answers one question once: is the dependency fine right now? It returns a
+//! [`Verdict`]; the engine owns everything around it (timeout, latency, `degraded_after`, panics,
+//! scheduling, hysteresis). Failures are verdicts with short reasons built from classified
+//! errors ([`reason`]), never from URLs, header values or bodies.
+
+mod grpc;
+mod http;
+mod reason;
+mod tcp;
+mod tls;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-/// f
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Verdict;
+use crate::config::{DependencySpec, ProbeSpec, TlsSpec};
+
+/// The future a probe returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
-/// p
-pub trait Probe: Send + Sync + 'static {
-    /// c
-    fn check(&self) -> ProbeFuture<'_>;
+
+/// What the engine tells a probe about the run it asks for.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ProbeContext {
+    /// The engine abandons the run after this long; probes that can pass a deadline on (gRPC's
+    /// `grpc-timeout`) should.
+    pub timeout: Duration,
+}
+
+impl ProbeContext {
+    /// A context with the given timeout.
+    pub fn new(timeout: Duration) -> ProbeContext {
+        ProbeContext { timeout }
+    }
+}
+
+/// One way of checking a dependency. Implement it for in-process checks (a pool, a queue, a
+/// cache) and register them with [`DependencySpec::custom`].
+///
+/// The engine runs at most one check per dependency at a time, cancels it (drops the future) at
+/// the timeout, and turns a panic into an Unhealthy outcome.
+///
+/// ```
+/// use healthgate::probe::{Probe, ProbeContext, ProbeFuture};
+/// use healthgate::Verdict;
+///
+/// #[derive(Debug)]
+/// struct QueueDepth(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+///
+/// impl Probe for QueueDepth {
+///     fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+///         Box::pin(async move {
+///             match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+///                 0..=999 => Verdict::Healthy,
+///                 1000..=9999 => Verdict::degraded("queue over 1000"),
+///                 _ => Verdict::unhealthy("queue over 10000"),
+///             }
+///         })
+///     }
+/// }
+/// ```
+pub trait Probe: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs one check.
+    fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_>;
+}
+
+/// A probe could not be built from its spec (e.g. the TLS configuration was refused).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build {kind} probe: {reason}")]
+pub struct BuildError {
+    kind: &'static str,
+    reason: String,
+}
+
+/// Builds probes, sharing one HTTP client (and connection pool) per distinct TLS and redirect
+/// setting.
+#[derive(Debug, Default)]
+pub(crate) struct ProbeFactory {
+    http_clients: HashMap<http::ClientKey, reqwest::Client>,
+}
+
+impl ProbeFactory {
+    pub(crate) fn build(&mut self, spec: &DependencySpec) -> Result<Arc<dyn Probe>, BuildError> {
+        let kind = spec.kind();
+        let fail = |reason: String| BuildError { kind, reason };
+        Ok(match &spec.probe {
+            ProbeSpec::Http(s) => {
+                let key = http::ClientKey::for_spec(s);
+                let client = match self.http_clients.get(&key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = http::client(&key).map_err(fail)?;
+                        self.http_clients.insert(key, c.clone());
+                        c
+                    }
+                };
+                warn_insecure(&s.tls);
+                Arc::new(http::HttpProbe::new((**s).clone(), client))
+            }
+            ProbeSpec::Grpc(s) => {
+                warn_insecure(&s.tls);
+                Arc::new(grpc::GrpcProbe::new(s, spec.timeout).map_err(fail)?)
+            }
+            ProbeSpec::Tcp(s) => Arc::new(tcp::TcpProbe::new(s.address.clone())),
+            ProbeSpec::Custom { probe, .. } => probe.clone(),
+        })
+    }
+}
+
+fn warn_insecure(tls: &TlsSpec) {
+    if tls.insecure {
+        tracing::warn!(
+            "TLS certificate verification is disabled for a dependency (tls.insecure = true)"
+        );
+    }
 }

@@ -39,8 +39,8 @@ impl Secrets {
     {
         let mut v: Vec<Box<str>> = values
             .into_iter()
+            .filter(|s| s.as_ref().len() >= MIN_SCRUB_LEN)
             .map(|s| s.as_ref().into())
-            .filter(|s: &Box<str>| s.len() >= MIN_SCRUB_LEN)
             .collect();
         // Longest first, so a secret that contains another is replaced whole.
         v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));

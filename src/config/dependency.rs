@@ -228,9 +228,9 @@ impl fmt::Debug for GrpcSpec {
         let keys: Vec<&str> = self
             .metadata
             .keys()
-            .filter_map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
-                tonic::metadata::KeyRef::Binary(k) => Some(k.as_str()),
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
             })
             .collect();
         f.debug_struct("GrpcSpec")

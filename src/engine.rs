@@ -1,0 +1,359 @@
+//! The engine: probes dependencies in the background and publishes their health and the
+//! services' rollup as [`Snapshot`]s.
+//!
+//! ```text
+//!  probe tasks (one per dependency) ──mpsc──► reducer (single writer) ──► Arc<Snapshot>
+//!                                    commands ──►                     └─► per-service watch
+//! ```
+//!
+//! [`Engine::builder`] or [`Engine::from_config`] → [`EngineBuilder::start`] → a [`Handle`],
+//! which readers clone freely: reading is a pointer copy and never waits for a probe.
+
+pub(crate) mod hysteresis;
+pub(crate) mod on_demand;
+mod reducer;
+pub(crate) mod rollup;
+mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
+use crate::probe::BuildError;
+use crate::snapshot::{ServiceHealth, Snapshot};
+use reducer::{Command, Reducer};
+
+/// Entry points for building an engine.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// An empty builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// A builder holding every dependency and service of `config`.
+    pub fn from_config(config: &Config) -> EngineBuilder {
+        EngineBuilder {
+            dependencies: config.dependencies.clone(),
+            services: config.services.clone(),
+        }
+    }
+}
+
+/// Dependencies and services to start with.
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    dependencies: BTreeMap<String, DependencySpec>,
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+impl EngineBuilder {
+    /// Adds (or replaces) a dependency.
+    #[must_use]
+    pub fn dependency(mut self, name: impl Into<String>, spec: DependencySpec) -> EngineBuilder {
+        self.dependencies.insert(name.into(), spec);
+        self
+    }
+
+    /// Adds (or replaces) a service.
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>, spec: ServiceSpec) -> EngineBuilder {
+        self.services.insert(name.into(), spec);
+        self
+    }
+
+    /// Validates everything, builds every probe and starts probing. When no `""` service was
+    /// given, one is added that relies on every dependency (critical).
+    ///
+    /// Must be called within a Tokio runtime. Fails, starting nothing, if any dependency or
+    /// service is invalid or a probe cannot be built.
+    pub fn start(mut self) -> Result<Handle, StartError> {
+        self.services.entry(String::new()).or_insert_with(|| {
+            ServiceSpec::with_all(self.dependencies.keys().cloned(), crate::Impact::Critical)
+        });
+        let mut problems = Vec::new();
+        for (name, spec) in &self.dependencies {
+            problems.extend(spec.check(&format!("dependencies.{}", path_key(name))));
+        }
+        for (name, spec) in &self.services {
+            problems.extend(spec.check(name, &|d| self.dependencies.contains_key(d)));
+        }
+        if !problems.is_empty() {
+            return Err(StartError::Invalid(problems));
+        }
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        let shared = Arc::new(Shared {
+            snapshot,
+            watchers: Mutex::new(HashMap::new()),
+        });
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let mut reducer = Reducer::new(shared.clone(), commands, tracker.clone(), cancel.clone());
+        for (name, spec) in self.dependencies {
+            let probe = match reducer.build_probe(&spec) {
+                Ok(probe) => probe,
+                Err(source) => {
+                    cancel.cancel();
+                    return Err(StartError::Build {
+                        dependency: name,
+                        source,
+                    });
+                }
+            };
+            reducer.insert_dependency(&name, spec, probe);
+        }
+        for (name, spec) in self.services {
+            reducer.insert_service(&name, spec);
+        }
+        tracker.spawn(reducer.run());
+        Ok(Handle {
+            shared,
+            commands: commands_tx,
+            tracker,
+            cancel,
+        })
+    }
+}
+
+/// The engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Dependencies or services break the rules; every problem is listed.
+    #[error("invalid engine settings: {}", list(.0))]
+    Invalid(Vec<Problem>),
+    /// A probe could not be built.
+    #[error("dependency {dependency:?}")]
+    Build {
+        /// The dependency.
+        dependency: String,
+        /// Why.
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// A runtime change was rejected; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The spec breaks the rules; every problem is listed.
+    #[error("invalid change to {name:?}: {}", list(.problems))]
+    Invalid {
+        /// The dependency or service.
+        name: String,
+        /// What is wrong.
+        problems: Vec<Problem>,
+    },
+    /// Adding a dependency whose name is taken.
+    #[error("dependency {0:?} already exists")]
+    DuplicateDependency(String),
+    /// Replacing or removing a dependency that does not exist.
+    #[error("no dependency named {0:?}")]
+    UnknownDependency(String),
+    /// Removing a service that does not exist.
+    #[error("no service named {0:?}")]
+    UnknownService(String),
+    /// Removing a dependency that services still rely on.
+    #[error("dependency {dependency:?} is used by services {services:?}")]
+    DependencyInUse {
+        /// The dependency.
+        dependency: String,
+        /// The services that list it.
+        services: Vec<String>,
+    },
+    /// The probe could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Shutdown began; nothing changes any more.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl ChangeError {
+    pub(crate) fn invalid(name: &str, mut problems: Vec<Problem>) -> ChangeError {
+        if problems.is_empty() {
+            problems.push(Problem::new("", "a name must not be empty"));
+        }
+        ChangeError::Invalid {
+            name: name.to_owned(),
+            problems,
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// State shared by the reducer (writer) and handles (readers).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Per-service watch channels, including names not (or no longer) configured, whose
+    /// watchers see `None` until the service appears.
+    watchers: Mutex<HashMap<Arc<str>, watch::Sender<Option<ServiceHealth>>>>,
+}
+
+impl Shared {
+    /// Publishes a snapshot, then tells each service's watchers if their value changed.
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.send_replace(snapshot.clone());
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, tx) in watchers.iter() {
+            let now = snapshot.service(name).map(|s| s.status);
+            tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+        }
+        // Channels for unconfigured names live only while someone watches them.
+        watchers.retain(|name, tx| snapshot.service(name).is_some() || tx.receiver_count() > 0);
+    }
+}
+
+/// A cheap, cloneable handle to a running engine: read snapshots, watch services, change
+/// dependencies and services, shut down.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Handle {
+    /// The latest snapshot. Never waits for a probe; on-demand dependencies whose cached
+    /// outcome expired are refreshed in the background (the next snapshot shows the result).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let snapshot = self.shared.snapshot.borrow().clone();
+        for slot in &snapshot.on_demand {
+            slot.touch();
+        }
+        snapshot
+    }
+
+    /// A receiver that sees every published snapshot (the latest one when it falls behind).
+    /// Receiving does not refresh on-demand dependencies; [`Handle::snapshot`] does.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.shared.snapshot.subscribe()
+    }
+
+    /// A receiver for one service's status: `None` while no service has that name. It is
+    /// told only when the value changes, and holds just the latest value, so a reader that
+    /// stops reading costs nothing and delays nobody.
+    pub fn watch_service(&self, name: &str) -> watch::Receiver<Option<ServiceHealth>> {
+        let mut watchers = self
+            .shared
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = watchers.get(name) {
+            return tx.subscribe();
+        }
+        // Read the snapshot under the lock: the reducer updates channels under it after each
+        // publication, so this channel cannot miss a change.
+        let snapshot = self.shared.snapshot.borrow().clone();
+        let current = snapshot.service(name).map(|s| s.status);
+        if current.is_none() {
+            // Drop channels of unknown names nobody watches any more, so clients asking for
+            // random names cannot grow this map.
+            watchers.retain(|n, tx| snapshot.service(n).is_some() || tx.receiver_count() > 0);
+        }
+        let (tx, rx) = watch::channel(current);
+        watchers.insert(Arc::from(name), tx);
+        rx
+    }
+
+    /// Adds a dependency; fails if the name is taken or the spec is invalid.
+    pub async fn add_dependency(
+        &self,
+        name: impl Into<String>,
+        spec: DependencySpec,
+    ) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::PutDependency {
+            name,
+            spec,
+            replace: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces an existing dependency's spec, keeping its known health.
+    pub async fn replace_dependency(
+        &self,
+        name: impl Into<String>,
+        spec: DependencySpec,
+    ) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::PutDependency {
+            name,
+            spec,
+            replace: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a dependency no service relies on.
+    pub async fn remove_dependency(&self, name: impl Into<String>) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::RemoveDependency { name, reply })
+            .await
+    }
+
+    /// Adds or replaces a service; every dependency it names must exist.
+    pub async fn set_service(
+        &self,
+        name: impl Into<String>,
+        spec: ServiceSpec,
+    ) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::PutService { name, spec, reply })
+            .await
+    }
+
+    /// Removes a service (not `""`); its watchers see `None`.
+    pub async fn remove_service(&self, name: impl Into<String>) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::RemoveService { name, reply })
+            .await
+    }
+
+    async fn request(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), ChangeError>>) -> Command,
+    ) -> Result<(), ChangeError> {
+        let (reply, result) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| ChangeError::ShuttingDown)?;
+        result.await.unwrap_or(Err(ChangeError::ShuttingDown))
+    }
+
+    /// Marks every service Unhealthy / not serving for good (watchers are told at once), stops
+    /// every probe and waits for all engine tasks to end. Idempotent.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}

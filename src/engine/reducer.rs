@@ -1,0 +1,553 @@
+//! The reducer: the engine's single writer. It owns every dependency's and service's state,
+//! applies outcomes, expiries and runtime changes one at a time, and publishes an
+//! `Arc<Snapshot>` plus per-service watch values after each batch. Nobody else mutates state,
+//! so there are no locks to hold across `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::time::{DelayQueue, delay_queue};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::hysteresis::Hysteresis;
+use super::on_demand::{self, OnDemandSlot};
+use super::rollup::{self, Rolled};
+use super::schedule::{self, Event, Runner};
+use super::{ChangeError, Shared};
+use crate::config::{DependencySpec, Mode, ServiceSpec};
+use crate::probe::{Probe, ProbeFactory};
+use crate::snapshot::{DependencyState, ServiceHealth, ServiceState, Snapshot, Thresholds};
+use crate::{Health, Outcome};
+
+/// A runtime change, with where to send its result.
+#[derive(Debug)]
+pub(crate) enum Command {
+    PutDependency {
+        name: String,
+        spec: DependencySpec,
+        replace: bool,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    RemoveDependency {
+        name: String,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    PutService {
+        name: String,
+        spec: ServiceSpec,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    RemoveService {
+        name: String,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+struct Dependency {
+    spec: Arc<DependencySpec>,
+    instance: u64,
+    cancel: CancellationToken,
+    hysteresis: Hysteresis,
+    last_outcome: Option<Outcome>,
+    last_success: Option<SystemTime>,
+    last_failure: Option<SystemTime>,
+    stale_key: Option<delay_queue::Key>,
+    slot: Option<Arc<OnDemandSlot>>,
+    /// The published form, rebuilt whenever something in it changes.
+    state: Arc<DependencyState>,
+}
+
+struct Service {
+    spec: ServiceSpec,
+    state: Arc<ServiceState>,
+}
+
+pub(crate) struct Reducer {
+    shared: Arc<Shared>,
+    dependencies: BTreeMap<Arc<str>, Dependency>,
+    services: BTreeMap<Arc<str>, Service>,
+    factory: ProbeFactory,
+    next_instance: u64,
+    generation: u64,
+    shutting_down: bool,
+    stale: DelayQueue<Arc<str>>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    commands: mpsc::Receiver<Command>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// Something visible changed since the last publication.
+    dirty: bool,
+    /// A dependency's health changed: services must be rolled up again.
+    rollup_needed: bool,
+}
+
+/// How many outcomes the reducer applies before publishing, when many arrive at once.
+const BATCH: usize = 1024;
+
+impl Reducer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        commands: mpsc::Receiver<Command>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Reducer {
+        let (events_tx, events) = mpsc::channel(4096);
+        Reducer {
+            shared,
+            dependencies: BTreeMap::new(),
+            services: BTreeMap::new(),
+            factory: ProbeFactory::default(),
+            next_instance: 0,
+            generation: 0,
+            shutting_down: false,
+            stale: DelayQueue::new(),
+            events_tx,
+            events,
+            commands,
+            tracker,
+            cancel,
+            dirty: true,
+            rollup_needed: true,
+        }
+    }
+
+    /// Adds a dependency whose probe is already built.
+    pub(crate) fn insert_dependency(
+        &mut self,
+        name: &str,
+        spec: DependencySpec,
+        probe: Arc<dyn Probe>,
+    ) {
+        let name: Arc<str> = Arc::from(name);
+        let spec = Arc::new(spec);
+        let hysteresis = Hysteresis::new(spec.fall, spec.rise);
+        let (instance, cancel, slot) = self.spawn(&name, &spec, probe);
+        let mut dep = Dependency {
+            state: Arc::new(initial_state(&name, &spec)),
+            spec,
+            instance,
+            cancel,
+            hysteresis,
+            last_outcome: None,
+            last_success: None,
+            last_failure: None,
+            stale_key: None,
+            slot,
+        };
+        refresh(&name, &mut dep);
+        self.dependencies.insert(name, dep);
+        self.dirty = true;
+        self.rollup_needed = true;
+    }
+
+    pub(crate) fn insert_service(&mut self, name: &str, spec: ServiceSpec) {
+        let name: Arc<str> = Arc::from(name);
+        let state = Arc::new(ServiceState {
+            name: name.clone(),
+            status: ServiceHealth::new(Health::Unknown, spec.degraded, self.shutting_down),
+            degraded: spec.degraded,
+            deciding: Vec::new(),
+            inputs: rollup::inputs(&spec),
+        });
+        self.services.insert(name, Service { spec, state });
+        self.dirty = true;
+        self.rollup_needed = true;
+    }
+
+    pub(crate) fn build_probe(
+        &mut self,
+        spec: &DependencySpec,
+    ) -> Result<Arc<dyn Probe>, crate::probe::BuildError> {
+        self.factory.build(spec)
+    }
+
+    /// Starts the dependency's probe task.
+    fn spawn(
+        &mut self,
+        name: &Arc<str>,
+        spec: &Arc<DependencySpec>,
+        probe: Arc<dyn Probe>,
+    ) -> (u64, CancellationToken, Option<Arc<OnDemandSlot>>) {
+        self.next_instance += 1;
+        let cancel = self.cancel.child_token();
+        let runner = Runner {
+            dependency: name.clone(),
+            instance: self.next_instance,
+            probe,
+            spec: spec.clone(),
+            events: self.events_tx.clone(),
+        };
+        let span = info_span!("dependency", dependency = %name, kind = spec.kind());
+        let slot = match spec.mode {
+            Mode::Background { interval, jitter } => {
+                self.tracker.spawn(
+                    schedule::background(runner, interval, jitter, cancel.clone()).instrument(span),
+                );
+                None
+            }
+            Mode::OnDemand(ttls) => {
+                let slot = Arc::new(OnDemandSlot::new());
+                self.tracker.spawn(
+                    on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone())
+                        .instrument(span),
+                );
+                Some(slot)
+            }
+        };
+        (self.next_instance, cancel, slot)
+    }
+
+    /// The reducer task: applies commands, outcomes and expiries until shutdown.
+    pub(crate) async fn run(mut self) {
+        self.publish();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shut_down();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.command(command),
+                    // Every handle is gone: nobody can read what we publish.
+                    None => break,
+                },
+                Some(event) = self.events.recv() => {
+                    self.outcome(event);
+                    for _ in 1..BATCH {
+                        match self.events.try_recv() {
+                            Ok(event) => self.outcome(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(expired) = self.stale.next() => self.expire(expired.into_inner()),
+            }
+            self.publish();
+        }
+        self.cancel.cancel();
+    }
+
+    fn outcome(&mut self, event: Event) {
+        let Some(dep) = self.dependencies.get_mut(&event.dependency) else {
+            return;
+        };
+        if dep.instance != event.instance || self.shutting_down {
+            return;
+        }
+        let outcome = event.outcome;
+        tracing::debug!(dependency = %event.dependency, health = %outcome.health(), latency_ms = outcome.latency.as_millis() as u64, reason = outcome.verdict.reason().map(|r| r.as_str()).unwrap_or(""), "probe finished");
+        let before = dep.hysteresis.health();
+        let after = dep.hysteresis.observe(outcome.health());
+        if outcome.is_success() {
+            dep.last_success = Some(outcome.finished_at);
+        } else {
+            dep.last_failure = Some(outcome.finished_at);
+        }
+        match &dep.stale_key {
+            Some(key) => self.stale.reset(key, dep.spec.stale_after),
+            None => {
+                dep.stale_key = Some(
+                    self.stale
+                        .insert(event.dependency.clone(), dep.spec.stale_after),
+                )
+            }
+        }
+        let reason = outcome.verdict.reason().cloned();
+        dep.last_outcome = Some(outcome);
+        refresh(&event.dependency, dep);
+        self.dirty = true;
+        if before != after {
+            log_transition(
+                "dependency",
+                &event.dependency,
+                before,
+                after,
+                reason.as_ref().map(|r| r.as_str()),
+            );
+            self.rollup_needed = true;
+        }
+    }
+
+    fn expire(&mut self, name: Arc<str>) {
+        let Some(dep) = self.dependencies.get_mut(&name) else {
+            return;
+        };
+        dep.stale_key = None;
+        let before = dep.hysteresis.health();
+        dep.hysteresis.expire();
+        if before != Health::Unknown {
+            log_transition(
+                "dependency",
+                &name,
+                before,
+                Health::Unknown,
+                Some("no recent outcome (stale)"),
+            );
+            refresh(&name, dep);
+            self.dirty = true;
+            self.rollup_needed = true;
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::PutDependency {
+                name,
+                spec,
+                replace,
+                reply,
+            } => {
+                let _ = reply.send(self.put_dependency(name, spec, replace));
+            }
+            Command::RemoveDependency { name, reply } => {
+                let _ = reply.send(self.remove_dependency(&name));
+            }
+            Command::PutService { name, spec, reply } => {
+                let _ = reply.send(self.put_service(name, spec));
+            }
+            Command::RemoveService { name, reply } => {
+                let _ = reply.send(self.remove_service(&name));
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn put_dependency(
+        &mut self,
+        name: String,
+        spec: DependencySpec,
+        replace: bool,
+    ) -> Result<(), ChangeError> {
+        let problems = spec.check(&format!("dependencies.{}", crate::config::path_key(&name)));
+        if name.is_empty() || !problems.is_empty() {
+            return Err(ChangeError::invalid(&name, problems));
+        }
+        match (self.dependencies.contains_key(name.as_str()), replace) {
+            (true, false) => return Err(ChangeError::DuplicateDependency(name)),
+            (false, true) => return Err(ChangeError::UnknownDependency(name)),
+            _ => {}
+        }
+        let probe = self.factory.build(&spec)?;
+        let Some(old) = self.dependencies.remove(name.as_str()) else {
+            info!(dependency = %name, kind = spec.kind(), "dependency added");
+            self.insert_dependency(&name, spec, probe);
+            return Ok(());
+        };
+        // Same name, new settings: keep what is known (health, counts, last outcome) so services
+        // do not flap through Unknown; the new thresholds apply from the next outcome.
+        old.cancel.cancel();
+        if let Some(key) = &old.stale_key {
+            self.stale.remove(key);
+        }
+        let key: Arc<str> = Arc::from(name.as_str());
+        let spec = Arc::new(spec);
+        let (instance, cancel, slot) = self.spawn(&key, &spec, probe);
+        let mut dep = Dependency {
+            hysteresis: old.hysteresis.with_thresholds(spec.fall, spec.rise),
+            stale_key: old
+                .last_outcome
+                .as_ref()
+                .map(|_| self.stale.insert(key.clone(), spec.stale_after)),
+            spec,
+            instance,
+            cancel,
+            slot,
+            ..old
+        };
+        refresh(&key, &mut dep);
+        info!(dependency = %name, kind = dep.spec.kind(), "dependency replaced");
+        self.dependencies.insert(key, dep);
+        self.dirty = true;
+        self.rollup_needed = true;
+        Ok(())
+    }
+
+    fn remove_dependency(&mut self, name: &str) -> Result<(), ChangeError> {
+        if !self.dependencies.contains_key(name) {
+            return Err(ChangeError::UnknownDependency(name.to_owned()));
+        }
+        let users: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.spec.referenced().any(|d| d == name))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(ChangeError::DependencyInUse {
+                dependency: name.to_owned(),
+                services: users,
+            });
+        }
+        if let Some(dep) = self.dependencies.remove(name) {
+            dep.cancel.cancel();
+            if let Some(key) = &dep.stale_key {
+                self.stale.remove(key);
+            }
+        }
+        info!(dependency = %name, "dependency removed");
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn put_service(&mut self, name: String, spec: ServiceSpec) -> Result<(), ChangeError> {
+        let problems = spec.check(&name, &|d| self.dependencies.contains_key(d));
+        if !problems.is_empty() {
+            return Err(ChangeError::invalid(&name, problems));
+        }
+        info!(service = %name, "service set");
+        self.insert_service(&name, spec);
+        Ok(())
+    }
+
+    fn remove_service(&mut self, name: &str) -> Result<(), ChangeError> {
+        if name.is_empty() {
+            return Err(ChangeError::invalid(
+                "",
+                vec![crate::config::Problem::new(
+                    "services.\"\"",
+                    "the overall service \"\" cannot be removed",
+                )],
+            ));
+        }
+        if self.services.remove(name).is_none() {
+            return Err(ChangeError::UnknownService(name.to_owned()));
+        }
+        info!(service = %name, "service removed");
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Freezes every service at Unhealthy / not serving and stops every probe.
+    fn shut_down(&mut self) {
+        if !self.shutting_down {
+            info!("shutdown: every service is now NOT_SERVING");
+        }
+        self.shutting_down = true;
+        self.rollup_needed = true;
+        self.dirty = true;
+        self.publish();
+        for dep in self.dependencies.values() {
+            dep.cancel.cancel();
+        }
+    }
+
+    fn roll_up(&mut self) {
+        let deps = &self.dependencies;
+        let health_of = |d: &str| {
+            deps.get(d)
+                .map_or(Health::Unknown, |d| d.hysteresis.health())
+        };
+        for (name, svc) in &mut self.services {
+            let Rolled { health, deciding } = if self.shutting_down {
+                Rolled {
+                    health: Health::Unhealthy,
+                    deciding: Vec::new(),
+                }
+            } else {
+                rollup::rollup(&svc.spec, &health_of)
+            };
+            let status = ServiceHealth::new(health, svc.spec.degraded, self.shutting_down);
+            if status != svc.state.status || deciding != svc.state.deciding {
+                if status.health != svc.state.status.health && !self.shutting_down {
+                    log_transition("service", name, svc.state.status.health, health, None);
+                }
+                svc.state = Arc::new(ServiceState {
+                    status,
+                    deciding,
+                    ..(*svc.state).clone()
+                });
+            }
+        }
+        self.rollup_needed = false;
+    }
+
+    fn publish(&mut self) {
+        if self.rollup_needed {
+            self.roll_up();
+        }
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.generation += 1;
+        let snapshot = Arc::new(Snapshot {
+            generation: self.generation,
+            shutting_down: self.shutting_down,
+            services: self.services.values().map(|s| s.state.clone()).collect(),
+            dependencies: self
+                .dependencies
+                .values()
+                .map(|d| d.state.clone())
+                .collect(),
+            on_demand: self
+                .dependencies
+                .values()
+                .filter_map(|d| d.slot.clone())
+                .collect(),
+        });
+        self.shared.publish(snapshot);
+    }
+}
+
+/// Rebuilds the published form of a dependency from its state.
+fn refresh(name: &Arc<str>, dep: &mut Dependency) {
+    let state = DependencyState {
+        health: dep.hysteresis.health(),
+        last_outcome: dep.last_outcome.clone(),
+        consecutive_successes: dep.hysteresis.consecutive_successes(),
+        consecutive_failures: dep.hysteresis.consecutive_failures(),
+        last_success: dep.last_success,
+        last_failure: dep.last_failure,
+        ..initial_state(name, &dep.spec)
+    };
+    dep.state = Arc::new(state);
+}
+
+fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
+    let (mode, period) = match spec.mode {
+        Mode::Background { interval, .. } => ("background", interval),
+        Mode::OnDemand(o) => ("on_demand", o.ttl),
+    };
+    DependencyState {
+        name: name.clone(),
+        kind: spec.kind(),
+        target: Arc::from(spec.target()),
+        health: Health::Unknown,
+        last_outcome: None,
+        consecutive_successes: 0,
+        consecutive_failures: 0,
+        last_success: None,
+        last_failure: None,
+        thresholds: Thresholds {
+            mode,
+            period,
+            timeout: spec.timeout,
+            fall: spec.fall,
+            rise: spec.rise,
+            degraded_after: spec.degraded_after,
+            stale_after: spec.stale_after,
+        },
+    }
+}
+
+/// Transitions are logged once: warn when worse, info when better.
+fn log_transition(what: &'static str, name: &str, from: Health, to: Health, reason: Option<&str>) {
+    let reason = reason.unwrap_or("");
+    if to > from {
+        warn!(kind = what, name = %name, from = %from, to = %to, reason = %reason, "health got worse");
+    } else {
+        info!(kind = what, name = %name, from = %from, to = %to, reason = %reason, "health got better");
+    }
+}

@@ -1,0 +1,120 @@
+//! Running probes: [`run_once`] wraps one probe run (timeout, panic, `degraded_after`, secret
+//! scrubbing), and [`background`] is the task that runs it every interval ± jitter.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DependencySpec;
+use crate::probe::{Probe, ProbeContext};
+use crate::{Outcome, Reason, Verdict};
+
+/// An outcome on its way to the reducer, tagged with the dependency instance that produced it
+/// (outcomes of a replaced or removed instance are dropped).
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) dependency: Arc<str>,
+    pub(crate) instance: u64,
+    pub(crate) outcome: Outcome,
+}
+
+/// What a probe task needs, cloned out of the spec.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pub(crate) dependency: Arc<str>,
+    pub(crate) instance: u64,
+    pub(crate) probe: Arc<dyn Probe>,
+    pub(crate) spec: Arc<DependencySpec>,
+    pub(crate) events: mpsc::Sender<Event>,
+}
+
+impl Runner {
+    /// Runs the probe once and reports the outcome; `None` when cancelled or the engine is gone.
+    pub(crate) async fn run_and_report(&self, cancel: &CancellationToken) -> Option<Outcome> {
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            o = run_once(&*self.probe, &self.spec) => o,
+        };
+        let event = Event {
+            dependency: self.dependency.clone(),
+            instance: self.instance,
+            outcome: outcome.clone(),
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            sent = self.events.send(event) => sent.ok().map(|()| outcome),
+        }
+    }
+}
+
+/// One probe run as an [`Outcome`]: abandoned at the timeout, a panic caught, a slow success
+/// made Degraded, every secret scrubbed from the reason.
+pub(crate) async fn run_once(probe: &dyn Probe, spec: &DependencySpec) -> Outcome {
+    let started = Instant::now();
+    let ctx = ProbeContext::new(spec.timeout);
+    // AssertUnwindSafe: after a panic the future is dropped and nothing it touched is reused;
+    // probes share no state with the engine beyond what they own.
+    let run = AssertUnwindSafe(async { probe.check(ctx).await }).catch_unwind();
+    let verdict = match tokio::time::timeout(spec.timeout, run).await {
+        Err(_) => Verdict::unhealthy(format!(
+            "timed out after {}",
+            humantime::format_duration(spec.timeout)
+        )),
+        Ok(Err(_panic)) => Verdict::unhealthy("probe panicked"),
+        Ok(Ok(verdict)) => verdict,
+    };
+    let latency = started.elapsed();
+    let verdict = match (verdict, spec.degraded_after) {
+        (Verdict::Healthy, Some(limit)) if latency > limit => Verdict::degraded(format!(
+            "slow: {}ms (degraded after {})",
+            latency.as_millis(),
+            humantime::format_duration(limit)
+        )),
+        (verdict, _) => verdict,
+    };
+    Outcome {
+        verdict: scrub(verdict, spec),
+        latency,
+        finished_at: SystemTime::now(),
+    }
+}
+
+fn scrub(verdict: Verdict, spec: &DependencySpec) -> Verdict {
+    if spec.secrets.is_empty() {
+        return verdict;
+    }
+    let clean = |r: Reason| Reason::new(spec.secrets.scrub(r.as_str()).into_owned());
+    match verdict {
+        Verdict::Healthy => Verdict::Healthy,
+        Verdict::Degraded(r) => Verdict::Degraded(clean(r)),
+        Verdict::Unhealthy(r) => Verdict::Unhealthy(clean(r)),
+    }
+}
+
+/// The background task of one dependency: a first run spread over `jitter × interval`, then one
+/// run every `interval ± jitter × interval`, measured from the start of the previous run. The
+/// timeout is below the interval, so runs never overlap.
+pub(crate) async fn background(
+    runner: Runner,
+    interval: Duration,
+    jitter: f64,
+    cancel: CancellationToken,
+) {
+    let mut next = Instant::now() + interval.mul_f64(jitter * fastrand::f64());
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sleep_until(next) => {}
+        }
+        let started = Instant::now();
+        if runner.run_and_report(&cancel).await.is_none() {
+            return;
+        }
+        next = started + interval.mul_f64(1.0 + jitter * (2.0 * fastrand::f64() - 1.0));
+    }
+}

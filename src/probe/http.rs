@@ -1,0 +1,282 @@
+//! The HTTP probe: one request, status and body checked, body read as a stream and never
+//! buffered beyond `max_body_bytes`.
+
+use reqwest::redirect::Policy;
+
+use super::{Probe, ProbeContext, ProbeFuture, reason, tls};
+use crate::config::{BodyCondition, BodyMatcher, HttpSpec, JsonSelector, TlsSpec};
+use crate::{Health, Verdict};
+
+/// The most redirects followed (same origin only) when `follow_redirects = true`.
+const MAX_REDIRECTS: usize = 5;
+
+/// What makes two HTTP probes able to share a client: TLS settings (`None` for plain HTTP) and
+/// the redirect policy, which reqwest fixes per client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey {
+    tls: Option<TlsSpec>,
+    follow_redirects: bool,
+}
+
+impl ClientKey {
+    pub(crate) fn for_spec(spec: &HttpSpec) -> ClientKey {
+        ClientKey {
+            tls: (spec.url.scheme() == "https").then(|| spec.tls.clone()),
+            follow_redirects: spec.follow_redirects,
+        }
+    }
+}
+
+/// A reqwest client for probes with this key: keep-alive, no proxies from the environment (a
+/// health probe must reach the dependency itself), redirects off or same-origin only.
+pub(crate) fn client(key: &ClientKey) -> Result<reqwest::Client, String> {
+    let tls = tls::client_config(key.tls.as_ref(), true)?;
+    let redirect = if key.follow_redirects {
+        Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
+                // Stop: the 3xx itself becomes the response, and the other origin gets nothing.
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        })
+    } else {
+        Policy::none()
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(redirect)
+        .no_proxy()
+        .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| reason::describe(&e).unwrap_or_else(|| "invalid client settings".to_owned()))
+}
+
+/// Probes one URL.
+#[derive(Debug)]
+pub(crate) struct HttpProbe {
+    spec: HttpSpec,
+    client: reqwest::Client,
+}
+
+impl HttpProbe {
+    pub(crate) fn new(spec: HttpSpec, client: reqwest::Client) -> HttpProbe {
+        HttpProbe { spec, client }
+    }
+
+    async fn run(&self) -> Verdict {
+        let request = self
+            .client
+            .request(self.spec.method.clone(), self.spec.url.clone())
+            .headers(self.spec.headers.clone());
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Verdict::unhealthy(request_failure(&e)),
+        };
+        let status = response.status().as_u16();
+        let body = match read_capped(response, self.spec.max_body_bytes).await {
+            Ok(body) => body,
+            Err(reason) => return Verdict::unhealthy(reason),
+        };
+        if self.spec.degraded_statuses.contains(status) {
+            return Verdict::degraded(format!("HTTP {status}"));
+        }
+        if !self.spec.expected_statuses.contains(status) {
+            return Verdict::unhealthy(if (300..400).contains(&status) {
+                format!("HTTP {status} (redirect not followed)")
+            } else {
+                format!("HTTP {status}")
+            });
+        }
+        check_body(&self.spec.body, &body, self.spec.max_body_bytes)
+    }
+}
+
+impl Probe for HttpProbe {
+    fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+        Box::pin(self.run())
+    }
+}
+
+/// A response body read up to a cap.
+struct Body {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// Reads at most `cap` bytes, chunk by chunk. Past the cap the response is dropped, which closes
+/// the connection instead of downloading the rest.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Body, String> {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - bytes.len();
+                if chunk.len() > room {
+                    bytes.extend_from_slice(&chunk[..room]);
+                    return Ok(Body {
+                        bytes,
+                        truncated: true,
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => {
+                return Ok(Body {
+                    bytes,
+                    truncated: false,
+                });
+            }
+            Err(e) => {
+                let cause = reason::describe(&e).unwrap_or_else(|| "body read failed".to_owned());
+                return Err(format!("reading body: {cause}"));
+            }
+        }
+    }
+}
+
+fn request_failure(e: &reqwest::Error) -> String {
+    let cause = reason::describe(e);
+    match cause {
+        Some(cause) => cause,
+        None if e.is_connect() => "connect failed".to_owned(),
+        None if e.is_redirect() => "redirect failed".to_owned(),
+        None => "request failed".to_owned(),
+    }
+}
+
+/// Applies body conditions in order; the first that fails decides.
+fn check_body(conditions: &[BodyCondition], body: &Body, cap: usize) -> Verdict {
+    if conditions.is_empty() {
+        return Verdict::Healthy;
+    }
+    if body.truncated {
+        return Verdict::unhealthy(format!("body larger than {cap} bytes"));
+    }
+    let mut json = None;
+    for condition in conditions {
+        let failure = match &condition.matcher {
+            BodyMatcher::Contains(needle) => (!contains(&body.bytes, needle.as_bytes()))
+                .then(|| format!("body does not contain {needle:?}")),
+            BodyMatcher::Json { selector, equals } => {
+                let parsed = json.get_or_insert_with(|| {
+                    serde_json::from_slice::<serde_json::Value>(&body.bytes)
+                });
+                match parsed {
+                    Err(_) => Some("body is not valid JSON".to_owned()),
+                    Ok(value) => json_mismatch(value, selector, equals),
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            return match condition.on_mismatch {
+                Health::Degraded => Verdict::degraded(reason),
+                _ => Verdict::unhealthy(reason),
+            };
+        }
+    }
+    Verdict::Healthy
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Why the selected JSON value does not equal `equals`, or `None` if it does. The reason names
+/// the selector and the expected value, never the body's value.
+fn json_mismatch(
+    value: &serde_json::Value,
+    selector: &JsonSelector,
+    equals: &serde_json::Value,
+) -> Option<String> {
+    let (found, name) = match selector {
+        JsonSelector::Pointer(p) => (value.pointer(p), p.clone()),
+        JsonSelector::Path(p) => (p.query(value).exactly_one().ok(), p.to_string()),
+    };
+    match found {
+        None => Some(format!("body has no single value at {name}")),
+        Some(v) if v == equals => None,
+        Some(_) => Some(format!("body {name} is not {equals}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StatusSet;
+
+    fn body(text: &str) -> Body {
+        Body {
+            bytes: text.as_bytes().to_vec(),
+            truncated: false,
+        }
+    }
+
+    fn json(sel: &str, equals: serde_json::Value, on_mismatch: Health) -> BodyCondition {
+        let selector = if sel.starts_with('/') {
+            JsonSelector::Pointer(sel.to_owned())
+        } else {
+            JsonSelector::Path(serde_json_path::JsonPath::parse(sel).expect("valid test path"))
+        };
+        BodyCondition {
+            matcher: BodyMatcher::Json { selector, equals },
+            on_mismatch,
+        }
+    }
+
+    #[test]
+    fn body_conditions_decide_in_order() {
+        let up = r#"{"status":"UP","checks":[{"db":"ok"}]}"#;
+        let c = [
+            json("/status", "UP".into(), Health::Unhealthy),
+            json("$.checks[0].db", "ok".into(), Health::Degraded),
+        ];
+        assert_eq!(check_body(&c, &body(up), 1024), Verdict::Healthy);
+        let slow_db = r#"{"status":"UP","checks":[{"db":"slow"}]}"#;
+        assert_eq!(
+            check_body(&c, &body(slow_db), 1024).health(),
+            Health::Degraded
+        );
+        let down = r#"{"status":"DOWN"}"#;
+        let v = check_body(&c, &body(down), 1024);
+        assert_eq!(v, Verdict::unhealthy("body /status is not \"UP\""));
+        assert!(
+            !v.reason()
+                .expect("unhealthy has a reason")
+                .as_str()
+                .contains("DOWN"),
+            "never echo the body"
+        );
+        assert_eq!(
+            check_body(&c, &body("<html>"), 1024),
+            Verdict::unhealthy("body is not valid JSON")
+        );
+    }
+
+    #[test]
+    fn truncated_body_fails_conditions_but_not_plain_probes() {
+        let big = Body {
+            bytes: vec![b'a'; 10],
+            truncated: true,
+        };
+        let c = [BodyCondition {
+            matcher: BodyMatcher::Contains("a".into()),
+            on_mismatch: Health::Unhealthy,
+        }];
+        assert_eq!(
+            check_body(&c, &big, 10),
+            Verdict::unhealthy("body larger than 10 bytes")
+        );
+        assert_eq!(check_body(&[], &big, 10), Verdict::Healthy);
+    }
+
+    #[test]
+    fn status_sets_hold_ranges_and_codes() {
+        let s = StatusSet(vec![200..=204, 301..=301]);
+        assert!(s.contains(204) && s.contains(301) && !s.contains(302));
+    }
+}
