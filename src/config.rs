@@ -16,6 +16,9 @@ mod service;
 mod tls;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -112,6 +112,8 @@ impl EngineBuilder {
         for (name, spec) in self.services {
             reducer.insert_service(&name, spec);
         }
+        // Publish before returning, so the first reader sees every dependency and service.
+        reducer.publish();
         tracker.spawn(reducer.run());
         Ok(Handle {
             shared,

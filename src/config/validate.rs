@@ -93,10 +93,7 @@ impl Validator<'_> {
         match humantime::parse_duration(raw) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.problem(
-                    path,
-                    format!("invalid duration {raw:?}: {e} (write e.g. \"5s\", \"300ms\")"),
-                );
+                self.problem(path, format!("invalid duration {raw:?}: {e}"));
                 None
             }
         }
@@ -630,7 +627,6 @@ impl Validator<'_> {
 
     fn service(&mut self, name: &str, raw: &RawService) -> Option<ServiceSpec> {
         let path = format!("services.{}", key(name));
-        let before = self.problems.len();
         let mut spec = ServiceSpec::default();
         for (dep, impact) in &raw.dependencies {
             match parse_impact(impact) {
@@ -674,7 +670,9 @@ impl Validator<'_> {
                 DegradedPolicy::Serving
             }
         };
-        (self.problems.len() == before).then_some(spec)
+        // Kept even when partly invalid, so its references are checked too: one pass reports
+        // everything (the config as a whole fails anyway).
+        Some(spec)
     }
 }
 

@@ -473,7 +473,8 @@ impl Reducer {
         self.rollup_needed = false;
     }
 
-    fn publish(&mut self) {
+    /// Rolls up if needed and publishes if anything changed.
+    pub(crate) fn publish(&mut self) {
         if self.rollup_needed {
             self.roll_up();
         }

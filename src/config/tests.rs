@@ -1,0 +1,300 @@
+//! Validation tests: the documented sample validates, and every kind of mistake is reported
+//! with its key path, all at once.
+
+use std::time::Duration;
+
+use super::*;
+use crate::Impact;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PAYMENTS_TOKEN" => Some("tok-CANARY-1234".to_owned()),
+        "DB_PASSWORD" => Some("pw-CANARY-5678".to_owned()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env(text, &env)
+}
+
+fn messages(err: &ConfigError) -> Vec<String> {
+    err.problems().iter().map(ToString::to_string).collect()
+}
+
+/// The sample from DESIGN.md §5, verbatim.
+const DESIGN_SAMPLE: &str = r#"
+[server]
+grpc_listen = "0.0.0.0:50051"
+drain_delay = "5s"
+drain_timeout = "10s"
+
+[defaults]            # applies to every dependency unless it overrides
+interval = "5s"
+timeout = "2s"
+fall = 3
+rise = 2
+
+[dependencies.orders-db-proxy]
+kind = "http"
+url = "http://127.0.0.1:9000/health"
+degraded_after = "300ms"
+
+[dependencies.payments]
+kind = "grpc"
+target = "http://127.0.0.1:50052"
+service = "payments.v1.Payments"
+
+[services.""]
+dependencies = { orders-db-proxy = "critical", payments = "degrading" }
+
+[services.readiness]
+dependencies = { orders-db-proxy = "critical", payments = "critical" }
+degraded = "serving"
+
+[services.liveness]   # no dependencies: alive while the process serves
+"#;
+
+#[test]
+fn design_sample_validates() {
+    let config = parse(DESIGN_SAMPLE).expect("the documented sample is valid");
+    assert_eq!(config.server.drain_timeout, Duration::from_secs(10));
+    let db = &config.dependencies["orders-db-proxy"];
+    assert_eq!(db.kind(), "http");
+    assert_eq!(db.degraded_after, Some(Duration::from_millis(300)));
+    assert_eq!(
+        (db.fall, db.rise, db.timeout),
+        (3, 2, Duration::from_secs(2))
+    );
+    assert_eq!(
+        db.stale_after,
+        Duration::from_secs(17),
+        "3 × interval + timeout"
+    );
+    assert_eq!(
+        config.services[""].dependencies["payments"],
+        Impact::Degrading
+    );
+    assert!(config.services["liveness"].dependencies.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_path() {
+    let err = parse(
+        r#"
+[defaults]
+intervl = "5s"
+
+[dependencies.payments]
+kind = "grpc"
+target = "http://127.0.0.1:50052"
+interval = "5s"
+timeout = "5s"
+colour = "blue"
+
+[dependencies.db]
+kind = "http"
+interval = "5"
+
+[dependencies.cache]
+kind = "redis"
+
+[services.readiness]
+dependencies = { paymnts = "critical", db = "fatal" }
+"#,
+    )
+    .expect_err("many problems");
+    let got = messages(&err);
+    let expect = [
+        "defaults.intervl: unknown key",
+        "dependencies.cache.kind: unknown kind \"redis\": expected \"http\", \"grpc\" or \"tcp\"",
+        "dependencies.db: missing key `url`",
+        "dependencies.db.interval: invalid duration \"5\"",
+        "dependencies.payments.colour: unknown key",
+        "dependencies.payments: timeout (5s) must be less than interval (5s)",
+        "services.readiness.dependencies.db: unknown impact \"fatal\"",
+        "services.readiness.dependencies.paymnts: no dependency named \"paymnts\"",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    assert!(
+        err.to_string().lines().all(|l| l.starts_with("<config>: ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_service_naming_a_missing_dependency_is_an_error() {
+    let err = parse("[services.readiness]\ndependencies = { nope = \"critical\" }\n")
+        .expect_err("missing dep");
+    assert_eq!(
+        messages(&err),
+        ["services.readiness.dependencies.nope: no dependency named \"nope\""]
+    );
+}
+
+#[test]
+fn kind_specific_keys_are_rejected_on_other_kinds() {
+    let err =
+        parse("[dependencies.x]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nurl = \"http://a\"\n")
+            .expect_err("url on tcp");
+    assert_eq!(
+        messages(&err),
+        ["dependencies.x.url: only valid for kind = \"http\""]
+    );
+}
+
+#[test]
+fn liveness_must_not_depend_on_dependencies() {
+    let err = parse(
+        "[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\n[services.liveness]\ndependencies = { db = \"critical\" }\n",
+    )
+    .expect_err("liveness with deps");
+    assert!(
+        messages(&err)[0].starts_with("services.liveness: liveness must not depend"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overall_service_defaults_to_every_dependency_critical() {
+    let config = parse(
+        "[dependencies.a]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n[dependencies.b]\nkind = \"tcp\"\naddress = \"127.0.0.1:2\"\n",
+    )
+    .expect("valid");
+    let overall = &config.services[""];
+    assert_eq!(overall.dependencies.len(), 2);
+    assert!(
+        overall
+            .dependencies
+            .values()
+            .all(|i| *i == Impact::Critical)
+    );
+}
+
+#[test]
+fn environment_variables_expand_and_become_secrets() {
+    let config = parse(
+        r#"
+[dependencies.api]
+kind = "http"
+url = "https://svc:${DB_PASSWORD}@api.internal/health?key=abc123456"
+headers = { Authorization = "Bearer ${PAYMENTS_TOKEN}", X-Trace = "plain" }
+"#,
+    )
+    .expect("valid");
+    let dep = &config.dependencies["api"];
+    let ProbeSpec::Http(http) = &dep.probe else {
+        panic!("http spec")
+    };
+    assert_eq!(http.url.password(), Some("pw-CANARY-5678"));
+    assert!(http.headers["authorization"].is_sensitive());
+    assert!(!http.headers["x-trace"].is_sensitive());
+    assert_eq!(
+        dep.target(),
+        "https://[redacted]@api.internal/health?key=[redacted]"
+    );
+    let debug = format!("{dep:?}");
+    for secret in ["pw-CANARY-5678", "tok-CANARY-1234", "abc123456"] {
+        assert!(
+            !debug.contains(secret),
+            "{secret} leaked into Debug: {debug}"
+        );
+        assert_eq!(
+            dep.secrets.scrub(&format!("x {secret} y")),
+            "x [redacted] y"
+        );
+    }
+}
+
+#[test]
+fn missing_environment_variable_names_the_variable_not_a_value() {
+    let err = parse("[dependencies.a]\nkind = \"http\"\nurl = \"http://h/${NOPE}\"\n")
+        .expect_err("unset");
+    assert_eq!(
+        messages(&err),
+        ["dependencies.a.url: environment variable NOPE is not set"]
+    );
+}
+
+#[test]
+fn invalid_urls_are_not_echoed() {
+    let err = parse("[dependencies.a]\nkind = \"http\"\nurl = \"ftp://user:hunter2@h/\"\n")
+        .expect_err("ftp");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let err = parse("[server]\ngrpc_listen = \n").expect_err("syntax");
+    assert!(messages(&err)[0].starts_with("line 2, column"), "{err}");
+}
+
+#[test]
+fn wrong_value_types_name_the_key() {
+    let err = parse("[dependencies.a]\nkind = \"tcp\"\naddress = \"h:1\"\nfall = \"three\"\n")
+        .expect_err("type");
+    assert!(
+        messages(&err)[0].starts_with("dependencies.a.fall: invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn on_demand_settings_are_checked() {
+    let config = parse("[dependencies.a]\nkind = \"tcp\"\naddress = \"h:1\"\nmode = \"on_demand\"\nttl = \"10s\"\n").expect("valid");
+    let Mode::OnDemand(o) = config.dependencies["a"].mode else {
+        panic!("on demand")
+    };
+    assert_eq!(
+        (o.ttl, o.failure_ttl, o.max_failure_ttl),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(30)
+        )
+    );
+    let err = parse("[dependencies.a]\nkind = \"tcp\"\naddress = \"h:1\"\nttl = \"10s\"\n")
+        .expect_err("ttl without on_demand");
+    assert_eq!(
+        messages(&err),
+        ["dependencies.a.ttl: only valid with mode = \"on_demand\""]
+    );
+}
+
+#[test]
+fn statuses_and_body_conditions_parse() {
+    let config = parse(
+        r#"
+[dependencies.a]
+kind = "http"
+url = "http://h/"
+expected_statuses = [200, "204-206"]
+degraded_statuses = [429]
+body = [{ contains = "ok" }, { json = "$.status", equals = "UP", on_mismatch = "degraded" }]
+"#,
+    )
+    .expect("valid");
+    let ProbeSpec::Http(http) = &config.dependencies["a"].probe else {
+        panic!("http")
+    };
+    assert!(http.expected_statuses.contains(205) && !http.expected_statuses.contains(201));
+    assert!(http.degraded_statuses.contains(429));
+    assert_eq!(http.body.len(), 2);
+    let err = parse("[dependencies.a]\nkind = \"http\"\nurl = \"http://h/\"\nexpected_statuses = [\"299-200\", 99]\n").expect_err("bad statuses");
+    assert_eq!(err.problems().len(), 2, "{err}");
+}
+
+#[test]
+fn unreadable_tls_files_are_config_errors() {
+    let err = parse("[dependencies.a]\nkind = \"http\"\nurl = \"https://h/\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }\n").expect_err("no file");
+    assert!(
+        messages(&err)[0]
+            .starts_with("dependencies.a.tls.ca_file: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
+}

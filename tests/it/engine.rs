@@ -1,0 +1,531 @@
+//! Engine behaviour on a paused clock with scripted in-process probes: thresholds, staleness,
+//! scheduling, on-demand single flight and backoff, runtime changes, shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use healthgate::config::{DegradedPolicy, DependencySpec, OnDemand, ServiceSpec};
+use healthgate::engine::ChangeError;
+use healthgate::probe::{Probe, ProbeContext, ProbeFuture};
+use healthgate::snapshot::ServiceHealth;
+use healthgate::{Engine, Handle, Health, Impact, Verdict};
+use tokio::time::Instant;
+
+use crate::support::state_where;
+
+/// A probe the test scripts: its verdict, a delay, a hang or a panic; it records each run.
+#[derive(Debug)]
+struct Scripted {
+    verdict: Mutex<Verdict>,
+    delay: Mutex<Duration>,
+    hang: AtomicBool,
+    panic: AtomicBool,
+    runs: Mutex<Vec<Instant>>,
+}
+
+impl Scripted {
+    fn new(verdict: Verdict) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            verdict: Mutex::new(verdict),
+            delay: Mutex::new(Duration::ZERO),
+            hang: AtomicBool::new(false),
+            panic: AtomicBool::new(false),
+            runs: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn set(&self, verdict: Verdict) {
+        *self.verdict.lock().expect("not poisoned") = verdict;
+    }
+
+    fn runs(&self) -> Vec<Instant> {
+        self.runs.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Probe for Scripted {
+    fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            self.runs.lock().expect("not poisoned").push(Instant::now());
+            let delay = *self.delay.lock().expect("not poisoned");
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if self.panic.load(Ordering::SeqCst) {
+                panic!("scripted panic");
+            }
+            self.verdict.lock().expect("not poisoned").clone()
+        })
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn every_second(probe: &Arc<Scripted>) -> DependencySpec {
+    DependencySpec::custom(probe.clone(), "scripted")
+        .every(SECOND, 0.0)
+        .with_timeout(Duration::from_millis(500))
+}
+
+fn start_one(spec: DependencySpec) -> Handle {
+    Engine::builder()
+        .dependency("dep", spec)
+        .start()
+        .expect("engine starts")
+}
+
+fn health(handle: &Handle) -> Health {
+    handle
+        .snapshot()
+        .dependency("dep")
+        .expect("dep exists")
+        .health
+}
+
+#[tokio::test(start_paused = true)]
+async fn fall_and_rise_thresholds_damp_flapping() {
+    let probe = Scripted::new(Verdict::Healthy);
+    let handle = start_one(every_second(&probe).with_thresholds(3, 2));
+    state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
+
+    probe.set(Verdict::unhealthy("down"));
+    let d = state_where(&handle, "dep", |d| d.consecutive_failures == 2).await;
+    assert_eq!(
+        d.health,
+        Health::Healthy,
+        "two failures are not enough with fall = 3"
+    );
+    let d = state_where(&handle, "dep", |d| d.consecutive_failures == 3).await;
+    assert_eq!(d.health, Health::Unhealthy);
+    assert_eq!(
+        d.last_outcome
+            .expect("ran")
+            .verdict
+            .reason()
+            .map(|r| r.as_str().to_owned()),
+        Some("down".into())
+    );
+
+    probe.set(Verdict::Healthy);
+    let d = state_where(&handle, "dep", |d| d.consecutive_successes == 1).await;
+    assert_eq!(
+        d.health,
+        Health::Unhealthy,
+        "one success is not enough with rise = 2"
+    );
+    let d = state_where(&handle, "dep", |d| d.consecutive_successes == 2).await;
+    assert_eq!(d.health, Health::Healthy);
+    assert!(d.last_success.is_some() && d.last_failure.is_some());
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_outcome_applies_at_once_and_services_follow() {
+    let probe = Scripted::new(Verdict::unhealthy("refused"));
+    let handle = start_one(every_second(&probe));
+    let overall = handle
+        .snapshot()
+        .service("")
+        .expect("default overall service")
+        .status;
+    assert_eq!(
+        overall.health,
+        Health::Unknown,
+        "nothing known before the first outcome"
+    );
+    assert!(!overall.serving);
+    let d = state_where(&handle, "dep", |d| d.last_outcome.is_some()).await;
+    assert_eq!(
+        d.health,
+        Health::Unhealthy,
+        "the first outcome applies without waiting for fall"
+    );
+    let snapshot = handle.snapshot();
+    let overall = snapshot.service("").expect("overall");
+    assert_eq!(overall.status.health, Health::Unhealthy);
+    assert_eq!(
+        overall.deciding.iter().map(|d| &**d).collect::<Vec<_>>(),
+        ["dep"]
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduling_spreads_the_first_run_and_keeps_the_interval_within_jitter() {
+    let probe = Scripted::new(Verdict::Healthy);
+    let start = Instant::now();
+    let spec =
+        DependencySpec::custom(probe.clone(), "scripted").every(Duration::from_secs(10), 0.1);
+    let handle = start_one(spec);
+    state_where(&handle, "dep", |d| d.consecutive_successes == 6).await;
+    let runs = probe.runs();
+    assert!(
+        runs[0] - start <= SECOND,
+        "first run within 10% of the interval: {:?}",
+        runs[0] - start
+    );
+    for pair in runs.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (Duration::from_secs(9)..=Duration::from_secs(11)).contains(&gap),
+            "gap {gap:?}"
+        );
+    }
+    let gaps: Vec<_> = runs.windows(2).map(|p| p[1] - p[0]).collect();
+    assert!(
+        gaps.windows(2).any(|g| g[0] != g[1]),
+        "jitter varies the gaps: {gaps:?}"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_probe_times_out_and_panicking_probe_keeps_running() {
+    let hung = Scripted::new(Verdict::Healthy);
+    hung.hang.store(true, Ordering::SeqCst);
+    let crashing = Scripted::new(Verdict::Healthy);
+    crashing.panic.store(true, Ordering::SeqCst);
+    let handle = Engine::builder()
+        .dependency("hung", every_second(&hung))
+        .dependency("crashing", every_second(&crashing))
+        .start()
+        .expect("starts");
+    let d = state_where(&handle, "hung", |d| d.consecutive_failures == 2).await;
+    let outcome = d.last_outcome.expect("ran");
+    assert_eq!(outcome.verdict, Verdict::unhealthy("timed out after 500ms"));
+    assert_eq!(outcome.latency, Duration::from_millis(500));
+    let d = state_where(&handle, "crashing", |d| d.consecutive_failures == 3).await;
+    assert_eq!(
+        d.last_outcome.expect("ran").verdict,
+        Verdict::unhealthy("probe panicked")
+    );
+    assert_eq!(crashing.runs().len(), 3, "the task survived each panic");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_success_is_degraded() {
+    let probe = Scripted::new(Verdict::Healthy);
+    *probe.delay.lock().expect("not poisoned") = Duration::from_millis(300);
+    let mut spec = every_second(&probe);
+    spec.degraded_after = Some(Duration::from_millis(200));
+    let handle = start_one(spec);
+    let d = state_where(&handle, "dep", |d| d.last_outcome.is_some()).await;
+    assert_eq!(d.health, Health::Degraded);
+    assert_eq!(
+        d.last_outcome.expect("ran").verdict,
+        Verdict::degraded("slow: 300ms (degraded after 200ms)")
+    );
+    handle.shutdown().await;
+}
+
+fn on_demand(
+    probe: &Arc<Scripted>,
+    ttl: Duration,
+    failure_ttl: Duration,
+    max_failure_ttl: Duration,
+) -> DependencySpec {
+    DependencySpec::custom(probe.clone(), "scripted")
+        .with_timeout(Duration::from_millis(500))
+        .on_demand(OnDemand {
+            ttl,
+            failure_ttl,
+            max_failure_ttl,
+        })
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_demand_refresh_is_single_flight_for_a_thousand_readers() {
+    let probe = Scripted::new(Verdict::Healthy);
+    *probe.delay.lock().expect("not poisoned") = Duration::from_millis(100);
+    let handle = start_one(on_demand(
+        &probe,
+        Duration::from_secs(10),
+        SECOND,
+        Duration::from_secs(30),
+    ));
+    state_where(&handle, "dep", |d| d.last_outcome.is_some()).await;
+    assert_eq!(probe.runs().len(), 1, "one warm-up run at start");
+
+    // Fresh cache: readers trigger nothing.
+    for _ in 0..100 {
+        handle.snapshot();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(probe.runs().len(), 1, "no background probing while fresh");
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let readers: Vec<_> = (0..1000)
+        .map(|_| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.snapshot().generation })
+        })
+        .collect();
+    for r in readers {
+        r.await.expect("reader finished");
+    }
+    // More readers while that refresh is in flight (the probe takes 100 ms).
+    for _ in 0..50 {
+        handle.snapshot();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    state_where(&handle, "dep", |d| d.consecutive_successes == 2).await;
+    // More readers while the new result is fresh: still nothing.
+    for _ in 0..1000 {
+        handle.snapshot();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        probe.runs().len(),
+        2,
+        "1,000 concurrent readers of an expired cache caused one probe"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_demand_failures_back_off_exponentially() {
+    let probe = Scripted::new(Verdict::unhealthy("down"));
+    let handle = start_one(on_demand(
+        &probe,
+        Duration::from_secs(10),
+        SECOND,
+        Duration::from_secs(8),
+    ));
+    state_where(&handle, "dep", |d| d.last_outcome.is_some()).await;
+    // A reader every 100 ms for 40 s: without backoff that would be a probe per second.
+    for _ in 0..400 {
+        handle.snapshot();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = probe.runs();
+    let gaps: Vec<u64> = runs
+        .windows(2)
+        .map(|p| (p[1] - p[0]).as_millis() as u64)
+        .collect();
+    let expected = [1000, 2000, 4000, 8000, 8000];
+    assert!(gaps.len() >= expected.len(), "{gaps:?}");
+    for (gap, want) in gaps.iter().zip(expected) {
+        assert!(
+            (want..=want + 100).contains(gap),
+            "gaps {gaps:?}, expected about {expected:?}"
+        );
+    }
+    assert!(runs.len() <= 8, "{} runs in 40 s", runs.len());
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_without_fresh_outcomes_becomes_unknown() {
+    // On-demand and never read: the warm-up outcome ages until stale_after.
+    let probe = Scripted::new(Verdict::Healthy);
+    let mut spec = on_demand(&probe, SECOND, SECOND, SECOND);
+    spec.stale_after = Duration::from_secs(5);
+    let handle = start_one(spec);
+    state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
+    let started = Instant::now();
+    let mut rx = handle.subscribe(); // subscribing does not refresh on-demand dependencies
+    rx.wait_for(|s| {
+        s.dependency("dep")
+            .is_some_and(|d| d.health == Health::Unknown)
+    })
+    .await
+    .expect("alive");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..=Duration::from_secs(6)).contains(&waited),
+        "stale after {waited:?}"
+    );
+    assert_eq!(
+        handle
+            .snapshot()
+            .service("")
+            .expect("overall")
+            .status
+            .health,
+        Health::Unknown
+    );
+    // A new outcome applies at once.
+    handle.snapshot();
+    state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn service_watch_fires_only_on_change() {
+    let probe = Scripted::new(Verdict::Healthy);
+    let handle = start_one(every_second(&probe));
+    let mut rx = handle.watch_service("");
+    rx.wait_for(|s| s.is_some_and(|s| s.health == Health::Healthy))
+        .await
+        .expect("alive");
+    rx.borrow_and_update();
+    // Ten more healthy rounds publish snapshots but change nothing for the service.
+    state_where(&handle, "dep", |d| d.consecutive_successes >= 11).await;
+    assert!(
+        !rx.has_changed().expect("alive"),
+        "no notification without a change"
+    );
+    probe.set(Verdict::degraded("429"));
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("told in time")
+        .expect("alive");
+    assert_eq!(
+        *rx.borrow(),
+        Some(ServiceHealth {
+            health: Health::Degraded,
+            serving: true
+        })
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn runtime_changes_apply_at_once_and_rejected_ones_change_nothing() {
+    let db = Scripted::new(Verdict::Healthy);
+    let handle = Engine::builder()
+        .service("liveness", ServiceSpec::default())
+        .start()
+        .expect("starts");
+    let mut readiness = handle.watch_service("readiness");
+    assert_eq!(*readiness.borrow(), None, "unknown name");
+
+    handle
+        .add_dependency("db", every_second(&db))
+        .await
+        .expect("added");
+    let spec = ServiceSpec::with_all(["db"], Impact::Critical);
+    handle
+        .set_service("readiness", spec.clone())
+        .await
+        .expect("service set");
+    readiness
+        .wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("alive");
+
+    let before = handle.snapshot();
+    let err = handle
+        .add_dependency("db", every_second(&db))
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(err, ChangeError::DuplicateDependency(ref n) if n == "db"),
+        "{err}"
+    );
+    let bad = every_second(&db).with_timeout(Duration::from_secs(2));
+    let err = handle
+        .add_dependency("other", bad)
+        .await
+        .expect_err("timeout above interval");
+    assert_eq!(
+        err.to_string(),
+        "invalid change to \"other\": dependencies.other: timeout (2s) must be less than interval (1s)"
+    );
+    let err = handle
+        .set_service("x", ServiceSpec::with_all(["nope"], Impact::Critical))
+        .await
+        .expect_err("missing dep");
+    assert!(matches!(err, ChangeError::Invalid { .. }), "{err}");
+    let err = handle.remove_dependency("db").await.expect_err("in use");
+    assert!(
+        matches!(err, ChangeError::DependencyInUse { ref services, .. } if services == &["readiness".to_owned()]),
+        "{err}"
+    );
+    let after = handle.snapshot();
+    assert_eq!(
+        after.generation, before.generation,
+        "rejected changes publish nothing"
+    );
+    assert!(after.dependency("other").is_none() && after.service("x").is_none());
+
+    // Replacing keeps the known health: no flap through Unknown.
+    handle
+        .replace_dependency("db", every_second(&db).with_thresholds(1, 1))
+        .await
+        .expect("replaced");
+    assert_eq!(
+        handle.snapshot().dependency("db").expect("db").health,
+        Health::Healthy
+    );
+    assert_eq!(
+        handle
+            .snapshot()
+            .dependency("db")
+            .expect("db")
+            .thresholds
+            .fall,
+        1
+    );
+
+    handle.remove_service("readiness").await.expect("removed");
+    readiness
+        .wait_for(Option::is_none)
+        .await
+        .expect("watchers see the name vanish");
+    // `""` was built before db existed, so nothing relies on db any more.
+    handle
+        .remove_dependency("db")
+        .await
+        .expect("unused dependency removed");
+    assert!(handle.snapshot().dependency("db").is_none());
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
+    let probe = Scripted::new(Verdict::Healthy);
+    let handle = Engine::builder()
+        .dependency("dep", every_second(&probe))
+        .service("liveness", ServiceSpec::default())
+        .service(
+            "readiness",
+            ServiceSpec {
+                degraded: DegradedPolicy::NotServing,
+                ..ServiceSpec::with_all(["dep"], Impact::Critical)
+            },
+        )
+        .start()
+        .expect("starts");
+    let mut liveness = handle.watch_service("liveness");
+    liveness
+        .wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("alive");
+    state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
+
+    handle.shutdown().await;
+    assert_eq!(
+        *liveness.borrow_and_update(),
+        Some(ServiceHealth {
+            health: Health::Unhealthy,
+            serving: false
+        })
+    );
+    let snapshot = handle.snapshot();
+    assert!(snapshot.shutting_down);
+    assert!(
+        snapshot
+            .services
+            .iter()
+            .all(|s| !s.status.serving && s.status.health == Health::Unhealthy)
+    );
+    let runs = probe.runs().len();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(probe.runs().len(), runs, "no probe runs after shutdown");
+    let err = handle
+        .add_dependency("late", every_second(&probe))
+        .await
+        .expect_err("frozen");
+    assert!(matches!(err, ChangeError::ShuttingDown), "{err}");
+    assert!(
+        !handle.snapshot().services.iter().any(|s| s.status.serving),
+        "nothing turns back to serving"
+    );
+    handle.shutdown().await; // idempotent
+}

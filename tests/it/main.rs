@@ -1,0 +1,11 @@
+//! The integration tests: one binary, real dependencies on 127.0.0.1:0, no mocks.
+
+mod support;
+
+mod config_file;
+mod engine;
+mod probe_grpc;
+mod probe_http;
+mod probe_tcp;
+mod secrets;
+mod tls;

@@ -1,0 +1,210 @@
+//! Real dependencies on 127.0.0.1:0 for the tests: an HTTP server whose answer the test
+//! controls, raw TCP servers that hang or talk garbage, TLS and mTLS servers with certificates
+//! made on the fly, tonic health servers; and helpers that run an engine and wait on events.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use healthgate::snapshot::DependencyState;
+use healthgate::{Config, Engine, Handle, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Long enough for anything on loopback; only reached when a test is failing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// What the controllable HTTP server answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Default for Answer {
+    fn default() -> Answer {
+        Answer {
+            status: 200,
+            body: "ok".into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// An axum server whose answer the test can change, recording what it received.
+#[derive(Debug, Clone)]
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    pub requests: Arc<AtomicUsize>,
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+impl HttpServer {
+    pub async fn start() -> HttpServer {
+        let server = HttpServer {
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            answer: Arc::default(),
+            requests: Arc::default(),
+            last_headers: Arc::default(),
+        };
+        let listener = TcpListener::bind(server.addr).await.expect("bind loopback");
+        let server = HttpServer {
+            addr: listener.local_addr().expect("bound"),
+            ..server
+        };
+        let app = server.router();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        server
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new().fallback(any(answer)).with_state(self.clone())
+    }
+
+    pub fn set(&self, answer: Answer) {
+        *self.answer.lock().expect("not poisoned") = answer;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+async fn answer(State(server): State<HttpServer>, headers: HeaderMap) -> impl IntoResponse {
+    server.requests.fetch_add(1, Ordering::SeqCst);
+    *server.last_headers.lock().expect("not poisoned") = Some(headers);
+    let answer = server.answer.lock().expect("not poisoned").clone();
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    (
+        StatusCode::from_u16(answer.status).expect("valid test status"),
+        answer.body,
+    )
+}
+
+/// A TCP server that accepts connections and never says anything.
+pub async fn silent_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A TCP server that reads a request and answers with bytes that are not HTTP.
+pub async fn garbage_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"\x00\x01garbage\xff\xfe not http at all\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port with nothing listening.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("bound")
+    // dropped here: connections are refused
+}
+
+/// A fresh directory for files a test writes (certificates).
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "healthgate-it-{}-{name}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Starts an engine from config text (env lookups see nothing).
+pub fn start(toml: &str) -> Handle {
+    let config = Config::from_toml_with_env(toml, &|_| None).expect("valid test config");
+    Engine::from_config(&config).start().expect("engine starts")
+}
+
+/// Waits until `dependency` has a first outcome and returns it.
+pub async fn first_outcome(handle: &Handle, dependency: &str) -> Outcome {
+    state_where(handle, dependency, |d| d.last_outcome.is_some())
+        .await
+        .last_outcome
+        .expect("checked above")
+}
+
+/// Waits until the dependency's published state satisfies `pred`, and returns that state.
+pub async fn state_where(
+    handle: &Handle,
+    dependency: &str,
+    pred: impl Fn(&DependencyState) -> bool,
+) -> DependencyState {
+    let mut rx = handle.subscribe();
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            if let Some(d) = snapshot.dependency(dependency)
+                && pred(d)
+            {
+                return d.clone();
+            }
+            rx.changed().await.expect("engine alive");
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "dependency {dependency} never reached the expected state: {:#?}",
+            handle.snapshot().dependency(dependency)
+        )
+    })
+}
+
+/// Runs a single-dependency engine until its first outcome.
+pub async fn probe_once(dependency_toml: &str) -> Outcome {
+    let handle = start(&format!(
+        "[dependencies.dep]\n{dependency_toml}\ninterval = \"30s\"\njitter = 0.0\n"
+    ));
+    let outcome = first_outcome(&handle, "dep").await;
+    handle.shutdown().await;
+    outcome
+}
+
+/// The reason of an outcome, or "" when healthy.
+pub fn reason(outcome: &Outcome) -> &str {
+    outcome.verdict.reason().map_or("", |r| r.as_str())
+}
+
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("linux /proc");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm rss field");
+    pages * 4096
+}
