@@ -65,6 +65,7 @@ impl GrpcProbe {
         });
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(ctx.timeout);
+        let started = tokio::time::Instant::now();
         match self.client.clone().check(request).await {
             Ok(response) => match response.into_inner().status() {
                 ServingStatus::Serving => Verdict::Healthy,
@@ -72,6 +73,12 @@ impl GrpcProbe {
                 ServingStatus::ServiceUnknown => Verdict::unhealthy("service unknown"),
                 ServingStatus::Unknown => Verdict::unhealthy("status UNKNOWN"),
             },
+            // tonic's own connect timeout (set to the same deadline) may fire a moment before
+            // the engine's, as CANCELLED or UNKNOWN: past the deadline, any failure is a timeout.
+            Err(_) if started.elapsed() >= ctx.timeout.mul_f64(0.9) => Verdict::unhealthy(format!(
+                "timed out after {}",
+                humantime::format_duration(ctx.timeout)
+            )),
             Err(status) => Verdict::unhealthy(status_reason(&status)),
         }
     }

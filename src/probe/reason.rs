@@ -41,6 +41,9 @@ pub(crate) fn describe_io(err: &io::Error) -> String {
         HostUnreachable => "host unreachable".to_owned(),
         NetworkUnreachable => "network unreachable".to_owned(),
         AddrNotAvailable => "address not available".to_owned(),
+        // After the handshake, rustls reports a peer's alert as text inside an InvalidData
+        // error (e.g. an mTLS server rejecting us: "received fatal alert: CertificateRequired").
+        InvalidData if err.to_string().starts_with("received fatal alert") => format!("tls: {err}"),
         _ => match err.get_ref() {
             Some(inner) => inner.to_string(),
             None => err.to_string(),

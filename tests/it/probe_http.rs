@@ -14,7 +14,9 @@ use futures_util::StreamExt;
 use healthgate::{Health, Verdict};
 use tokio::net::TcpListener;
 
-use crate::support::{Answer, HttpServer, closed_port, garbage_server, probe_once, reason, rss_bytes, silent_server};
+use crate::support::{
+    Answer, HttpServer, closed_port, garbage_server, probe_once, reason, rss_bytes, silent_server,
+};
 
 fn http(url: &str, extra: &str) -> String {
     format!("kind = \"http\"\nurl = \"{url}\"\n{extra}")
@@ -32,22 +34,47 @@ async fn status_codes_map_to_health() {
     let server = HttpServer::start().await;
     let dep = http(&server.url("/health"), "degraded_statuses = [429]");
     assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
-    server.set(Answer { status: 503, ..Answer::default() });
-    assert_eq!(probe_once(&dep).await.verdict, Verdict::unhealthy("HTTP 503"));
-    server.set(Answer { status: 429, ..Answer::default() });
-    assert_eq!(probe_once(&dep).await.verdict, Verdict::degraded("HTTP 429"));
-    server.set(Answer { status: 204, ..Answer::default() });
+    server.set(Answer {
+        status: 503,
+        ..Answer::default()
+    });
+    assert_eq!(
+        probe_once(&dep).await.verdict,
+        Verdict::unhealthy("HTTP 503")
+    );
+    server.set(Answer {
+        status: 429,
+        ..Answer::default()
+    });
+    assert_eq!(
+        probe_once(&dep).await.verdict,
+        Verdict::degraded("HTTP 429")
+    );
+    server.set(Answer {
+        status: 204,
+        ..Answer::default()
+    });
     let strict = http(&server.url("/health"), "expected_statuses = [200]");
-    assert_eq!(probe_once(&strict).await.verdict, Verdict::unhealthy("HTTP 204"));
+    assert_eq!(
+        probe_once(&strict).await.verdict,
+        Verdict::unhealthy("HTTP 204")
+    );
 }
 
 #[tokio::test]
 async fn slower_than_degraded_after_is_degraded() {
     let server = HttpServer::start().await;
-    server.set(Answer { delay: Duration::from_millis(300), ..Answer::default() });
+    server.set(Answer {
+        delay: Duration::from_millis(300),
+        ..Answer::default()
+    });
     let outcome = probe_once(&http(&server.url("/"), "degraded_after = \"100ms\"")).await;
     assert_eq!(outcome.health(), Health::Degraded);
-    assert!(reason(&outcome).starts_with("slow: "), "{}", reason(&outcome));
+    assert!(
+        reason(&outcome).starts_with("slow: "),
+        "{}",
+        reason(&outcome)
+    );
     assert!(outcome.latency >= Duration::from_millis(300));
 }
 
@@ -57,7 +84,11 @@ async fn a_server_that_never_answers_times_out_on_time() {
     let outcome = probe_once(&http(&format!("http://{addr}/"), "timeout = \"500ms\"")).await;
     assert_eq!(outcome.verdict, Verdict::unhealthy("timed out after 500ms"));
     let late = outcome.latency.saturating_sub(Duration::from_millis(500));
-    assert!(outcome.latency >= Duration::from_millis(500) && late < Duration::from_millis(100), "latency {:?}", outcome.latency);
+    assert!(
+        outcome.latency >= Duration::from_millis(500) && late < Duration::from_millis(100),
+        "latency {:?}",
+        outcome.latency
+    );
 }
 
 #[tokio::test]
@@ -69,7 +100,10 @@ async fn refused_connection_and_garbage_are_unhealthy_with_a_reason() {
     let garbage = garbage_server().await;
     let url = format!("http://{garbage}/health");
     let outcome = probe_once(&http(&url, "")).await;
-    assert_eq!(outcome.verdict, Verdict::unhealthy("invalid HTTP version parsed"));
+    assert_eq!(
+        outcome.verdict,
+        Verdict::unhealthy("invalid HTTP version parsed")
+    );
 }
 
 #[tokio::test]
@@ -87,7 +121,11 @@ async fn a_huge_body_is_not_downloaded() {
                     counter.fetch_add(CHUNK as u64, Ordering::SeqCst);
                     Ok::<_, std::io::Error>(Bytes::from_static(&[b'x'; CHUNK]))
                 });
-                ([(header::CONTENT_LENGTH, GIB.to_string())], Body::from_stream(chunks)).into_response()
+                (
+                    [(header::CONTENT_LENGTH, GIB.to_string())],
+                    Body::from_stream(chunks),
+                )
+                    .into_response()
             }
         }),
     );
@@ -95,12 +133,26 @@ async fn a_huge_body_is_not_downloaded() {
     let rss_before = rss_bytes();
     let url = format!("http://{addr}/big");
     let plain = probe_once(&http(&url, "timeout = \"10s\"")).await;
-    assert_eq!(plain.verdict, Verdict::Healthy, "no body conditions: the status decides");
-    let checked = probe_once(&http(&url, "timeout = \"10s\"\nbody = [{ contains = \"ok\" }]")).await;
-    assert_eq!(checked.verdict, Verdict::unhealthy("body larger than 65536 bytes"));
+    assert_eq!(
+        plain.verdict,
+        Verdict::Healthy,
+        "no body conditions: the status decides"
+    );
+    let checked = probe_once(&http(
+        &url,
+        "timeout = \"10s\"\nbody = [{ contains = \"ok\" }]",
+    ))
+    .await;
+    assert_eq!(
+        checked.verdict,
+        Verdict::unhealthy("body larger than 65536 bytes")
+    );
     let grown = rss_bytes().saturating_sub(rss_before);
     let sent = sent.load(Ordering::SeqCst);
-    assert!(sent < 64 << 20, "the server got to send {sent} bytes of 1 GiB: the probe kept reading");
+    assert!(
+        sent < 64 << 20,
+        "the server got to send {sent} bytes of 1 GiB: the probe kept reading"
+    );
     assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
 }
 
@@ -116,19 +168,37 @@ async fn redirects_are_never_followed_to_another_origin() {
                 async move { (StatusCode::FOUND, [(header::LOCATION, target)]) }
             }),
         )
-        .route("/here", get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/ok")]) }))
+        .route(
+            "/here",
+            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/ok")]) }),
+        )
         .route("/ok", get(|| async { "ok" }));
     let addr = serve(app).await;
 
     let away = format!("http://{addr}/away");
     let outcome = probe_once(&http(&away, "follow_redirects = true")).await;
-    assert_eq!(outcome.verdict, Verdict::unhealthy("HTTP 302 (redirect not followed)"));
+    assert_eq!(
+        outcome.verdict,
+        Verdict::unhealthy("HTTP 302 (redirect not followed)")
+    );
     let outcome = probe_once(&http(&away, "")).await;
-    assert_eq!(outcome.verdict, Verdict::unhealthy("HTTP 302 (redirect not followed)"));
-    assert_eq!(other.requests.load(Ordering::SeqCst), 0, "the other origin received nothing");
+    assert_eq!(
+        outcome.verdict,
+        Verdict::unhealthy("HTTP 302 (redirect not followed)")
+    );
+    assert_eq!(
+        other.requests.load(Ordering::SeqCst),
+        0,
+        "the other origin received nothing"
+    );
 
     let here = format!("http://{addr}/here");
-    assert_eq!(probe_once(&http(&here, "follow_redirects = true")).await.verdict, Verdict::Healthy);
+    assert_eq!(
+        probe_once(&http(&here, "follow_redirects = true"))
+            .await
+            .verdict,
+        Verdict::Healthy
+    );
     assert_eq!(
         probe_once(&http(&here, "")).await.verdict,
         Verdict::unhealthy("HTTP 302 (redirect not followed)"),
@@ -143,22 +213,56 @@ async fn body_conditions_read_the_real_response() {
         &server.url("/status"),
         r#"body = [{ json = "/status", equals = "UP" }, { json = "$.db.latency_ms", equals = 3, on_mismatch = "degraded" }]"#,
     );
-    server.set(Answer { body: r#"{"status":"UP","db":{"latency_ms":3}}"#.into(), ..Answer::default() });
+    server.set(Answer {
+        body: r#"{"status":"UP","db":{"latency_ms":3}}"#.into(),
+        ..Answer::default()
+    });
     assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
-    server.set(Answer { body: r#"{"status":"UP","db":{"latency_ms":900}}"#.into(), ..Answer::default() });
-    assert_eq!(probe_once(&dep).await.verdict, Verdict::degraded("body $.db.latency_ms is not 3"));
-    server.set(Answer { body: r#"{"status":"DOWN"}"#.into(), ..Answer::default() });
-    assert_eq!(probe_once(&dep).await.verdict, Verdict::unhealthy("body /status is not \"UP\""));
-    server.set(Answer { body: "<html>oops</html>".into(), ..Answer::default() });
-    assert_eq!(probe_once(&dep).await.verdict, Verdict::unhealthy("body is not valid JSON"));
+    server.set(Answer {
+        body: r#"{"status":"UP","db":{"latency_ms":900}}"#.into(),
+        ..Answer::default()
+    });
+    assert_eq!(
+        probe_once(&dep).await.verdict,
+        Verdict::degraded("body $.db.latency_ms is not 3")
+    );
+    server.set(Answer {
+        body: r#"{"status":"DOWN"}"#.into(),
+        ..Answer::default()
+    });
+    assert_eq!(
+        probe_once(&dep).await.verdict,
+        Verdict::unhealthy("body /status is not \"UP\"")
+    );
+    server.set(Answer {
+        body: "<html>oops</html>".into(),
+        ..Answer::default()
+    });
+    assert_eq!(
+        probe_once(&dep).await.verdict,
+        Verdict::unhealthy("body is not valid JSON")
+    );
 }
 
 #[tokio::test]
 async fn configured_method_and_headers_are_sent() {
     let server = HttpServer::start().await;
-    let dep = http(&server.url("/"), "method = \"head\"\nheaders = { X-Probe = \"healthgate\" }");
+    let dep = http(
+        &server.url("/"),
+        "method = \"head\"\nheaders = { X-Probe = \"healthgate\" }",
+    );
     assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
-    let headers = server.last_headers.lock().expect("not poisoned").clone().expect("request seen");
+    let headers = server
+        .last_headers
+        .lock()
+        .expect("not poisoned")
+        .clone()
+        .expect("request seen");
     assert_eq!(headers["x-probe"], "healthgate");
-    assert!(headers["user-agent"].to_str().expect("ascii").starts_with("healthgate/"));
+    assert!(
+        headers["user-agent"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("healthgate/")
+    );
 }

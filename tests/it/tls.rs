@@ -33,11 +33,17 @@ pub(crate) struct Pki {
 pub(crate) fn pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "healthgate test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "healthgate test CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
     let leaf = |names: Vec<String>| {
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(names).expect("params").signed_by(&key, &ca).expect("signed");
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("signed");
         (cert, key)
     };
     let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
@@ -69,13 +75,17 @@ async fn tls_server(pki: &Pki, require_client_cert: bool) -> SocketAddr {
     let builder = if require_client_cert {
         let mut roots = RootCertStore::empty();
         roots.add(pki.ca.clone()).expect("CA");
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().expect("verifier");
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
     let key = PrivateKeyDer::Pkcs8(pki.server_key.clone().into());
-    let mut config = builder.with_single_cert(vec![pki.server_cert.clone()], key).expect("server cert");
+    let mut config = builder
+        .with_single_cert(vec![pki.server_cert.clone()], key)
+        .expect("server cert");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -97,7 +107,10 @@ async fn tls_server(pki: &Pki, require_client_cert: bool) -> SocketAddr {
 }
 
 fn https(addr: SocketAddr, tls: &str) -> String {
-    format!("kind = \"http\"\nurl = \"https://localhost:{}/health\"\ntimeout = \"5s\"\n{tls}", addr.port())
+    format!(
+        "kind = \"http\"\nurl = \"https://localhost:{}/health\"\ntimeout = \"5s\"\n{tls}",
+        addr.port()
+    )
 }
 
 #[tokio::test]
@@ -106,17 +119,28 @@ async fn unknown_issuer_fails_unless_its_ca_is_configured() {
     let addr = tls_server(&pki, false).await;
     let outcome = probe_once(&https(addr, "")).await;
     assert_eq!(outcome.health(), Health::Unhealthy);
-    assert_eq!(reason(&outcome), "tls: invalid peer certificate: UnknownIssuer");
+    assert_eq!(
+        reason(&outcome),
+        "tls: invalid peer certificate: UnknownIssuer"
+    );
 
     let with_ca = format!("tls = {{ ca_file = {:?} }}", pki.file("ca.pem"));
-    assert_eq!(probe_once(&https(addr, &with_ca)).await.verdict, Verdict::Healthy);
+    assert_eq!(
+        probe_once(&https(addr, &with_ca)).await.verdict,
+        Verdict::Healthy
+    );
 }
 
 #[tokio::test]
 async fn insecure_skips_verification() {
     let pki = pki();
     let addr = tls_server(&pki, false).await;
-    assert_eq!(probe_once(&https(addr, "tls = { insecure = true }")).await.verdict, Verdict::Healthy);
+    assert_eq!(
+        probe_once(&https(addr, "tls = { insecure = true }"))
+            .await
+            .verdict,
+        Verdict::Healthy
+    );
 }
 
 #[tokio::test]
@@ -126,9 +150,17 @@ async fn server_name_override_verifies_against_the_configured_name() {
     let ca = pki.file("ca.pem");
     let wrong = format!("tls = {{ ca_file = {ca:?}, server_name = \"other.example\" }}");
     let outcome = probe_once(&https(addr, &wrong)).await;
-    assert!(reason(&outcome).starts_with("tls: invalid peer certificate: certificate not valid for name"), "{}", reason(&outcome));
+    assert!(
+        reason(&outcome)
+            .starts_with("tls: invalid peer certificate: certificate not valid for name"),
+        "{}",
+        reason(&outcome)
+    );
     let right = format!("tls = {{ ca_file = {ca:?}, server_name = \"localhost\" }}");
-    assert_eq!(probe_once(&https(addr, &right)).await.verdict, Verdict::Healthy);
+    assert_eq!(
+        probe_once(&https(addr, &right)).await.verdict,
+        Verdict::Healthy
+    );
 }
 
 #[tokio::test]
@@ -138,12 +170,18 @@ async fn mtls_server_refuses_probes_without_the_client_certificate() {
     let ca = pki.file("ca.pem");
     let outcome = probe_once(&https(addr, &format!("tls = {{ ca_file = {ca:?} }}"))).await;
     assert_eq!(outcome.health(), Health::Unhealthy, "no client certificate");
-    assert_eq!(reason(&outcome), "tls: received fatal alert: CertificateRequired");
+    assert_eq!(
+        reason(&outcome),
+        "tls: received fatal alert: CertificateRequired"
+    );
 
     let with_identity = format!(
         "tls = {{ ca_file = {ca:?}, cert_file = {:?}, key_file = {:?} }}",
         pki.file("client.pem"),
         pki.file("client.key")
     );
-    assert_eq!(probe_once(&https(addr, &with_identity)).await.verdict, Verdict::Healthy);
+    assert_eq!(
+        probe_once(&https(addr, &with_identity)).await.verdict,
+        Verdict::Healthy
+    );
 }
