@@ -78,14 +78,6 @@ fn start_one(spec: DependencySpec) -> Handle {
         .expect("engine starts")
 }
 
-fn health(handle: &Handle) -> Health {
-    handle
-        .snapshot()
-        .dependency("dep")
-        .expect("dep exists")
-        .health
-}
-
 #[tokio::test(start_paused = true)]
 async fn fall_and_rise_thresholds_damp_flapping() {
     let probe = Scripted::new(Verdict::Healthy);

@@ -19,14 +19,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Long enough for anything on loopback; only reached when a test is failing.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// What the controllable HTTP server answers.
 #[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-    pub delay: Duration,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) delay: Duration,
 }
 
 impl Default for Answer {
@@ -41,15 +41,15 @@ impl Default for Answer {
 
 /// An axum server whose answer the test can change, recording what it received.
 #[derive(Debug, Clone)]
-pub struct HttpServer {
-    pub addr: SocketAddr,
+pub(crate) struct HttpServer {
+    pub(crate) addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
-    pub requests: Arc<AtomicUsize>,
-    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    pub(crate) requests: Arc<AtomicUsize>,
+    pub(crate) last_headers: Arc<Mutex<Option<HeaderMap>>>,
 }
 
 impl HttpServer {
-    pub async fn start() -> HttpServer {
+    pub(crate) async fn start() -> HttpServer {
         let server = HttpServer {
             addr: "127.0.0.1:0".parse().expect("literal"),
             answer: Arc::default(),
@@ -66,15 +66,15 @@ impl HttpServer {
         server
     }
 
-    pub fn router(&self) -> Router {
+    pub(crate) fn router(&self) -> Router {
         Router::new().fallback(any(answer)).with_state(self.clone())
     }
 
-    pub fn set(&self, answer: Answer) {
+    pub(crate) fn set(&self, answer: Answer) {
         *self.answer.lock().expect("not poisoned") = answer;
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 }
@@ -93,7 +93,7 @@ async fn answer(State(server): State<HttpServer>, headers: HeaderMap) -> impl In
 }
 
 /// A TCP server that accepts connections and never says anything.
-pub async fn silent_server() -> SocketAddr {
+pub(crate) async fn silent_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     tokio::spawn(async move {
@@ -106,7 +106,7 @@ pub async fn silent_server() -> SocketAddr {
 }
 
 /// A TCP server that reads a request and answers with bytes that are not HTTP.
-pub async fn garbage_server() -> SocketAddr {
+pub(crate) async fn garbage_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     tokio::spawn(async move {
@@ -124,14 +124,14 @@ pub async fn garbage_server() -> SocketAddr {
 }
 
 /// A loopback port with nothing listening.
-pub async fn closed_port() -> SocketAddr {
+pub(crate) async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("bound")
     // dropped here: connections are refused
 }
 
 /// A fresh directory for files a test writes (certificates).
-pub fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "healthgate-it-{}-{name}-{}",
@@ -143,13 +143,13 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// Starts an engine from config text (env lookups see nothing).
-pub fn start(toml: &str) -> Handle {
+pub(crate) fn start(toml: &str) -> Handle {
     let config = Config::from_toml_with_env(toml, &|_| None).expect("valid test config");
     Engine::from_config(&config).start().expect("engine starts")
 }
 
 /// Waits until `dependency` has a first outcome and returns it.
-pub async fn first_outcome(handle: &Handle, dependency: &str) -> Outcome {
+pub(crate) async fn first_outcome(handle: &Handle, dependency: &str) -> Outcome {
     state_where(handle, dependency, |d| d.last_outcome.is_some())
         .await
         .last_outcome
@@ -157,7 +157,7 @@ pub async fn first_outcome(handle: &Handle, dependency: &str) -> Outcome {
 }
 
 /// Waits until the dependency's published state satisfies `pred`, and returns that state.
-pub async fn state_where(
+pub(crate) async fn state_where(
     handle: &Handle,
     dependency: &str,
     pred: impl Fn(&DependencyState) -> bool,
@@ -184,7 +184,7 @@ pub async fn state_where(
 }
 
 /// Runs a single-dependency engine until its first outcome.
-pub async fn probe_once(dependency_toml: &str) -> Outcome {
+pub(crate) async fn probe_once(dependency_toml: &str) -> Outcome {
     let handle = start(&format!(
         "[dependencies.dep]\n{dependency_toml}\ninterval = \"30s\"\njitter = 0.0\n"
     ));
@@ -194,12 +194,12 @@ pub async fn probe_once(dependency_toml: &str) -> Outcome {
 }
 
 /// The reason of an outcome, or "" when healthy.
-pub fn reason(outcome: &Outcome) -> &str {
+pub(crate) fn reason(outcome: &Outcome) -> &str {
     outcome.verdict.reason().map_or("", |r| r.as_str())
 }
 
 /// Resident set size of this process, in bytes (Linux).
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("linux /proc");
     let pages: u64 = statm
         .split_whitespace()
