@@ -1,6 +1,6 @@
 //! Configuration: TOML text → validated [`Config`].
 //!
-//! Two levels, as in ripgrep and vector: [`raw`] mirrors the file exactly, and [`validate`]
+//! Two levels, as in ripgrep and vector: `raw` mirrors the file exactly, and `validate`
 //! turns it into typed specs while collecting *every* problem with its key path, so one run of
 //! `healthgate config validate` lists all of them. Unknown keys are problems too (reported by
 //! path, all at once, rather than serde's first-only `deny_unknown_fields`).

@@ -1,4 +1,62 @@
-//! healthgate: probes what a service depends on and publishes one answer — can it take traffic?
+//! healthgate tells meshes, orchestrators and load balancers whether a service can take
+//! traffic, by probing the things it depends on.
+//!
+//! The library core is the [`Engine`]: it probes HTTP, gRPC, TCP and in-process
+//! ([`Probe`]) dependencies in the background, damps flapping with rise/fall thresholds, rolls
+//! dependency health up into named services (`""` overall, `readiness`, `liveness`, …) with a
+//! three-state model (healthy, degraded, unhealthy, plus unknown), and publishes the result as
+//! immutable [`Snapshot`]s that readers get in a pointer copy — never waiting on a probe.
+//!
+//! ```
+//! use healthgate::{Config, Engine, Health};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A TCP listener stands in for a database.
+//! let db = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = Config::from_toml(&format!(
+//!     r#"
+//!     [dependencies.db]
+//!     kind = "tcp"
+//!     address = "{}"
+//!     interval = "1s"
+//!     timeout = "500ms"
+//!
+//!     [services.readiness]
+//!     dependencies = {{ db = "critical" }}
+//!     "#,
+//!     db.local_addr()?
+//! ))?;
+//! let engine = Engine::from_config(&config).start()?;
+//!
+//! // Wait for the first probe round, then read the snapshot.
+//! let mut readiness = engine.watch_service("readiness");
+//! readiness.wait_for(|s| s.is_some_and(|s| s.serving)).await?;
+//! let snapshot = engine.snapshot();
+//! assert_eq!(snapshot.dependency("db").map(|d| d.health), Some(Health::Healthy));
+//! assert_eq!(snapshot.service("readiness").map(|s| s.status.health), Some(Health::Healthy));
+//!
+//! engine.shutdown().await; // every service NOT_SERVING, probes stopped
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`health`](Health) | the [`Health`] enum, its severity order, [`Impact`] |
+//! | [`outcome`](Outcome) | [`Verdict`] (what a probe says), [`Outcome`] (one run), [`Reason`] |
+//! | [`config`] | TOML → validated [`Config`]: raw mirror, validation with key paths, `${ENV}` |
+//! | [`probe`] | the [`Probe`] trait; `http`, `grpc`, `tcp` probes; TLS; error → reason |
+//! | [`engine`] | [`Engine`] / [`Handle`]; probe tasks, on-demand cache, hysteresis, rollup, reducer |
+//! | [`snapshot`] | the immutable published view |
+//! | [`redact`] | keeping secrets out of everything printed |
+//!
+//! Data flows one way: probe tasks send outcomes to a single reducer task, which owns all state
+//! and publishes `Arc<Snapshot>`s and per-service watch values. Nothing holds a lock across
+//! `.await`, and the library installs no global state (no subscriber, no signal handler, no
+//! TLS provider: probes build their rustls configs with an explicit ring provider).
 
 pub mod config;
 pub mod engine;

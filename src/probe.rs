@@ -1,9 +1,9 @@
-//! The [`Probe`] trait and the built-in probes: [`http`], [`grpc`] and [`tcp`].
+//! The [`Probe`] trait and the built-in probes: `http`, `grpc` and `tcp`.
 //!
 //! A probe answers one question once: is the dependency fine right now? It returns a
 //! [`Verdict`]; the engine owns everything around it (timeout, latency, `degraded_after`, panics,
 //! scheduling, hysteresis). Failures are verdicts with short reasons built from classified
-//! errors ([`reason`]), never from URLs, header values or bodies.
+//! errors (`reason`), never from URLs, header values or bodies.
 
 mod grpc;
 mod http;
@@ -117,5 +117,45 @@ fn warn_insecure(tls: &TlsSpec) {
         tracing::warn!(
             "TLS certificate verification is disabled for a dependency (tls.insecure = true)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[tokio::test]
+    async fn http_probes_share_a_client_per_tls_and_redirect_setting() {
+        let config = Config::from_toml_with_env(
+            r#"
+[dependencies.a]
+kind = "http"
+url = "http://127.0.0.1:1/a"
+[dependencies.b]
+kind = "http"
+url = "http://127.0.0.1:2/b"
+[dependencies.c]
+kind = "http"
+url = "http://127.0.0.1:3/c"
+follow_redirects = true
+[dependencies.d]
+kind = "http"
+url = "https://127.0.0.1:4/d"
+tls = { insecure = true }
+[dependencies.e]
+kind = "http"
+url = "https://127.0.0.1:5/e"
+tls = { insecure = true }
+"#,
+            &|_| None,
+        )
+        .expect("valid");
+        let mut factory = ProbeFactory::default();
+        for spec in config.dependencies.values() {
+            factory.build(spec).expect("builds");
+        }
+        // a+b share; c differs by redirects; d+e share an insecure TLS client.
+        assert_eq!(factory.http_clients.len(), 3);
     }
 }

@@ -28,6 +28,7 @@ pub(crate) struct Pki {
     ca: CertificateDer<'static>,
     server_cert: CertificateDer<'static>,
     server_key: Vec<u8>,
+    server_pem: (String, String),
 }
 
 pub(crate) fn pki() -> Pki {
@@ -57,6 +58,7 @@ pub(crate) fn pki() -> Pki {
         ca: ca.der().clone(),
         server_cert: server_cert.der().clone(),
         server_key: server_key.serialize_der(),
+        server_pem: (server_cert.pem(), server_key.serialize_pem()),
     }
 }
 
@@ -183,5 +185,50 @@ async fn mtls_server_refuses_probes_without_the_client_certificate() {
     assert_eq!(
         probe_once(&https(addr, &with_identity)).await.verdict,
         Verdict::Healthy
+    );
+}
+
+/// A tonic health server over TLS (tonic's own server TLS), SERVING for `""`.
+async fn grpc_tls_server(pki: &Pki) -> SocketAddr {
+    use tonic::transport::{Identity, Server, ServerTlsConfig};
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    let identity = Identity::from_pem(&pki.server_pem.0, &pki.server_pem.1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let router = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .expect("tls config")
+        .add_service(service);
+    tokio::spawn(
+        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn grpc_over_tls_verifies_against_the_configured_ca() {
+    let pki = pki();
+    let addr = grpc_tls_server(&pki).await;
+    let dep = |tls: &str| {
+        format!(
+            "kind = \"grpc\"\ntarget = \"https://localhost:{}\"\ntimeout = \"5s\"\n{tls}",
+            addr.port()
+        )
+    };
+    let outcome = probe_once(&dep(&format!(
+        "tls = {{ ca_file = {:?} }}",
+        pki.file("ca.pem")
+    )))
+    .await;
+    assert_eq!(outcome.verdict, Verdict::Healthy);
+    let outcome = probe_once(&dep("tls = { insecure = true }")).await;
+    assert_eq!(outcome.verdict, Verdict::Healthy);
+    // Without the CA (system roots only), the handshake fails.
+    let outcome = probe_once(&dep("")).await;
+    assert_eq!(outcome.health(), Health::Unhealthy);
+    assert!(
+        reason(&outcome).contains("UnknownIssuer"),
+        "{}",
+        reason(&outcome)
     );
 }
