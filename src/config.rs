@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::redact;
+
 pub use dependency::{
     BodyCondition, BodyMatcher, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
@@ -46,7 +48,7 @@ pub struct Config {
 }
 
 /// The `[server]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where grpc.health.v1 is served. Default `0.0.0.0:50051`.
     pub grpc_listen: SocketAddr,
@@ -54,6 +56,23 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// How long in-flight RPCs may take after the drain delay. Default 10 s.
     pub drain_timeout: Duration,
+    /// When set, the detail RPCs require `authorization: Bearer TOKEN` (the standard health
+    /// service never does). Usually `"${VAR}"`.
+    pub detail_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("grpc_listen", &self.grpc_listen)
+            .field("drain_delay", &self.drain_delay)
+            .field("drain_timeout", &self.drain_timeout)
+            .field(
+                "detail_token",
+                &self.detail_token.as_ref().map(|_| redact::REDACTED),
+            )
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -62,6 +81,7 @@ impl Default for ServerConfig {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             drain_delay: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            detail_token: None,
         }
     }
 }

@@ -51,6 +51,7 @@
 //! | [`probe`] | the [`Probe`] trait; `http`, `grpc`, `tcp` probes; TLS; error → reason |
 //! | [`engine`] | [`Engine`] / [`Handle`]; probe tasks, on-demand cache, hysteresis, rollup, reducer |
 //! | [`snapshot`] | the immutable published view |
+//! | [`grpc`] | the gRPC front: `grpc.health.v1`, `healthgate.v1.Detail`, reflection, drain; the only module that touches generated types |
 //! | [`redact`] | keeping secrets out of everything printed |
 //!
 //! Data flows one way: probe tasks send outcomes to a single reducer task, which owns all state
@@ -60,6 +61,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod grpc;
 mod health;
 mod outcome;
 pub mod probe;

@@ -5,7 +5,7 @@
 //! scheduling, hysteresis). Failures are verdicts with short reasons built from classified
 //! errors (`reason`), never from URLs, header values or bodies.
 
-mod grpc;
+pub(crate) mod grpc;
 mod http;
 mod reason;
 mod tcp;
@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use crate::Verdict;
 use crate::config::{DependencySpec, ProbeSpec, TlsSpec};
+
+/// A short reason for a network error (its TLS or I/O cause), never quoting URLs.
+pub(crate) use reason::describe as describe_error;
 
 /// The future a probe returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;

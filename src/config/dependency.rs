@@ -325,8 +325,15 @@ impl DependencySpec {
     pub fn target(&self) -> String {
         match &self.probe {
             ProbeSpec::Http(s) => redact_url(&s.url),
-            ProbeSpec::Grpc(s) if s.service.is_empty() => redact_url(&s.target),
-            ProbeSpec::Grpc(s) => format!("{} service {:?}", redact_url(&s.target), s.service),
+            ProbeSpec::Grpc(s) => {
+                let target = redact_url(&s.target);
+                let target = target.trim_end_matches('/');
+                if s.service.is_empty() {
+                    target.to_owned()
+                } else {
+                    format!("{target} service {:?}", s.service)
+                }
+            }
             ProbeSpec::Tcp(s) => self.secrets.scrub(&s.address).into_owned(),
             ProbeSpec::Custom { target, .. } => self.secrets.scrub(target).into_owned(),
         }

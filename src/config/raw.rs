@@ -25,6 +25,7 @@ pub(crate) struct RawServer {
     pub(crate) grpc_listen: Option<String>,
     pub(crate) drain_delay: Option<String>,
     pub(crate) drain_timeout: Option<String>,
+    pub(crate) detail_token: Option<String>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

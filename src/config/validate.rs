@@ -85,6 +85,16 @@ impl Validator<'_> {
         if let Some(d) = self.duration("server.drain_timeout", raw.drain_timeout.as_deref()) {
             server.drain_timeout = d;
         }
+        if let Some(token) = &raw.detail_token {
+            let token = self.expand("server.detail_token", token, &mut Vec::new())?;
+            if token.is_empty() {
+                self.problem(
+                    "server.detail_token",
+                    "must not be empty (omit it to allow anyone)",
+                );
+            }
+            server.detail_token = Some(token);
+        }
         Some(server)
     }
 

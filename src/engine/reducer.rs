@@ -547,8 +547,8 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
 fn log_transition(what: &'static str, name: &str, from: Health, to: Health, reason: Option<&str>) {
     let reason = reason.unwrap_or("");
     if to > from {
-        warn!(kind = what, name = %name, from = %from, to = %to, reason = %reason, "health got worse");
+        warn!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got worse");
     } else {
-        info!(kind = what, name = %name, from = %from, to = %to, reason = %reason, "health got better");
+        info!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got better");
     }
 }

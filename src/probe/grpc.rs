@@ -123,7 +123,7 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-fn with_tls(
+pub(crate) fn with_tls(
     endpoint: Endpoint,
     spec: &TlsSpec,
     authority: Option<&str>,

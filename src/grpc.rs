@@ -1,0 +1,14 @@
+//! The gRPC front: `grpc.health.v1.Health` ([`HealthService`]), `healthgate.v1.Detail`
+//! ([`DetailService`]), reflection, and [`serve`] with the drain sequence. The only part of the
+//! crate that touches generated types.
+
+pub mod client;
+mod convert;
+mod detail;
+mod health;
+pub mod pb;
+mod server;
+
+pub use detail::{DetailService, DetailStream};
+pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
+pub use server::{ServeError, ServeOptions, serve};

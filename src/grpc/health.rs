@@ -1,0 +1,163 @@
+//! `grpc.health.v1.Health`, to the letter of the canonical proto and its consumers: Check,
+//! Watch and List, all answered from what the engine already published — never a probe.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::convert::{health_state, serving_status};
+use super::pb::health::health_check_response::ServingStatus;
+use super::pb::health::health_server::{Health, HealthServer};
+use super::pb::health::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
+};
+use crate::Handle;
+use crate::snapshot::ServiceHealth;
+
+/// The most names `List` returns; more is `RESOURCE_EXHAUSTED` (canonical proto).
+pub const LIST_LIMIT: usize = 100;
+
+/// The metadata key that carries the three-state health next to the two-state wire status.
+pub const HEALTH_STATE_KEY: &str = "x-health-state";
+
+/// The `grpc.health.v1.Health` implementation over an engine [`Handle`].
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    handle: Handle,
+    /// Cancelled when drain ends Watch streams (after their final `NOT_SERVING`).
+    streams_end: CancellationToken,
+}
+
+impl HealthService {
+    /// A service reading `handle`; Watch streams end when `streams_end` is cancelled.
+    pub fn new(handle: Handle, streams_end: CancellationToken) -> HealthService {
+        HealthService {
+            handle,
+            streams_end,
+        }
+    }
+
+    /// The tonic server: accepts gzip-compressed requests, answers uncompressed (a status
+    /// message is two bytes; compressing it only costs).
+    pub fn into_server(self) -> HealthServer<HealthService> {
+        HealthServer::new(self).accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    }
+}
+
+fn response<T>(message: T, status: Option<ServiceHealth>) -> Response<T> {
+    let mut response = Response::new(message);
+    response.metadata_mut().insert(
+        HEALTH_STATE_KEY,
+        MetadataValue::from_static(health_state(status)),
+    );
+    response
+}
+
+fn message(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+/// A Watch stream, boxed: its state is one watch receiver and a token.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let snapshot = self.handle.snapshot();
+        let Some(service) = snapshot.service(&request.get_ref().service) else {
+            return Err(Status::not_found("unknown service"));
+        };
+        let status = Some(service.status);
+        Ok(response(message(serving_status(status)), status))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<HealthListRequest>,
+    ) -> Result<Response<HealthListResponse>, Status> {
+        let snapshot = self.handle.snapshot();
+        if snapshot.services.len() > LIST_LIMIT {
+            return Err(Status::resource_exhausted(format!(
+                "more than {LIST_LIMIT} services"
+            )));
+        }
+        let statuses = snapshot
+            .services
+            .iter()
+            .map(|s| (s.name.to_string(), message(serving_status(Some(s.status)))))
+            .collect();
+        Ok(Response::new(HealthListResponse { statuses }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        // Touch on-demand dependencies, as Check does.
+        self.handle.snapshot();
+        let rx = self.handle.watch_service(&request.get_ref().service);
+        let initial = *rx.borrow();
+        let stream = watch_stream(rx, self.streams_end.clone());
+        Ok(response(Box::pin(stream) as WatchStream, initial))
+    }
+}
+
+/// Sends the current status at once, then each *change of wire status* (a Healthy ↔ Degraded
+/// flip on a lenient service sends nothing). Holds no queue: a slow reader skips to the latest
+/// value. Ends only when `end` is cancelled, after a final `NOT_SERVING`.
+fn watch_stream(
+    rx: watch::Receiver<Option<ServiceHealth>>,
+    end: CancellationToken,
+) -> impl Stream<Item = Result<HealthCheckResponse, Status>> + Send {
+    struct State {
+        rx: watch::Receiver<Option<ServiceHealth>>,
+        end: CancellationToken,
+        last: Option<ServingStatus>,
+        done: bool,
+    }
+    let state = State {
+        rx,
+        end,
+        last: None,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if st.end.is_cancelled() {
+                st.done = true;
+                // The last word is always NOT_SERVING.
+                return (st.last != Some(ServingStatus::NotServing))
+                    .then(|| (Ok(message(ServingStatus::NotServing)), st));
+            }
+            let now = serving_status(*st.rx.borrow_and_update());
+            if st.last != Some(now) {
+                st.last = Some(now);
+                return Some((Ok(message(now)), st));
+            }
+            tokio::select! {
+                changed = st.rx.changed() => {
+                    if changed.is_err() {
+                        // The engine is gone without a drain: nothing will change any more,
+                        // but the stream stays open until drain ends it.
+                        st.end.cancelled().await;
+                    }
+                }
+                _ = st.end.cancelled() => {}
+            }
+        }
+    })
+}
