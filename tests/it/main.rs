@@ -4,6 +4,7 @@ mod support;
 
 mod config_file;
 mod engine;
+mod front;
 mod probe_grpc;
 mod probe_http;
 mod probe_tcp;

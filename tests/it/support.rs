@@ -208,3 +208,86 @@ pub(crate) fn rss_bytes() -> u64 {
         .expect("statm rss field");
     pages * 4096
 }
+
+/// A healthgate gRPC server running in-process on 127.0.0.1:0.
+pub(crate) struct Front {
+    pub(crate) addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) done: tokio::task::JoinHandle<Result<(), healthgate::grpc::ServeError>>,
+}
+
+impl Front {
+    pub(crate) async fn start(handle: Handle, options: healthgate::grpc::ServeOptions) -> Front {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(healthgate::grpc::serve(listener, handle, options, async {
+            let _ = rx.await;
+        }));
+        Front {
+            addr,
+            shutdown: Some(tx),
+            done,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts the drain sequence, as SIGTERM does.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub(crate) async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("server accepts connections")
+    }
+}
+
+/// An in-process probe whose verdict the test flips; with fall = rise = 1 and a short interval
+/// the dependency follows within one interval.
+#[derive(Debug)]
+pub(crate) struct Switch(Mutex<healthgate::Verdict>);
+
+impl Switch {
+    pub(crate) fn new() -> Arc<Switch> {
+        Arc::new(Switch(Mutex::new(healthgate::Verdict::Healthy)))
+    }
+
+    pub(crate) fn set(&self, v: healthgate::Verdict) {
+        *self.0.lock().expect("not poisoned") = v;
+    }
+
+    pub(crate) fn spec(self: &Arc<Switch>) -> healthgate::config::DependencySpec {
+        healthgate::config::DependencySpec::custom(self.clone(), "switch")
+            .every(Duration::from_millis(50), 0.0)
+            .with_timeout(Duration::from_millis(40))
+            .with_thresholds(1, 1)
+    }
+}
+
+impl healthgate::Probe for Switch {
+    fn check(&self, _ctx: healthgate::probe::ProbeContext) -> healthgate::probe::ProbeFuture<'_> {
+        let v = self.0.lock().expect("not poisoned").clone();
+        Box::pin(async move { v })
+    }
+}
+
+/// Waits until the service's published health is `health`.
+pub(crate) async fn service_is(handle: &Handle, service: &str, health: healthgate::Health) {
+    let mut rx = handle.watch_service(service);
+    tokio::time::timeout(
+        PATIENCE,
+        rx.wait_for(|s| s.is_some_and(|s| s.health == health)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("service {service:?} never became {health}"))
+    .expect("engine alive");
+}
