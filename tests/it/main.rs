@@ -10,3 +10,4 @@ mod probe_http;
 mod probe_tcp;
 mod secrets;
 mod tls;
+mod wire;

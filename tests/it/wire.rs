@@ -1,0 +1,331 @@
+//! The front at the HTTP/2 level, with a raw h2 client: exact frames, a Watch client that never
+//! reads, and the drain sequence with its timings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use healthgate::config::ServiceSpec;
+use healthgate::grpc::ServeOptions;
+use healthgate::{Engine, Handle, Health, Impact};
+use prost::Message;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use crate::support::{Front, PATIENCE, Switch, rss_bytes, service_is};
+
+/// A raw HTTP/2 connection whose streams have `window` bytes of flow-control credit that is
+/// never given back unless the test reads.
+async fn h2_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    client
+}
+
+/// Sends one gRPC call with `payload` (already framed) and extra headers.
+async fn call(
+    client: h2::client::SendRequest<Bytes>,
+    method: &str,
+    payload: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> http::Response<h2::RecvStream> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://any-authority.example/grpc.health.v1.Health/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut client = client.ready().await.expect("ready");
+    let (response, mut body) = client
+        .send_request(request.body(()).expect("valid request"), false)
+        .expect("sent");
+    body.send_data(Bytes::from(payload), true)
+        .expect("body sent");
+    response.await.expect("response headers")
+}
+
+fn frame(compressed: bool, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![u8::from(compressed)];
+    out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// gzip of the empty input: an empty HealthCheckRequest (service "").
+const GZIP_EMPTY: [u8; 20] = [
+    0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+async fn healthy_engine() -> Handle {
+    let switch = Switch::new();
+    let handle = Engine::builder()
+        .dependency("db", switch.spec())
+        .start()
+        .expect("starts");
+    service_is(&handle, "", Health::Healthy).await;
+    std::mem::forget(switch); // the probe holds its own Arc; keep the test's too
+    handle
+}
+
+#[tokio::test]
+async fn check_response_is_an_uncompressed_frame_with_grpc_status_0() {
+    let front = Front::start(healthy_engine().await, ServeOptions::default()).await;
+    for (payload, headers) in [
+        // No metadata at all, any :authority.
+        (frame(false, &[]), vec![]),
+        // A gzip-compressed request from a client that accepts gzip: still answered plainly.
+        (
+            frame(true, &GZIP_EMPTY),
+            vec![
+                ("grpc-encoding", "gzip"),
+                ("grpc-accept-encoding", "gzip"),
+                ("grpc-timeout", "5S"),
+            ],
+        ),
+    ] {
+        let response = call(
+            h2_client(front.addr, 65_535).await,
+            "Check",
+            payload,
+            &headers,
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert!(
+            response.headers().get("grpc-encoding").is_none(),
+            "response not compressed"
+        );
+        assert_eq!(response.headers()["x-health-state"], "healthy");
+        let mut body = response.into_body();
+        let data = body.data().await.expect("a data frame").expect("readable");
+        assert_eq!(data[0], 0, "compressed flag off");
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        let message =
+            HealthCheckResponse::decode(&data[5..5 + len]).expect("a HealthCheckResponse");
+        assert_eq!(message.status(), ServingStatus::Serving);
+        let trailers = body.trailers().await.expect("trailers").expect("present");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_that_never_reads_holds_one_pending_value_and_slows_nobody() {
+    let up = Switch::new();
+    let down = Switch::new();
+    down.set(healthgate::Verdict::unhealthy("down"));
+    let handle = Engine::builder()
+        .dependency("up", up.spec())
+        .dependency("down", down.spec())
+        .service("flappy", ServiceSpec::with_all(["up"], Impact::Critical))
+        .start()
+        .expect("starts");
+    service_is(&handle, "", Health::Unhealthy).await;
+    service_is(&handle, "flappy", Health::Healthy).await;
+    let front = Front::start(handle.clone(), ServeOptions::default()).await;
+
+    // 256 bytes of credit: ~36 seven-byte messages, then the server must hold back. (Bigger
+    // windows trip the h2 client's own flood guard: it counts buffered DATA frames under
+    // 256 bytes and sends itself a GOAWAY past ~100 of them.)
+    let stuck = call(
+        h2_client(front.addr, 256).await,
+        "Watch",
+        frame(
+            false,
+            &HealthCheckRequest {
+                service: "flappy".into(),
+            }
+            .encode_to_vec(),
+        ),
+        &[],
+    )
+    .await;
+    let mut reader = HealthClient::new(front.channel().await)
+        .watch(HealthCheckRequest {
+            service: "flappy".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let rss_before = rss_bytes();
+    let flips = 10_000;
+    for i in 0..flips {
+        let dep = if i % 2 == 0 { "down" } else { "up" };
+        handle
+            .set_service("flappy", ServiceSpec::with_all([dep], Impact::Critical))
+            .await
+            .expect("flip");
+    }
+    // 10,000 is even: the last flip set "up".
+    let grown = rss_bytes().saturating_sub(rss_before);
+
+    // Check stays fast while the stuck stream sits there.
+    let mut client = HealthClient::new(front.channel().await);
+    let started = Instant::now();
+    for _ in 0..200 {
+        client
+            .check(HealthCheckRequest {
+                service: "flappy".into(),
+            })
+            .await
+            .expect("check");
+    }
+    let per_check = started.elapsed() / 200;
+    assert!(
+        per_check < Duration::from_millis(20),
+        "Check took {per_check:?} on average"
+    );
+
+    // A reading watcher converges on the final value.
+    tokio::time::timeout(PATIENCE, async {
+        while reader.message().await.expect("ok").expect("open").status() != ServingStatus::Serving
+        {
+        }
+    })
+    .await
+    .expect("the reading watcher got the latest value");
+
+    // The stuck watcher, read at last: a bounded backlog, ending with the latest value.
+    let mut body = stuck.into_body();
+    let mut received = Vec::new();
+    let mut buffer = Vec::new();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_millis(500), body.data()).await
+    {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buffer.extend_from_slice(&chunk);
+        while buffer.len() >= 5 {
+            let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+            if buffer.len() < 5 + len {
+                break;
+            }
+            received.push(
+                HealthCheckResponse::decode(&buffer[5..5 + len])
+                    .expect("message")
+                    .status(),
+            );
+            buffer.drain(..5 + len);
+        }
+    }
+    assert_eq!(
+        received.last(),
+        Some(&ServingStatus::Serving),
+        "latest value delivered"
+    );
+    assert!(
+        received.len() < 60,
+        "{} of {flips} flips were queued for a client that did not read",
+        received.len()
+    );
+    assert!(
+        received.windows(2).all(|w| w[0] != w[1]),
+        "never the same value twice in a row"
+    );
+    assert!(
+        grown < 32 << 20,
+        "RSS grew by {grown} bytes during the flips"
+    );
+}
+
+#[tokio::test]
+async fn drain_goes_not_serving_keeps_serving_then_ends_streams_within_the_timeouts() {
+    let handle = healthy_engine().await;
+    let drain_delay = Duration::from_millis(600);
+    let drain_timeout = Duration::from_millis(1000);
+    let mut front = Front::start(
+        handle.clone(),
+        ServeOptions {
+            drain_delay,
+            drain_timeout,
+            detail_token: None,
+        },
+    )
+    .await;
+    let mut watcher = HealthClient::new(front.channel().await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        watcher.message().await.expect("ok").expect("open").status(),
+        ServingStatus::Serving
+    );
+    // A watcher whose 7 bytes of credit are spent by the first message: it can never receive
+    // the final NOT_SERVING, so only drain_timeout can end its stream.
+    let stuck = call(
+        h2_client(front.addr, 7).await,
+        "Watch",
+        frame(false, &[]),
+        &[],
+    )
+    .await;
+
+    let t0 = Instant::now();
+    front.begin_shutdown();
+    let told = tokio::time::timeout(PATIENCE, watcher.message())
+        .await
+        .expect("told")
+        .expect("ok")
+        .expect("open");
+    assert_eq!(told.status(), ServingStatus::NotServing);
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "NOT_SERVING took {:?}",
+        t0.elapsed()
+    );
+
+    // During drain_delay the server still takes new connections and RPCs.
+    let mut late = HealthClient::new(front.channel().await);
+    let answer = late
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("still serving")
+        .into_inner();
+    assert_eq!(answer.status(), ServingStatus::NotServing);
+    assert!(t0.elapsed() < drain_delay);
+
+    // After drain_delay the Watch stream ends cleanly (after its final NOT_SERVING).
+    let end = tokio::time::timeout(PATIENCE, watcher.message())
+        .await
+        .expect("ended in time");
+    assert!(matches!(end, Ok(None)), "stream ended with OK: {end:?}");
+    let ended = t0.elapsed();
+    assert!(
+        ended >= drain_delay && ended < drain_delay + Duration::from_millis(500),
+        "stream ended after {ended:?}"
+    );
+
+    // The stuck watcher cannot hold exit past drain_delay + drain_timeout.
+    let result = tokio::time::timeout(PATIENCE, &mut front.done)
+        .await
+        .expect("server exits")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+    let exited = t0.elapsed();
+    assert!(
+        exited >= drain_delay + drain_timeout - Duration::from_millis(50),
+        "exit waited for the stuck stream up to drain_timeout: {exited:?}"
+    );
+    assert!(
+        exited < drain_delay + drain_timeout + Duration::from_millis(700),
+        "exit took {exited:?}"
+    );
+    drop(stuck);
+    assert!(
+        handle.snapshot().services.iter().all(|s| !s.status.serving),
+        "nothing turns back to SERVING"
+    );
+}
