@@ -164,6 +164,7 @@ impl Validator<'_> {
             }
         };
         let d = |own: &Option<String>, def: &Option<String>| own.clone().or_else(|| def.clone());
+        let before_timing = self.problems.len();
         let interval = self.duration(
             &format!("{path}.interval"),
             d(&raw.interval, &defaults.interval).as_deref(),
@@ -180,6 +181,9 @@ impl Validator<'_> {
         let fall = self.count(&format!("{path}.fall"), raw.fall.or(defaults.fall), 1);
         let rise = self.count(&format!("{path}.rise"), raw.rise.or(defaults.rise), 1);
         let jitter = raw.jitter.or(defaults.jitter).unwrap_or(DEFAULT_JITTER);
+        // Cross-field rules compare parsed values; with a value that did not parse they would
+        // only report the default standing in for it.
+        let timing_parsed = self.problems.len() == before_timing;
         let interval = interval.unwrap_or(DEFAULT_INTERVAL);
         let mode = match raw.mode.as_deref() {
             None | Some("background") => Mode::Background { interval, jitter },
@@ -210,10 +214,14 @@ impl Validator<'_> {
                 Mode::Background { interval, jitter }
             }
         };
-        if self.problems.len() > before {
-            return None;
-        }
-        let mut spec = DependencySpec::new(probe?);
+        // The timing rules are checked even when the probe part is invalid, so one pass
+        // reports everything; a stand-in probe carries them when the real one failed.
+        let valid_probe = probe.is_some();
+        let mut spec = DependencySpec::new(probe.unwrap_or_else(|| {
+            ProbeSpec::Tcp(TcpSpec {
+                address: String::new(),
+            })
+        }));
         spec.mode = mode;
         spec.timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
         spec.fall = fall.unwrap_or(DEFAULT_FALL);
@@ -221,7 +229,12 @@ impl Validator<'_> {
         spec.degraded_after = degraded_after;
         spec.stale_after = stale_after.unwrap_or_else(|| spec.default_stale_after());
         spec.secrets = Secrets::new(secrets);
-        self.problems.extend(spec.check(path));
+        if timing_parsed {
+            self.problems.extend(spec.check(path));
+        }
+        if !valid_probe {
+            return None;
+        }
         (self.problems.len() == before).then_some(spec)
     }
 

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cli;
 mod config_file;
 mod engine;
 mod front;

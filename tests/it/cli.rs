@@ -1,0 +1,299 @@
+//! The `healthgate` binary, run for real: exit codes, stdout and stderr.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use healthgate::config::ServiceSpec;
+use healthgate::grpc::ServeOptions;
+use healthgate::{Engine, Health, Impact, Verdict};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::support::{Front, PATIENCE, Switch, closed_port, service_is, temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_healthgate");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(args: &[&str]) -> Run {
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new(BIN).args(args).env_remove("RUST_LOG").output(),
+    )
+    .await
+    .expect("finished in time")
+    .expect("runs");
+    Run {
+        code: output.status.code().expect("exited normally"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write(name: &str, text: &str) -> String {
+    let file = temp_dir("cli").join(name);
+    std::fs::write(&file, text).expect("write");
+    file.display().to_string()
+}
+
+#[tokio::test]
+async fn config_validate_lists_every_problem_with_its_key_path_and_exits_2() {
+    let file = write(
+        "bad.toml",
+        "[dependencies.db]\nkind = \"http\"\ntimeout = \"5s\"\ninterval = \"5s\"\ncolor = 1\n[services.ready]\ndependencies = { nope = \"critical\" }\n",
+    );
+    let out = run(&["config", "validate", &file]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    for expected in [
+        "dependencies.db: missing key `url`",
+        "dependencies.db: timeout (5s) must be less than interval (5s)",
+        "dependencies.db.color: unknown key",
+        "services.ready.dependencies.nope: no dependency named \"nope\"",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == &format!("{file}: {expected}")),
+            "missing {expected:?} in:\n{}",
+            out.stderr
+        );
+    }
+    let good = write(
+        "good.toml",
+        "[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\n",
+    );
+    let out = run(&["config", "validate", &good]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn serve_with_a_bad_config_exits_2_and_listens_on_nothing() {
+    let port = closed_port().await.port();
+    let file = write(
+        "bad.toml",
+        &format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:{port}\"\n[dependencies.db]\nkind = \"http\"\nurl = \"http://h/${{NO_SUCH_VAR}}\"\n"
+        ),
+    );
+    let out = run(&["serve", "--config", &file]).await;
+    assert_eq!(out.code, 2);
+    assert_eq!(
+        out.stderr.trim(),
+        format!("{file}: dependencies.db.url: environment variable NO_SUCH_VAR is not set")
+    );
+    assert!(!out.stdout.contains("listening"), "{}", out.stdout);
+    let out = run(&["serve"]).await;
+    assert_eq!(out.code, 2, "usage error: {}", out.stderr);
+}
+
+/// A server with `""` healthy and `down` unhealthy.
+async fn front() -> (Front, std::sync::Arc<Switch>) {
+    let ok = Switch::new();
+    let bad = Switch::new();
+    bad.set(Verdict::unhealthy("HTTP 503"));
+    let handle = Engine::builder()
+        .dependency("ok", ok.spec())
+        .dependency("bad", bad.spec())
+        .service("", ServiceSpec::with_all(["ok"], Impact::Critical))
+        .service("down", ServiceSpec::with_all(["bad"], Impact::Critical))
+        .start()
+        .expect("starts");
+    service_is(&handle, "down", Health::Unhealthy).await;
+    service_is(&handle, "", Health::Healthy).await;
+    (Front::start(handle, ServeOptions::default()).await, bad)
+}
+
+#[tokio::test]
+async fn check_exit_codes_follow_grpc_health_probe() {
+    let (front, _bad) = front().await;
+    let addr = front.addr.to_string();
+    let out = run(&["check", "--addr", &addr]).await;
+    assert_eq!((out.code, out.stdout.trim()), (0, "status: SERVING"));
+    let out = run(&["check", "--addr", &addr, "--service", "down"]).await;
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (4, "service unhealthy (responded with \"NOT_SERVING\")")
+    );
+    let out = run(&["check", "--addr", &addr, "--service", "nope"]).await;
+    assert_eq!(
+        out.code, 3,
+        "unknown service is an RPC failure: {}",
+        out.stderr
+    );
+    let refused = closed_port().await.to_string();
+    let out = run(&["check", "--addr", &refused]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("connection refused"), "{}", out.stderr);
+    let out = run(&["check", "--addr", &addr, "--no-such-flag"]).await;
+    assert_eq!(out.code, 1, "bad arguments");
+    // grpc_health_probe spelling, as found in existing probe definitions.
+    let out = run(&[
+        "check",
+        &format!("-addr={addr}"),
+        "-service=down",
+        "-connect-timeout=2s",
+        "-rpc-timeout=2s",
+    ])
+    .await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    // Several services: the worst decides.
+    let out = run(&[
+        "check",
+        "--addr",
+        &addr,
+        "--service",
+        "",
+        "--service",
+        "down",
+    ])
+    .await;
+    assert_eq!(out.code, 4);
+    assert!(
+        out.stdout.contains("\"\": status: SERVING"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn check_detail_json_prints_one_object_and_keeps_the_exit_code() {
+    let (front, _bad) = front().await;
+    let addr = front.addr.to_string();
+    let out = run(&[
+        "check",
+        "--addr",
+        &addr,
+        "--service",
+        "down",
+        "--detail",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, 4, "exit code as without --detail");
+    let json: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("stdout is one JSON object");
+    assert!(json["generation"].as_u64().is_some());
+    assert_eq!(json["services"][0]["name"], "down");
+    assert_eq!(json["services"][0]["health"], "unhealthy");
+    assert_eq!(json["services"][0]["serving_status"], "NOT_SERVING");
+    assert_eq!(json["services"][0]["deciding"][0], "bad");
+    let dep = &json["dependencies"][0];
+    assert_eq!(
+        (
+            dep["name"].as_str(),
+            dep["kind"].as_str(),
+            dep["reason"].as_str()
+        ),
+        (Some("bad"), Some("custom"), Some("HTTP 503"))
+    );
+    assert!(
+        dep["latency_ms"].is_number()
+            && dep["checked_at"].is_string()
+            && dep["consecutive_failures"].as_u64() >= Some(1)
+    );
+    let table = run(&[
+        "check",
+        "--addr",
+        &addr,
+        "--service",
+        "",
+        "--service",
+        "down",
+        "--detail",
+    ])
+    .await;
+    assert_eq!(table.code, 4);
+    assert!(
+        table.stdout.contains("DEPENDENCY") && table.stdout.contains("HTTP 503"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[tokio::test]
+async fn serve_prints_its_address_and_drains_on_sigterm() {
+    let file = write(
+        "ok.toml",
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"200ms\"\ndrain_timeout = \"1s\"\n[services.liveness]\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(PATIENCE, stdout.next_line())
+        .await
+        .expect("in time")
+        .expect("readable")
+        .expect("a line");
+    let addr = line
+        .strip_prefix("grpc listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let out = run(&["check", "--addr", addr, "--service", "liveness"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pid = child.id().expect("running").to_string();
+    let started = tokio::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits")
+        .expect("waited");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "drained in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn demo_shows_healthy_degraded_and_unhealthy_and_recovers() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--phase",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut seen = Vec::new();
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["kind"] == "dependency" && event["name"] == "\"orders-api\"" {
+                seen.push(event["to"].as_str().unwrap_or_default().to_owned());
+            }
+            let after = |state: &str, then: &str| {
+                seen.iter()
+                    .position(|s| s == state)
+                    .is_some_and(|i| seen[i..].iter().any(|s| s == then))
+            };
+            if after("degraded", "unhealthy") && after("unhealthy", "healthy") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(all, Ok(true), "transitions seen: {seen:?}");
+}
