@@ -1,0 +1,110 @@
+"""Fixtures: real healthgate processes whose HTTP dependency the test can break and mend."""
+
+import http.server
+import os
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+BIN = os.environ.get("HEALTHGATE_BIN", "target/debug/healthgate")
+
+
+class Dependency:
+    """An HTTP server on 127.0.0.1:0 answering 200 or 503, as the test says."""
+
+    def __init__(self):
+        self.status = 200
+        dep = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(dep.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+class Healthgate:
+    """`healthgate serve` with one HTTP dependency behind "" and `extra_service`."""
+
+    def __init__(self, dependency, extra_service="readiness"):
+        self.dir = tempfile.mkdtemp(prefix="healthgate-interop-")
+        config = os.path.join(self.dir, "healthgate.toml")
+        with open(config, "w") as f:
+            f.write(
+                f"""
+[server]
+grpc_listen = "127.0.0.1:0"
+drain_delay = "0s"
+drain_timeout = "1s"
+
+[dependencies.api]
+kind = "http"
+url = "http://127.0.0.1:{dependency.port}/health"
+interval = "200ms"
+timeout = "100ms"
+fall = 1
+rise = 1
+jitter = 0.0
+
+[services.""]
+dependencies = {{ api = "critical" }}
+
+[services.{extra_service}]
+dependencies = {{ api = "critical" }}
+"""
+            )
+        self.process = subprocess.Popen(
+            [BIN, "serve", "--config", config],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        line = self.process.stdout.readline().strip()
+        prefix = "grpc listening on "
+        assert line.startswith(prefix), f"unexpected first line: {line!r}"
+        self.addr = line[len(prefix):]
+
+    def close(self):
+        self.process.terminate()
+        assert self.process.wait(timeout=10) == 0
+
+
+@pytest.fixture
+def dependency():
+    dep = Dependency()
+    yield dep
+    dep.close()
+
+
+@pytest.fixture
+def healthgate(dependency):
+    server = Healthgate(dependency)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def make_healthgate():
+    made = []
+
+    def make(dependency, extra_service):
+        server = Healthgate(dependency, extra_service)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()

@@ -1,0 +1,119 @@
+"""healthgate driven by third-party clients: grpcio's stock health and reflection clients, and
+grpcio's client-side health checking with round_robin."""
+
+import json
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stub(addr):
+    return health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
+
+
+def test_check_answers_serving_and_not_found(healthgate):
+    health = stub(healthgate.addr)
+    assert wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == SERVING)
+    response, call = health.Check.with_call(health_pb2.HealthCheckRequest(service="readiness"), timeout=2)
+    assert response.status == SERVING
+    assert ("x-health-state", "healthy") in call.initial_metadata()
+    with pytest.raises(grpc.RpcError) as err:
+        health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_watch_follows_the_dependency(healthgate, dependency):
+    health = stub(healthgate.addr)
+    assert wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == SERVING)
+    stream = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+    assert next(stream).status == SERVING
+    dependency.status = 503
+    assert next(stream).status == NOT_SERVING
+    dependency.status = 200
+    assert next(stream).status == SERVING
+    stream.cancel()
+
+
+def test_watch_of_an_unknown_service_stays_open(healthgate):
+    health = stub(healthgate.addr)
+    stream = health.Watch(health_pb2.HealthCheckRequest(service="not-yet"), timeout=20)
+    assert next(stream).status == SERVICE_UNKNOWN
+    # Still open: nothing more arrives, and the call has not ended.
+    time.sleep(0.5)
+    assert stream.running() or not stream.done()
+    stream.cancel()
+
+
+def test_list_returns_every_service(healthgate):
+    health = stub(healthgate.addr)
+    assert wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == SERVING)
+    statuses = health.List(health_pb2.HealthListRequest(), timeout=2).statuses
+    assert set(statuses) == {"", "readiness"}
+    assert statuses["readiness"].status == SERVING
+
+
+def test_reflection_lists_health_and_detail(healthgate):
+    reflection = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(healthgate.addr))
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    response = next(reflection.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"grpc.health.v1.Health", "healthgate.v1.Detail"} <= names
+
+
+def answered_by(channel, rpcs=30):
+    """Which instance answered each List call (each has its own extra service name)."""
+    health = health_pb2_grpc.HealthStub(channel)
+    names = set()
+    for _ in range(rpcs):
+        try:
+            statuses = health.List(health_pb2.HealthListRequest(), timeout=2).statuses
+        except grpc.RpcError:
+            return set()  # no healthy backend at this instant: sample again
+        names.update(name for name in statuses if name)
+    return names
+
+
+def test_client_side_health_checking_moves_traffic_off_a_failing_instance(make_healthgate):
+    from conftest import Dependency
+
+    dep_a, dep_b = Dependency(), Dependency()
+    try:
+        a = make_healthgate(dep_a, "instance-a")
+        b = make_healthgate(dep_b, "instance-b")
+        config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
+        # With a multi-address target grpcio would send "addr1,addr2" as :authority, which
+        # the Rust HTTP/2 stack rejects as malformed (RST_STREAM PROTOCOL_ERROR) before any
+        # handler runs; real deployments name a service, and so does this client.
+        channel = grpc.insecure_channel(
+            f"ipv4:{a.addr},{b.addr}",
+            options=[
+                ("grpc.service_config", config),
+                ("grpc.enable_retries", 0),
+                ("grpc.default_authority", "healthgate.test"),
+            ],
+        )
+        assert wait_for(lambda: answered_by(channel) == {"instance-a", "instance-b"}), "both instances take traffic"
+        dep_a.status = 503
+        assert wait_for(lambda: answered_by(channel) == {"instance-b"}), "traffic left the failing instance"
+        dep_a.status = 200
+        assert wait_for(lambda: answered_by(channel) == {"instance-a", "instance-b"}), "traffic came back"
+        channel.close()
+    finally:
+        dep_a.close()
+        dep_b.close()
