@@ -297,3 +297,45 @@ async fn demo_shows_healthy_degraded_and_unhealthy_and_recovers() {
     .await;
     assert_eq!(all, Ok(true), "transitions seen: {seen:?}");
 }
+
+#[tokio::test]
+async fn check_watch_prints_each_status_until_the_stream_ends() {
+    let switch = Switch::new();
+    let handle = Engine::builder()
+        .dependency("db", switch.spec())
+        .start()
+        .expect("starts");
+    service_is(&handle, "", Health::Healthy).await;
+    let options = ServeOptions {
+        drain_delay: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(1),
+        detail_token: None,
+    };
+    let mut front = Front::start(handle.clone(), options).await;
+    let mut child = Command::new(BIN)
+        .args(["check", "--addr", &front.addr.to_string(), "--watch"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("a line");
+    assert!(first.ends_with(" status: SERVING"), "{first}");
+    switch.set(Verdict::unhealthy("down"));
+    let second = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("a line");
+    assert!(second.ends_with(" status: NOT_SERVING"), "{second}");
+    front.begin_shutdown(); // the server ends the stream after draining
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits")
+        .expect("waited");
+    assert_eq!(status.code(), Some(4), "last status was NOT_SERVING");
+}
