@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::LogFormat;
 
 /// healthgate: answers grpc.health.v1 by probing what a service depends on.
 #[derive(Debug, Parser)]
@@ -62,13 +62,9 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            telemetry::init(cli.log_format);
-            serve::run(config, args).await
+            serve::run(config, args, cli.log_format).await
         }
-        Command::Demo(args) => {
-            telemetry::init(cli.log_format);
-            demo::run(args).await
-        }
+        Command::Demo(args) => demo::run(args, cli.log_format).await,
         Command::Check(args) => check::run(*args).await,
         Command::Config {
             command: ConfigCommand::Validate { file },

@@ -45,6 +45,36 @@ pub struct Config {
     pub dependencies: BTreeMap<String, DependencySpec>,
     /// The services, by name; always contains `""` (by default: every dependency, critical).
     pub services: BTreeMap<String, ServiceSpec>,
+    /// The `[telemetry]` section.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[telemetry]` section: OTLP trace export. The standard `OTEL_*` variables apply where a
+/// key is not set; export is off when neither names an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317` (else `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` (else `OTEL_SERVICE_NAME`, else `healthgate`).
+    pub service_name: Option<String>,
+    /// Fraction of new traces sampled, 0 to 1 (else `OTEL_TRACES_SAMPLER(_ARG)`, else all).
+    pub sample_ratio: Option<f64>,
+    /// How long one export, and the final flush at exit, may take. Default 5 s.
+    pub export_timeout: Duration,
+    /// Spans queued for export at most; past that they are dropped and counted. Default 2048.
+    pub queue_size: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: None,
+            sample_ratio: None,
+            export_timeout: Duration::from_secs(5),
+            queue_size: 2048,
+        }
+    }
 }
 
 /// The `[server]` section.
@@ -56,6 +86,8 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// How long in-flight RPCs may take after the drain delay. Default 10 s.
     pub drain_timeout: Duration,
+    /// Where `/metrics` is served over HTTP; off when not set.
+    pub http_listen: Option<SocketAddr>,
     /// When set, the detail RPCs require `authorization: Bearer TOKEN` (the standard health
     /// service never does). Usually `"${VAR}"`.
     pub detail_token: Option<String>,
@@ -65,6 +97,7 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("grpc_listen", &self.grpc_listen)
+            .field("http_listen", &self.http_listen)
             .field("drain_delay", &self.drain_delay)
             .field("drain_timeout", &self.drain_timeout)
             .field(
@@ -82,6 +115,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             detail_token: None,
+            http_listen: None,
         }
     }
 }

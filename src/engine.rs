@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
+use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{ServiceHealth, Snapshot};
 use reducer::{Command, Reducer};
@@ -42,6 +43,7 @@ impl Engine {
         EngineBuilder {
             dependencies: config.dependencies.clone(),
             services: config.services.clone(),
+            metrics: None,
         }
     }
 }
@@ -51,6 +53,7 @@ impl Engine {
 pub struct EngineBuilder {
     dependencies: BTreeMap<String, DependencySpec>,
     services: BTreeMap<String, ServiceSpec>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EngineBuilder {
@@ -65,6 +68,13 @@ impl EngineBuilder {
     #[must_use]
     pub fn service(mut self, name: impl Into<String>, spec: ServiceSpec) -> EngineBuilder {
         self.services.insert(name.into(), spec);
+        self
+    }
+
+    /// Records probe durations, transitions and health gauges in `metrics`.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> EngineBuilder {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -95,7 +105,13 @@ impl EngineBuilder {
         });
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let mut reducer = Reducer::new(shared.clone(), commands, tracker.clone(), cancel.clone());
+        let mut reducer = Reducer::new(
+            shared.clone(),
+            commands,
+            tracker.clone(),
+            cancel.clone(),
+            self.metrics,
+        );
         for (name, spec) in self.dependencies {
             let probe = match reducer.build_probe(&spec) {
                 Ok(probe) => probe,

@@ -6,9 +6,11 @@ pub mod client;
 mod convert;
 mod detail;
 mod health;
+mod observe;
 pub mod pb;
 mod server;
 
 pub use detail::{DetailService, DetailStream};
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
+pub(crate) use observe::code_name;
 pub use server::{ServeError, ServeOptions, serve};

@@ -63,10 +63,12 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 mod health;
+pub mod metrics;
 mod outcome;
 pub mod probe;
 pub mod redact;
 pub mod snapshot;
+mod trace_context;
 
 pub use config::Config;
 pub use engine::{Engine, Handle};

@@ -16,11 +16,16 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// Where to serve grpc.health.v1.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Where to serve `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http_listen: SocketAddr,
     /// How long each phase of the cycling dependency lasts.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     phase: Duration,
@@ -50,7 +55,7 @@ impl Timing {
     }
 }
 
-pub(crate) async fn run(args: DemoArgs) -> ExitCode {
+pub(crate) async fn run(args: DemoArgs, log_format: LogFormat) -> ExitCode {
     let timing = Timing::for_phase(args.phase);
     let (http, grpc) = match start_dependencies(args.phase, timing.slow_answer).await {
         Ok(addrs) => addrs,
@@ -98,14 +103,16 @@ dependencies = {{ orders-api = "critical", inventory = "degrading" }}
         timeout = humantime::format_duration(timing.timeout),
         degraded_after = humantime::format_duration(timing.degraded_after),
     );
-    let config = match Config::from_toml(&toml) {
+    let mut config = match Config::from_toml(&toml) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    super::serve::serve_config(&config, args.listen).await
+    config.server.grpc_listen = args.listen;
+    config.server.http_listen = Some(args.http_listen);
+    super::serve::serve_config(&config, log_format).await
 }
 
 async fn start_dependencies(
@@ -151,7 +158,7 @@ async fn start_dependencies(
 
 /// Logs each phase change of the cycling dependency, so the log tells cause before effect.
 async fn announce_phases(started: Instant, phase: Duration) {
-    for n in 0usize.. {
+    for n in 1usize.. {
         tokio::time::sleep_until(started + phase * u32::try_from(n).unwrap_or(u32::MAX)).await;
         info!(
             dependency = "orders-api",

@@ -5,10 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use healthgate::grpc::{ServeOptions, serve};
+use healthgate::metrics::Metrics;
 use healthgate::{Config, Engine};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -28,15 +34,28 @@ pub(crate) fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
     })
 }
 
-pub(crate) async fn run(config: Config, args: ServeArgs) -> ExitCode {
-    let listen = args.listen.unwrap_or(config.server.grpc_listen);
-    serve_config(&config, listen).await
+pub(crate) async fn run(mut config: Config, args: ServeArgs, log_format: LogFormat) -> ExitCode {
+    if let Some(listen) = args.listen {
+        config.server.grpc_listen = listen;
+    }
+    serve_config(&config, log_format).await
 }
 
-/// Starts the engine, binds, prints `grpc listening on ADDR` and serves until a signal.
-pub(crate) async fn serve_config(config: &Config, listen: SocketAddr) -> ExitCode {
+/// Sets up telemetry, starts the engine, binds, prints one `… listening on ADDR` line per
+/// listener and serves until a signal; then drains, and flushes traces.
+pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> ExitCode {
+    let listen = config.server.grpc_listen;
+    let metrics = Arc::new(Metrics::new());
+    // Telemetry first, so the very first probe already has a span.
+    let telemetry = match telemetry::init(log_format, &config.telemetry, metrics.dropped_spans()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The engine starts (and can still refuse a probe) before anything listens.
-    let handle = match Engine::from_config(config).start() {
+    let handle = match Engine::from_config(config).metrics(metrics.clone()).start() {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));
@@ -51,16 +70,44 @@ pub(crate) async fn serve_config(config: &Config, listen: SocketAddr) -> ExitCod
             return ExitCode::from(1);
         }
     };
-    match listener.local_addr() {
-        Ok(addr) => println!("grpc listening on {addr}"),
-        Err(_) => println!("grpc listening on {listen}"),
+    let http = match config.server.http_listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                handle.shutdown().await;
+                return ExitCode::from(1);
+            }
+        },
+    };
+    println!(
+        "grpc listening on {}",
+        listener.local_addr().unwrap_or(listen)
+    );
+    let http_stop = CancellationToken::new();
+    if let Some(http) = http {
+        if let Ok(addr) = http.local_addr() {
+            println!("http listening on {addr}");
+        }
+        let app = healthgate::metrics::http_router(metrics.clone());
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
     }
     let options = ServeOptions {
         drain_delay: config.server.drain_delay,
         drain_timeout: config.server.drain_timeout,
         detail_token: config.server.detail_token.clone(),
+        metrics: Some(metrics),
     };
-    match serve(listener, handle, options, shutdown_signal()).await {
+    let result = serve(listener, handle, options, shutdown_signal()).await;
+    http_stop.cancel();
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));

@@ -18,6 +18,17 @@ pub(crate) struct RawConfig {
     pub(crate) dependencies: BTreeMap<String, RawDependency>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub(crate) telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) service_name: Option<String>,
+    pub(crate) sample_ratio: Option<f64>,
+    pub(crate) export_timeout: Option<String>,
+    pub(crate) queue_size: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +37,7 @@ pub(crate) struct RawServer {
     pub(crate) drain_delay: Option<String>,
     pub(crate) drain_timeout: Option<String>,
     pub(crate) detail_token: Option<String>,
+    pub(crate) http_listen: Option<String>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

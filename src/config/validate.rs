@@ -14,7 +14,7 @@ use super::dependency::*;
 use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
-use super::{Config, ServerConfig, TlsSpec, env, tls};
+use super::{Config, ServerConfig, TelemetryConfig, TlsSpec, env, tls};
 use crate::redact::{Secrets, url_secrets};
 use crate::{Health, Impact};
 
@@ -61,10 +61,12 @@ impl Validator<'_> {
             let exists = |d: &str| dependencies.contains_key(d) || raw.dependencies.contains_key(d);
             self.problems.extend(spec.check(name, &exists));
         }
+        let telemetry = self.telemetry(&raw.telemetry);
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),
             dependencies,
             services,
+            telemetry,
         })
     }
 
@@ -76,6 +78,15 @@ impl Validator<'_> {
                 Err(_) => self.problem(
                     "server.grpc_listen",
                     format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:50051\""),
+                ),
+            }
+        }
+        if let Some(listen) = &raw.http_listen {
+            match listen.parse::<SocketAddr>() {
+                Ok(addr) => server.http_listen = Some(addr),
+                Err(_) => self.problem(
+                    "server.http_listen",
+                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:9464\""),
                 ),
             }
         }
@@ -96,6 +107,45 @@ impl Validator<'_> {
             server.detail_token = Some(token);
         }
         Some(server)
+    }
+
+    fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
+        let mut t = TelemetryConfig::default();
+        if let Some(endpoint) = &raw.otlp_endpoint {
+            match reqwest::Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    t.otlp_endpoint = Some(endpoint.clone())
+                }
+                _ => self.problem(
+                    "telemetry.otlp_endpoint",
+                    format!("invalid endpoint {endpoint:?}: expected http(s)://host:port"),
+                ),
+            }
+        }
+        t.service_name = raw.service_name.clone();
+        if let Some(ratio) = raw.sample_ratio {
+            if (0.0..=1.0).contains(&ratio) {
+                t.sample_ratio = Some(ratio);
+            } else {
+                self.problem(
+                    "telemetry.sample_ratio",
+                    format!("{ratio} must be between 0 and 1"),
+                );
+            }
+        }
+        if let Some(d) = self.duration("telemetry.export_timeout", raw.export_timeout.as_deref()) {
+            t.export_timeout = d;
+        }
+        if let Some(n) = raw.queue_size {
+            match usize::try_from(n) {
+                Ok(n) if (1..=1_000_000).contains(&n) => t.queue_size = n,
+                _ => self.problem(
+                    "telemetry.queue_size",
+                    format!("{n} must be between 1 and 1000000"),
+                ),
+            }
+        }
+        t
     }
 
     fn duration(&mut self, path: &str, raw: Option<&str>) -> Option<Duration> {

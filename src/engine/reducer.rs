@@ -20,6 +20,7 @@ use super::rollup::{self, Rolled};
 use super::schedule::{self, Event, Runner};
 use super::{ChangeError, Shared};
 use crate::config::{DependencySpec, Mode, ServiceSpec};
+use crate::metrics::Metrics;
 use crate::probe::{Probe, ProbeFactory};
 use crate::snapshot::{DependencyState, ServiceHealth, ServiceState, Snapshot, Thresholds};
 use crate::{Health, Outcome};
@@ -88,6 +89,7 @@ pub(crate) struct Reducer {
     dirty: bool,
     /// A dependency's health changed: services must be rolled up again.
     rollup_needed: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How many outcomes the reducer applies before publishing, when many arrive at once.
@@ -99,6 +101,7 @@ impl Reducer {
         commands: mpsc::Receiver<Command>,
         tracker: TaskTracker,
         cancel: CancellationToken,
+        metrics: Option<Arc<Metrics>>,
     ) -> Reducer {
         let (events_tx, events) = mpsc::channel(4096);
         Reducer {
@@ -117,6 +120,7 @@ impl Reducer {
             cancel,
             dirty: true,
             rollup_needed: true,
+            metrics,
         }
     }
 
@@ -246,7 +250,12 @@ impl Reducer {
         if dep.instance != event.instance || self.shutting_down {
             return;
         }
+        // Inside the run's span: the transition events below join the probe's trace.
+        let _span = event.span.enter();
         let outcome = event.outcome;
+        if let Some(m) = &self.metrics {
+            m.probe_finished(&event.dependency, &outcome);
+        }
         tracing::debug!(dependency = %event.dependency, health = %outcome.health(), latency_ms = outcome.latency.as_millis() as u64, reason = outcome.verdict.reason().map(|r| r.as_str()).unwrap_or(""), "probe finished");
         let before = dep.hysteresis.health();
         let after = dep.hysteresis.observe(outcome.health());
@@ -269,14 +278,16 @@ impl Reducer {
         refresh(&event.dependency, dep);
         self.dirty = true;
         if before != after {
-            log_transition(
-                "dependency",
+            transition(
+                Kind::Dependency,
                 &event.dependency,
                 before,
                 after,
                 reason.as_ref().map(|r| r.as_str()),
+                self.metrics.as_deref(),
             );
-            self.rollup_needed = true;
+            // Roll up now, inside the run's span, so service transitions join its trace too.
+            self.roll_up();
         }
     }
 
@@ -288,12 +299,13 @@ impl Reducer {
         let before = dep.hysteresis.health();
         dep.hysteresis.expire();
         if before != Health::Unknown {
-            log_transition(
-                "dependency",
+            transition(
+                Kind::Dependency,
                 &name,
                 before,
                 Health::Unknown,
                 Some("no recent outcome (stale)"),
+                self.metrics.as_deref(),
             );
             refresh(&name, dep);
             self.dirty = true;
@@ -461,7 +473,15 @@ impl Reducer {
             let status = ServiceHealth::new(health, svc.spec.degraded, self.shutting_down);
             if status != svc.state.status || deciding != svc.state.deciding {
                 if status.health != svc.state.status.health && !self.shutting_down {
-                    log_transition("service", name, svc.state.status.health, health, None);
+                    let from = svc.state.status.health;
+                    transition(
+                        Kind::Service,
+                        name,
+                        from,
+                        health,
+                        None,
+                        self.metrics.as_deref(),
+                    );
                 }
                 svc.state = Arc::new(ServiceState {
                     status,
@@ -498,6 +518,9 @@ impl Reducer {
                 .filter_map(|d| d.slot.clone())
                 .collect(),
         });
+        if let Some(m) = &self.metrics {
+            m.publish(&snapshot);
+        }
         self.shared.publish(snapshot);
     }
 }
@@ -543,12 +566,34 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
     }
 }
 
-/// Transitions are logged once: warn when worse, info when better.
-fn log_transition(what: &'static str, name: &str, from: Health, to: Health, reason: Option<&str>) {
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Dependency,
+    Service,
+}
+
+/// A health transition: logged once (warn when worse, info when better) and counted.
+fn transition(
+    kind: Kind,
+    name: &str,
+    from: Health,
+    to: Health,
+    reason: Option<&str>,
+    metrics: Option<&Metrics>,
+) {
+    let what = match kind {
+        Kind::Dependency => "dependency",
+        Kind::Service => "service",
+    };
     let reason = reason.unwrap_or("");
     if to > from {
         warn!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got worse");
     } else {
         info!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got better");
+    }
+    match (kind, metrics) {
+        (Kind::Dependency, Some(m)) => m.dependency_transition(name, to),
+        (Kind::Service, Some(m)) => m.service_transition(name, to),
+        (_, None) => {}
     }
 }

@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::DependencySpec;
 use crate::probe::{Probe, ProbeContext};
@@ -21,6 +22,8 @@ pub(crate) struct Event {
     pub(crate) dependency: Arc<str>,
     pub(crate) instance: u64,
     pub(crate) outcome: Outcome,
+    /// The run's span: the reducer enters it to log transitions, so they join its trace.
+    pub(crate) span: tracing::Span,
 }
 
 /// What a probe task needs, cloned out of the spec.
@@ -36,19 +39,56 @@ pub(crate) struct Runner {
 impl Runner {
     /// Runs the probe once and reports the outcome; `None` when cancelled or the engine is gone.
     pub(crate) async fn run_and_report(&self, cancel: &CancellationToken) -> Option<Outcome> {
+        let span = probe_span(&self.dependency, &self.spec);
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return None,
-            o = run_once(&*self.probe, &self.spec) => o,
+            o = run_once(&*self.probe, &self.spec).instrument(span.clone()) => o,
         };
+        record(&span, &outcome);
         let event = Event {
             dependency: self.dependency.clone(),
             instance: self.instance,
             outcome: outcome.clone(),
+            span,
         };
         tokio::select! {
             _ = cancel.cancelled() => None,
             sent = self.events.send(event) => sent.ok().map(|()| outcome),
         }
+    }
+}
+
+/// A root span per probe run (each run is its own trace; the dependency's traceparent joins it).
+fn probe_span(dependency: &str, spec: &DependencySpec) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "probe",
+        otel.kind = "client",
+        dependency = %dependency,
+        kind = spec.kind(),
+        health = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        reason = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    )
+}
+
+/// Records the outcome on the run's span; failures set the span status to error.
+fn record(span: &tracing::Span, outcome: &Outcome) {
+    span.record("health", outcome.health().as_str());
+    span.record("latency_ms", outcome.latency.as_secs_f64() * 1000.0);
+    if let Some(reason) = outcome.verdict.reason() {
+        span.record("reason", reason.as_str());
+    }
+    if outcome.is_success() {
+        span.record("otel.status_code", "OK");
+    } else {
+        span.record("otel.status_code", "ERROR");
+        span.record(
+            "otel.status_message",
+            outcome.verdict.reason().map_or("", |r| r.as_str()),
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 //! never cancels therefore cannot hold exit beyond `drain_delay + drain_timeout`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,8 +15,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::observe::ObserveLayer;
 use super::{DetailService, HealthService, pb};
 use crate::Handle;
+use crate::metrics::Metrics;
 
 /// HTTP/2 pings to notice dead peers holding Watch streams.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -30,6 +33,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// When set, the Detail service requires `authorization: Bearer TOKEN`.
     pub detail_token: Option<String>,
+    /// Where RPCs and open Watch streams are counted.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -76,6 +81,9 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEP_ALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEP_ALIVE_TIMEOUT))
+        .layer(ObserveLayer {
+            metrics: options.metrics.clone(),
+        })
         .add_service(HealthService::new(handle.clone(), streams_end.clone()).into_server())
         .add_service(
             DetailService::new(

@@ -64,6 +64,13 @@ impl GrpcProbe {
             service: self.service.clone(),
         });
         *request.metadata_mut() = self.metadata.clone();
+        if let Some((parent, state)) = crate::trace_context::current() {
+            for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
+                if let Some(value) = value.and_then(|v| v.parse().ok()) {
+                    request.metadata_mut().insert(name, value);
+                }
+            }
+        }
         request.set_timeout(ctx.timeout);
         let started = tokio::time::Instant::now();
         match self.client.clone().check(request).await {
@@ -101,25 +108,7 @@ fn status_reason(status: &tonic::Status) -> String {
             Some(cause) => format!("unavailable: {cause}"),
             None => "unavailable".to_owned(),
         },
-        code => format!("grpc status {}", code_name(code)),
-    }
-}
-
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Internal => "INTERNAL",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        _ => "OTHER",
+        code => format!("grpc status {}", crate::grpc::code_name(code)),
     }
 }
 

@@ -69,10 +69,20 @@ impl HttpProbe {
     }
 
     async fn run(&self) -> Verdict {
+        let mut headers = self.spec.headers.clone();
+        if let Some((parent, state)) = crate::trace_context::current() {
+            for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
+                if let Some(value) =
+                    value.and_then(|v| reqwest::header::HeaderValue::from_str(&v).ok())
+                {
+                    headers.insert(name, value);
+                }
+            }
+        }
         let request = self
             .client
             .request(self.spec.method.clone(), self.spec.url.clone())
-            .headers(self.spec.headers.clone());
+            .headers(headers);
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Verdict::unhealthy(request_failure(&e)),

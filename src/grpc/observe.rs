@@ -1,0 +1,217 @@
+//! Per-RPC observation, as a tower layer on the server: a span following OpenTelemetry's RPC
+//! conventions (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, joined to
+//! the caller's `traceparent`), requests counted by method and status code, and open Watch
+//! streams counted until their body is dropped.
+//!
+//! The status code is read where gRPC puts it: in the trailers, or in the headers of a
+//! trailers-only (error) response. A body dropped before its trailers is a cancelled call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::trace::TraceContextExt;
+use tonic::Code;
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::metrics::{Metrics, StreamGuard, method_label};
+
+/// The layer; `metrics` may be absent (spans only).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ObserveLayer {
+    pub(crate) metrics: Option<Arc<Metrics>>,
+}
+
+impl<S> tower_layer::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Debug, Clone)]
+pub(crate) struct Observe<S> {
+    inner: S,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let name = method.trim_start_matches('/');
+        let (service, rpc_method) = name.split_once('/').unwrap_or(("other", "other"));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = name,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = rpc_method,
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        let parent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::trace_context::parse);
+        if let Some(parent) = parent {
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+        }
+        let metrics = self.metrics.clone();
+        let call = self.inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let response = call.await?;
+            let stream = method
+                .ends_with("/Watch")
+                .then(|| metrics.as_ref().map(|m| m.stream_opened(method)))
+                .flatten();
+            let mut finish = Some(Finish {
+                span,
+                metrics,
+                method,
+                _stream: stream,
+            });
+            // A trailers-only response (an error) carries its status in the headers.
+            if let Some(code) = status_of(response.headers())
+                && let Some(f) = finish.take()
+            {
+                f.done(code);
+            }
+            Ok(response.map(|inner| ObservedBody { inner, finish }))
+        })
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(Code::from_i32(code))
+}
+
+/// What to record when the call ends.
+#[derive(Debug)]
+struct Finish {
+    span: tracing::Span,
+    metrics: Option<Arc<Metrics>>,
+    method: &'static str,
+    _stream: Option<StreamGuard>,
+}
+
+impl Finish {
+    fn done(self, code: Code) {
+        self.span.record("rpc.grpc.status_code", code as i32);
+        // Server-side errors, per OpenTelemetry's gRPC conventions.
+        if matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        if let Some(m) = &self.metrics {
+            m.rpc_finished(self.method, code_name(code));
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call's status when its trailers pass, or when it is
+    /// dropped early (a cancelled call).
+    pub(crate) struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        finish: Option<Finish>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(finish) = this.project().finish.take() {
+                finish.done(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|t| status_of(t).unwrap_or(Code::Unknown)),
+            Poll::Ready(Some(Err(_))) => Some(Code::Internal),
+            // Ended without trailers: not a well-formed gRPC response.
+            Poll::Ready(None) => Some(Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(finish) = this.finish.take()
+        {
+            finish.done(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`), for labels and reasons.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

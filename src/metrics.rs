@@ -1,0 +1,381 @@
+//! Prometheus metrics, in an explicit registry the embedder owns (no globals).
+//!
+//! Labels are names only — dependency, service, RPC method, and fixed value sets (outcome,
+//! state, gRPC code) — so cardinality is bounded by the configuration, never by traffic: RPC
+//! paths outside the known set are counted as `other`. Series of removed dependencies and
+//! services are removed, not left at their last value.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::snapshot::Snapshot;
+use crate::{Health, Outcome};
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// RPC methods counted by name; anything else is `other`.
+const KNOWN_METHODS: [&str; 7] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/healthgate.v1.Detail/Get",
+    "/healthgate.v1.Detail/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+const OUTCOMES: [&str; 3] = ["healthy", "degraded", "unhealthy"];
+const STATES: [Health; 4] = [
+    Health::Healthy,
+    Health::Degraded,
+    Health::Unknown,
+    Health::Unhealthy,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    dependency: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyTransitionLabels {
+    dependency: String,
+    to: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceTransitionLabels {
+    service: String,
+    to: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+/// The dependency and service names that currently have series.
+#[derive(Debug, Default)]
+struct KnownNames {
+    dependencies: BTreeSet<Arc<str>>,
+    services: BTreeSet<Arc<str>>,
+}
+
+type DurationFamily = Family<ProbeLabels, Histogram, fn() -> Histogram>;
+
+fn probe_buckets() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The health as a number, in severity order, so `max` is the worst:
+/// 0 healthy, 1 degraded, 2 unknown, 3 unhealthy.
+fn level(h: Health) -> i64 {
+    match h {
+        Health::Healthy => 0,
+        Health::Degraded => 1,
+        Health::Unknown => 2,
+        Health::Unhealthy => 3,
+    }
+}
+
+/// healthgate's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    dependency_health: Family<DependencyLabels, Gauge>,
+    probe_duration: DurationFamily,
+    dependency_transitions: Family<DependencyTransitionLabels, Counter>,
+    service_health: Family<ServiceLabels, Gauge>,
+    service_serving: Family<ServiceLabels, Gauge>,
+    service_transitions: Family<ServiceTransitionLabels, Counter>,
+    grpc_requests: Family<RpcLabels, Counter>,
+    watch_streams: Family<MethodLabels, Gauge>,
+    dropped_spans: Counter,
+    /// Names with series, to remove those that vanish.
+    known: Mutex<KnownNames>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every healthgate metric, prefixed `healthgate_`.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("healthgate");
+        let m = Metrics {
+            registry: Registry::default(),
+            dependency_health: Family::default(),
+            probe_duration: DurationFamily::new_with_constructor(probe_buckets),
+            dependency_transitions: Family::default(),
+            service_health: Family::default(),
+            service_serving: Family::default(),
+            service_transitions: Family::default(),
+            grpc_requests: Family::default(),
+            watch_streams: Family::default(),
+            dropped_spans: Counter::default(),
+            known: Mutex::default(),
+        };
+        registry.register(
+            "dependency_health",
+            "Dependency health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
+            m.dependency_health.clone(),
+        );
+        registry.register_with_unit(
+            "probe_duration",
+            "Probe run duration, by outcome",
+            Unit::Seconds,
+            m.probe_duration.clone(),
+        );
+        registry.register(
+            "dependency_transitions",
+            "Dependency health transitions, by new health",
+            m.dependency_transitions.clone(),
+        );
+        registry.register(
+            "service_health",
+            "Service health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
+            m.service_health.clone(),
+        );
+        registry.register(
+            "service_serving",
+            "1 when grpc.health.v1 answers SERVING for the service",
+            m.service_serving.clone(),
+        );
+        registry.register(
+            "service_transitions",
+            "Service health transitions, by new health",
+            m.service_transitions.clone(),
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC requests served, by method and status code",
+            m.grpc_requests.clone(),
+        );
+        registry.register(
+            "watch_streams",
+            "Open Watch streams, by method",
+            m.watch_streams.clone(),
+        );
+        registry.register(
+            "dropped_spans",
+            "Trace spans dropped because the export queue was full or export failed",
+            m.dropped_spans.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The dropped-spans counter, for the span exporter to increment.
+    pub fn dropped_spans(&self) -> Counter {
+        self.dropped_spans.clone()
+    }
+
+    pub(crate) fn probe_finished(&self, dependency: &str, outcome: &Outcome) {
+        let labels = ProbeLabels {
+            dependency: dependency.to_owned(),
+            outcome: outcome.health().as_str().to_owned(),
+        };
+        self.probe_duration
+            .get_or_create(&labels)
+            .observe(outcome.latency.as_secs_f64());
+    }
+
+    pub(crate) fn dependency_transition(&self, dependency: &str, to: Health) {
+        let labels = DependencyTransitionLabels {
+            dependency: dependency.to_owned(),
+            to: to.as_str().to_owned(),
+        };
+        self.dependency_transitions.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn service_transition(&self, service: &str, to: Health) {
+        let labels = ServiceTransitionLabels {
+            service: service.to_owned(),
+            to: to.as_str().to_owned(),
+        };
+        self.service_transitions.get_or_create(&labels).inc();
+    }
+
+    /// Sets the health gauges from a snapshot and removes every series of names it no longer
+    /// has.
+    pub(crate) fn publish(&self, snapshot: &Snapshot) {
+        let deps: BTreeSet<Arc<str>> = snapshot
+            .dependencies
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        let services: BTreeSet<Arc<str>> =
+            snapshot.services.iter().map(|s| s.name.clone()).collect();
+        for d in &snapshot.dependencies {
+            self.dependency_health
+                .get_or_create(&DependencyLabels {
+                    dependency: d.name.to_string(),
+                })
+                .set(level(d.health));
+        }
+        for s in &snapshot.services {
+            let labels = ServiceLabels {
+                service: s.name.to_string(),
+            };
+            self.service_health
+                .get_or_create(&labels)
+                .set(level(s.status.health));
+            self.service_serving
+                .get_or_create(&labels)
+                .set(i64::from(s.status.serving));
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in known.dependencies.difference(&deps) {
+            self.remove_dependency(gone);
+        }
+        for gone in known.services.difference(&services) {
+            self.remove_service(gone);
+        }
+        *known = KnownNames {
+            dependencies: deps,
+            services,
+        };
+    }
+
+    fn remove_dependency(&self, name: &str) {
+        let dependency = name.to_owned();
+        self.dependency_health.remove(&DependencyLabels {
+            dependency: dependency.clone(),
+        });
+        for outcome in OUTCOMES {
+            self.probe_duration.remove(&ProbeLabels {
+                dependency: dependency.clone(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        for to in STATES {
+            self.dependency_transitions
+                .remove(&DependencyTransitionLabels {
+                    dependency: dependency.clone(),
+                    to: to.as_str().to_owned(),
+                });
+        }
+    }
+
+    fn remove_service(&self, name: &str) {
+        let labels = ServiceLabels {
+            service: name.to_owned(),
+        };
+        self.service_health.remove(&labels);
+        self.service_serving.remove(&labels);
+        for to in STATES {
+            self.service_transitions.remove(&ServiceTransitionLabels {
+                service: name.to_owned(),
+                to: to.as_str().to_owned(),
+            });
+        }
+    }
+
+    /// Counts a finished RPC.
+    pub(crate) fn rpc_finished(&self, method: &str, code: &str) {
+        self.grpc_requests
+            .get_or_create(&RpcLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an open stream until the returned guard is dropped.
+    pub(crate) fn stream_opened(self: &Arc<Self>, method: &'static str) -> StreamGuard {
+        self.watch_streams
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .inc();
+        StreamGuard {
+            metrics: self.clone(),
+            method,
+        }
+    }
+}
+
+/// The method label for a request path: the path itself when known, else `other`.
+pub(crate) fn method_label(path: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Decrements the open-stream gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamGuard {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .watch_streams
+            .get_or_create(&MethodLabels {
+                method: self.method.to_owned(),
+            })
+            .dec();
+    }
+}
+
+/// An HTTP router serving `GET /metrics` (for `[server] http_listen`).
+pub fn http_router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+}
