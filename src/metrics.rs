@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::snapshot::Snapshot;
@@ -21,6 +20,9 @@ use crate::{Health, Outcome};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of [`Metrics::encode_classic`]'s output.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// RPC methods counted by name; anything else is `other`.
 const KNOWN_METHODS: [&str; 7] = [
@@ -73,6 +75,11 @@ struct ServiceTransitionLabels {
 struct RpcLabels {
     method: String,
     code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,10 +198,17 @@ impl Metrics {
             "Trace spans dropped because the export queue was full or export failed",
             m.dropped_spans.clone(),
         );
+        // A gauge, not OpenMetrics' `info` type: classic-format tools (promtool) reject `info`.
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
         registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            "build_info",
+            "Build information; the value is always 1",
+            build,
         );
         Metrics { registry, ..m }
     }
@@ -204,6 +218,42 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The metrics in the classic Prometheus text format (0.0.4, [`CLASSIC_CONTENT_TYPE`]), for
+    /// scrapers and tools that do not speak OpenMetrics (`promtool check metrics`, curl).
+    ///
+    /// The two differ here only in that OpenMetrics names a counter family without `_total`
+    /// (its samples carry it) and has `# UNIT` and `# EOF` lines.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let counters: BTreeSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line.starts_with("# UNIT ") || line == "# EOF" {
+                continue;
+            }
+            let meta = ["# HELP ", "# TYPE "]
+                .iter()
+                .find_map(|p| Some((*p, line.strip_prefix(p)?)));
+            match meta {
+                Some((prefix, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let name = if counters.contains(name) {
+                        format!("{name}_total")
+                    } else {
+                        name.to_owned()
+                    };
+                    out.push_str(&format!("{prefix}{name} {tail}"));
+                }
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
         out
     }
 
@@ -364,18 +414,65 @@ impl Drop for StreamGuard {
     }
 }
 
-/// An HTTP router serving `GET /metrics` (for `[server] http_listen`).
+/// An HTTP router serving `GET /metrics` (for `[server] http_listen`): OpenMetrics to clients
+/// that accept it (Prometheus asks for it), the classic text format to everyone else.
 pub fn http_router(metrics: Arc<Metrics>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
             async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                    metrics.encode(),
-                )
+                let open_metrics = headers
+                    .get_all(axum::http::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                if open_metrics {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                        metrics.encode(),
+                    )
+                } else {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
+                        metrics.encode_classic(),
+                    )
+                }
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_names_counter_families_with_total_and_drops_openmetrics_lines() {
+        let m = Metrics::new();
+        m.rpc_finished("/grpc.health.v1.Health/Check", "OK");
+        let classic = m.encode_classic();
+        assert!(
+            classic.contains("# HELP healthgate_grpc_requests_total "),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE healthgate_grpc_requests_total counter"),
+            "{classic}"
+        );
+        assert!(classic.contains(
+            "healthgate_grpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"
+        ));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        assert!(m.encode().ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn unknown_rpc_paths_share_one_label() {
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/random.Service/Whatever"), "other");
+    }
 }
