@@ -6,6 +6,7 @@ mod cli;
 mod config_file;
 mod engine;
 mod front;
+mod metrics;
 mod probe_grpc;
 mod probe_http;
 mod probe_tcp;
