@@ -7,6 +7,7 @@ mod config_file;
 mod engine;
 mod front;
 mod metrics;
+mod otlp;
 mod probe_grpc;
 mod probe_http;
 mod probe_tcp;

@@ -16,14 +16,19 @@ use crate::support::{Front, HttpServer, PATIENCE, Switch, service_is, state_wher
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let response = reqwest_like_get(addr).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// A minimal HTTP/1.1 GET (no client library needed for one request).
 async fn reqwest_like_get(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.expect("read");
     out
@@ -32,7 +37,9 @@ async fn reqwest_like_get(addr: std::net::SocketAddr) -> String {
 async fn serve_metrics(metrics: Arc<Metrics>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
-    tokio::spawn(async move { axum::serve(listener, healthgate::metrics::http_router(metrics)).await });
+    tokio::spawn(
+        async move { axum::serve(listener, healthgate::metrics::http_router(metrics)).await },
+    );
     addr
 }
 
@@ -53,40 +60,98 @@ async fn metrics_cover_dependencies_services_rpcs_and_streams() {
     service_is(&handle, "readiness", Health::Healthy).await;
     switch.set(Verdict::unhealthy("HTTP 503"));
     service_is(&handle, "readiness", Health::Unhealthy).await;
-    let front = Front::start(handle.clone(), ServeOptions { metrics: Some(metrics.clone()), ..ServeOptions::default() }).await;
+    let front = Front::start(
+        handle.clone(),
+        ServeOptions {
+            metrics: Some(metrics.clone()),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
     let mut client = HealthClient::new(front.channel().await);
-    client.check(HealthCheckRequest { service: "readiness".into() }).await.expect("check");
-    client.check(HealthCheckRequest { service: "nope".into() }).await.expect_err("unknown");
-    let mut watch = client.watch(HealthCheckRequest::default()).await.expect("watch").into_inner();
+    client
+        .check(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .expect("check");
+    client
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    let mut watch = client
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
     watch.message().await.expect("ok").expect("first");
     // An unknown path is counted, under one shared label.
     let mut raw = tonic::client::Grpc::new(front.channel().await);
     raw.ready().await.expect("ready");
     let path = http::uri::PathAndQuery::from_static("/made.up.Service/Method");
-    let _ = raw.unary::<_, HealthCheckRequest, _>(tonic::Request::new(HealthCheckRequest::default()), path, tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default()).await;
+    let _ = raw
+        .unary::<_, HealthCheckRequest, _>(
+            tonic::Request::new(HealthCheckRequest::default()),
+            path,
+            tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default(),
+        )
+        .await;
 
     let addr = serve_metrics(metrics.clone()).await;
     let text = scrape(addr).await;
-    assert_eq!(series(&text, "healthgate_dependency_health{"), ["healthgate_dependency_health{dependency=\"db\"} 3"]);
-    assert!(text.contains("healthgate_service_health{service=\"readiness\"} 3"), "{text}");
+    assert_eq!(
+        series(&text, "healthgate_dependency_health{"),
+        ["healthgate_dependency_health{dependency=\"db\"} 3"]
+    );
+    assert!(
+        text.contains("healthgate_service_health{service=\"readiness\"} 3"),
+        "{text}"
+    );
     assert!(text.contains("healthgate_service_serving{service=\"readiness\"} 0"));
     assert!(text.contains("healthgate_service_serving{service=\"\"} 0"));
-    assert!(text.contains("healthgate_dependency_transitions_total{dependency=\"db\",to=\"unhealthy\"} 1"), "{text}");
-    assert!(text.contains("healthgate_service_transitions_total{service=\"readiness\",to=\"unhealthy\"} 1"));
-    assert!(!series(&text, "healthgate_probe_duration_seconds_count{dependency=\"db\",outcome=\"unhealthy\"}").is_empty());
-    assert!(text.contains("healthgate_grpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "healthgate_dependency_transitions_total{dependency=\"db\",to=\"unhealthy\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        "healthgate_service_transitions_total{service=\"readiness\",to=\"unhealthy\"} 1"
+    ));
+    assert!(
+        !series(
+            &text,
+            "healthgate_probe_duration_seconds_count{dependency=\"db\",outcome=\"unhealthy\"}"
+        )
+        .is_empty()
+    );
+    assert!(
+        text.contains(
+            "healthgate_grpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"
+        ),
+        "{text}"
+    );
     assert!(text.contains("healthgate_grpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"NOT_FOUND\"} 1"));
-    assert!(text.contains("healthgate_grpc_requests_total{method=\"other\",code=\"UNIMPLEMENTED\"} 1"), "{text}");
+    assert!(
+        text.contains("healthgate_grpc_requests_total{method=\"other\",code=\"UNIMPLEMENTED\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("healthgate_watch_streams{method=\"/grpc.health.v1.Health/Watch\"} 1"));
     assert!(text.contains("healthgate_dropped_spans_total 0"));
-    assert!(text.contains(&format!("healthgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    assert!(text.contains(&format!(
+        "healthgate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
 
     // A cancelled Watch is no longer counted as open, and is counted as CANCELLED.
     drop(watch);
     let closed = tokio::time::timeout(PATIENCE, async {
         loop {
             let text = scrape(addr).await;
-            if text.contains("healthgate_watch_streams{method=\"/grpc.health.v1.Health/Watch\"} 0") {
+            if text.contains("healthgate_watch_streams{method=\"/grpc.health.v1.Health/Watch\"} 0")
+            {
                 return text;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -100,26 +165,45 @@ async fn metrics_cover_dependencies_services_rpcs_and_streams() {
 #[tokio::test]
 async fn runtime_added_and_removed_dependencies_appear_and_disappear() {
     let metrics = Arc::new(Metrics::new());
-    let handle = Engine::builder().metrics(metrics.clone()).start().expect("starts");
+    let handle = Engine::builder()
+        .metrics(metrics.clone())
+        .start()
+        .expect("starts");
     let addr = serve_metrics(metrics.clone()).await;
     let switch = Switch::new();
-    handle.add_dependency("cache", switch.spec()).await.expect("added");
-    handle.set_service("reads", ServiceSpec::with_all(["cache"], Impact::Degrading)).await.expect("service");
+    handle
+        .add_dependency("cache", switch.spec())
+        .await
+        .expect("added");
+    handle
+        .set_service("reads", ServiceSpec::with_all(["cache"], Impact::Degrading))
+        .await
+        .expect("service");
     state_where(&handle, "cache", |d| d.health == Health::Healthy).await;
     let text = scrape(addr).await;
-    assert!(text.contains("healthgate_dependency_health{dependency=\"cache\"} 0"), "{text}");
+    assert!(
+        text.contains("healthgate_dependency_health{dependency=\"cache\"} 0"),
+        "{text}"
+    );
     assert!(text.contains("healthgate_service_health{service=\"reads\"} 0"));
     handle.remove_service("reads").await.expect("removed");
     handle.remove_dependency("cache").await.expect("removed");
     let text = scrape(addr).await;
-    assert!(!text.contains("dependency=\"cache\""), "every series of the removed dependency is gone: {text}");
+    assert!(
+        !text.contains("dependency=\"cache\""),
+        "every series of the removed dependency is gone: {text}"
+    );
     assert!(!text.contains("service=\"reads\""), "{text}");
 }
 
 #[tokio::test]
 async fn metrics_carry_names_never_urls_reasons_or_secrets() {
     let server = HttpServer::start().await;
-    server.set(crate::support::Answer { status: 503, body: "CANARY-BODY-6".into(), ..Default::default() });
+    server.set(crate::support::Answer {
+        status: 503,
+        body: "CANARY-BODY-6".into(),
+        ..Default::default()
+    });
     let toml = format!(
         "[dependencies.api]\nkind = \"http\"\nurl = \"http://u:CANARY-PW-1@{}/h?token=CANARY-Q-2\"\n\
          headers = {{ Authorization = \"Bearer CANARY-H-3\" }}\ninterval = \"1s\"\ntimeout = \"500ms\"\njitter = 0.0\n",
@@ -127,7 +211,10 @@ async fn metrics_carry_names_never_urls_reasons_or_secrets() {
     );
     let config = Config::from_toml_with_env(&toml, &|_| None).expect("valid");
     let metrics = Arc::new(Metrics::new());
-    let handle = Engine::from_config(&config).metrics(metrics.clone()).start().expect("starts");
+    let handle = Engine::from_config(&config)
+        .metrics(metrics.clone())
+        .start()
+        .expect("starts");
     state_where(&handle, "api", |d| d.last_outcome.is_some()).await;
     for text in [metrics.encode(), metrics.encode_classic()] {
         for leak in ["CANARY", "127.0.0.1", "HTTP 503", "/h"] {

@@ -1,0 +1,363 @@
+//! Trace export, end to end: the real binary exports over OTLP/gRPC to an in-process receiver
+//! (the OpenTelemetry collector's TraceService), and the HTTP dependency receives the probe's
+//! `traceparent`. Also: a black-holed collector changes nothing that matters.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{HttpServer, PATIENCE, silent_server, temp_dir};
+
+/// Collects every exported span, with its resource's `service.name`.
+#[derive(Debug, Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("not poisoned");
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start() -> (Collector, SocketAddr) {
+        let collector = Collector::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()));
+        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
+        (collector, addr)
+    }
+
+    /// Waits for a span matching `pred`.
+    async fn span_where(&self, pred: impl Fn(&Span) -> bool) -> Span {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Some((_, s)) = self
+                    .spans
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .find(|(_, s)| pred(s))
+                {
+                    return s.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no such span among {} received",
+                self.spans.lock().expect("not poisoned").len()
+            )
+        })
+    }
+}
+
+fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    let value = attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?;
+    Some(match value {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `healthgate serve` with `config`, returning the process and its gRPC address.
+async fn serve(config: &str) -> (Child, SocketAddr) {
+    let file = temp_dir("otlp").join("healthgate.toml");
+    std::fs::write(&file, config).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_healthgate"))
+        .args(["serve", "--config", &file.display().to_string()])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("a line");
+    let addr = line
+        .strip_prefix("grpc listening on ")
+        .expect("the listen line")
+        .parse()
+        .expect("an address");
+    (child, addr)
+}
+
+async fn terminate(child: &mut Child) -> Duration {
+    let pid = child.id().expect("running").to_string();
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits")
+        .expect("waited");
+    assert!(status.success(), "{status:?}");
+    started.elapsed()
+}
+
+fn config(dependency: SocketAddr, telemetry: &str) -> String {
+    format!(
+        r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+drain_delay = "0s"
+drain_timeout = "1s"
+
+[telemetry]
+{telemetry}
+
+[dependencies.api]
+kind = "http"
+url = "http://probe:CANARY-PW-1@{dependency}/health?token=CANARY-Q-2"
+headers = {{ Authorization = "Bearer CANARY-H-3" }}
+interval = "100ms"
+timeout = "50ms"
+jitter = 0.0
+"#
+    )
+}
+
+#[tokio::test]
+async fn probe_and_rpc_spans_arrive_over_otlp_and_the_dependency_joins_the_trace() {
+    let (collector, collector_addr) = Collector::start().await;
+    let dependency = HttpServer::start().await;
+    let telemetry = format!(
+        "otlp_endpoint = \"http://{collector_addr}\"\nservice_name = \"hg-test\"\nexport_timeout = \"2s\""
+    );
+    let (mut child, addr) = serve(&config(dependency.addr, &telemetry)).await;
+
+    // The traceparent the dependency received names a trace that arrives at the collector.
+    let traceparent = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let seen = dependency
+                .last_headers
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .and_then(|h| h.get("traceparent").cloned());
+            if let Some(v) = seen {
+                return v.to_str().expect("ascii").to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the dependency received a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(
+        (parts.len(), parts[0], parts[3]),
+        (4, "00", "01"),
+        "{traceparent}"
+    );
+    let probe = collector.span_where(|s| hex(&s.trace_id) == parts[1]).await;
+    assert_eq!(probe.name, "probe");
+    assert_eq!(
+        hex(&probe.span_id),
+        parts[2],
+        "the traceparent names the probe span itself"
+    );
+    assert_eq!(
+        attr(&probe.attributes, "dependency").as_deref(),
+        Some("api")
+    );
+    assert_eq!(attr(&probe.attributes, "kind").as_deref(), Some("http"));
+    assert_eq!(
+        attr(&probe.attributes, "health").as_deref(),
+        Some("healthy")
+    );
+    assert!(attr(&probe.attributes, "latency_ms").is_some_and(|l| l.parse::<f64>().is_ok()));
+
+    // The first outcome made the dependency healthy: that transition is an event of a probe span.
+    let first = collector
+        .span_where(|s| s.name == "probe" && s.events.iter().any(|e| e.name == "health got better"))
+        .await;
+    let event = first
+        .events
+        .iter()
+        .find(|e| e.name == "health got better")
+        .expect("found above");
+    assert_eq!(attr(&event.attributes, "to").as_deref(), Some("healthy"));
+
+    // A failing run: span status error, with the sanitized reason.
+    dependency.set(crate::support::Answer {
+        status: 503,
+        ..Default::default()
+    });
+    let failed = collector
+        .span_where(|s| {
+            s.name == "probe" && attr(&s.attributes, "health").as_deref() == Some("unhealthy")
+        })
+        .await;
+    assert_eq!(
+        attr(&failed.attributes, "reason").as_deref(),
+        Some("HTTP 503")
+    );
+    let status = failed.status.as_ref().expect("status set");
+    assert_eq!(status.code, 2, "STATUS_CODE_ERROR");
+
+    // An RPC on our server has its own span, following the RPC semantic conventions.
+    let mut client = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    client
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("check");
+    let rpc = collector
+        .span_where(|s| s.name == "grpc.health.v1.Health/Check")
+        .await;
+    assert_eq!(attr(&rpc.attributes, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attr(&rpc.attributes, "rpc.service").as_deref(),
+        Some("grpc.health.v1.Health")
+    );
+    assert_eq!(
+        attr(&rpc.attributes, "rpc.method").as_deref(),
+        Some("Check")
+    );
+    assert_eq!(
+        attr(&rpc.attributes, "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+
+    terminate(&mut child).await;
+    let spans = collector.spans.lock().expect("not poisoned");
+    assert!(
+        spans.iter().all(|(service, _)| service == "hg-test"),
+        "service.name from [telemetry]"
+    );
+    let everything = format!("{:?}", *spans);
+    for canary in ["CANARY-PW-1", "CANARY-Q-2", "CANARY-H-3"] {
+        assert!(
+            !everything.contains(canary),
+            "{canary} leaked into an exported span"
+        );
+    }
+}
+
+/// Probe runs per second and the median Check latency of a running server.
+async fn measure(dependency: &HttpServer, addr: SocketAddr) -> (f64, Duration) {
+    let mut client = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let before = dependency
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < Duration::from_secs(2) {
+        let t = Instant::now();
+        client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("check");
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs = dependency
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    latencies.sort();
+    (
+        runs as f64 / started.elapsed().as_secs_f64(),
+        latencies[latencies.len() / 2],
+    )
+}
+
+#[tokio::test]
+async fn a_black_holed_collector_changes_neither_check_latency_nor_probe_cadence_nor_exit() {
+    let dependency = HttpServer::start().await;
+    let (mut baseline, addr) = serve(&config(dependency.addr, "")).await;
+    let (base_rate, base_check) = measure(&dependency, addr).await;
+    terminate(&mut baseline).await;
+
+    // Accepts connections and never answers: every export hangs until its timeout.
+    let hole = silent_server().await;
+    let export_timeout = Duration::from_millis(500);
+    let telemetry =
+        format!("otlp_endpoint = \"http://{hole}\"\nexport_timeout = \"500ms\"\nqueue_size = 64");
+    let (mut child, addr) = serve(&config(dependency.addr, &telemetry)).await;
+    let (rate, check) = measure(&dependency, addr).await;
+    let exit = terminate(&mut child).await;
+
+    assert!(
+        rate >= base_rate * 0.7,
+        "probe cadence {rate:.1}/s against {base_rate:.1}/s without telemetry"
+    );
+    assert!(
+        check <= base_check * 3 + Duration::from_millis(2),
+        "median Check {check:?} against {base_check:?}"
+    );
+    // drain_delay 0 + at most the export timeout for the final flush, plus process slack.
+    assert!(
+        exit < export_timeout + Duration::from_millis(1500),
+        "exit took {exit:?}"
+    );
+}
