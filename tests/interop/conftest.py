@@ -47,6 +47,7 @@ class Healthgate:
                 f"""
 [server]
 grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 drain_delay = "0s"
 drain_timeout = "1s"
 
@@ -72,10 +73,14 @@ dependencies = {{ api = "critical" }}
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        self.addr = self._listening("grpc")
+        self.http_addr = self._listening("http")
+
+    def _listening(self, kind):
         line = self.process.stdout.readline().strip()
-        prefix = "grpc listening on "
-        assert line.startswith(prefix), f"unexpected first line: {line!r}"
-        self.addr = line[len(prefix):]
+        prefix = f"{kind} listening on "
+        assert line.startswith(prefix), f"unexpected line: {line!r}"
+        return line[len(prefix):]
 
     def close(self):
         self.process.terminate()
@@ -108,3 +113,45 @@ def make_healthgate():
     yield make
     for server in made:
         server.close()
+
+
+class Prometheus:
+    """A real Prometheus server (Debian's package) scraping `target` every second."""
+
+    def __init__(self, target):
+        import socket
+
+        self.dir = tempfile.mkdtemp(prefix="healthgate-prometheus-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = os.path.join(self.dir, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(
+                "global:\n  scrape_interval: 1s\n"
+                "scrape_configs:\n  - job_name: healthgate\n"
+                f"    static_configs:\n      - targets: ['{target}']\n"
+            )
+        self.process = subprocess.Popen(
+            [
+                os.environ.get("PROMETHEUS_BIN", "prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def query(self, expr):
+        import json
+        import urllib.parse
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)["data"]["result"]
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)

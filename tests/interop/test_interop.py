@@ -117,3 +117,33 @@ def test_client_side_health_checking_moves_traffic_off_a_failing_instance(make_h
     finally:
         dep_a.close()
         dep_b.close()
+
+
+def test_prometheus_scrapes_the_dependency_health_series(healthgate, dependency):
+    import shutil
+
+    from conftest import Prometheus
+
+    if shutil.which("prometheus") is None and "PROMETHEUS_BIN" not in __import__("os").environ:
+        pytest.fail("prometheus is not installed (.ci/run installs Debian's package)")
+    prometheus = Prometheus(healthgate.http_addr)
+    try:
+        def healthy():
+            try:
+                result = prometheus.query('healthgate_dependency_health{dependency="api"}')
+            except OSError:
+                return False  # not up yet
+            return len(result) == 1 and result[0]["value"][1] == "0"
+
+        assert wait_for(healthy, timeout=30), "Prometheus saw api healthy"
+        dependency.status = 503
+
+        def unhealthy():
+            result = prometheus.query('healthgate_dependency_health{dependency="api"}')
+            return len(result) == 1 and result[0]["value"][1] == "3"
+
+        assert wait_for(unhealthy, timeout=30), "Prometheus saw api unhealthy"
+        served = prometheus.query('healthgate_grpc_requests_total')
+        assert all(set(s["metric"]) >= {"method", "code"} for s in served)
+    finally:
+        prometheus.close()

@@ -111,29 +111,58 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Runs `healthgate serve` with `config`, returning the process and its gRPC address.
-async fn serve(config: &str) -> (Child, SocketAddr) {
+/// Runs `healthgate serve` with `config` (and extra environment), returning the process, its
+/// gRPC address and, when the config sets `http_listen`, its HTTP address.
+async fn serve_with(
+    config: &str,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, SocketAddr, Option<SocketAddr>) {
     let file = temp_dir("otlp").join("healthgate.toml");
     std::fs::write(&file, config).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_healthgate"))
-        .args(["serve", "--config", &file.display().to_string()])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_healthgate"));
+    command.args(["serve", "--config", &file.display().to_string()]);
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("spawns");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("in time")
-        .expect("read")
-        .expect("a line");
-    let addr = line
+    let mut read = Vec::new();
+    for _ in 0..if config.contains("http_listen") { 2 } else { 1 } {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("in time")
+            .expect("read")
+            .expect("a line");
+        read.push(line);
+    }
+    let addr = read[0]
         .strip_prefix("grpc listening on ")
-        .expect("the listen line")
+        .expect("the grpc line")
         .parse()
         .expect("an address");
+    let http = read.get(1).map(|l| {
+        l.strip_prefix("http listening on ")
+            .expect("the http line")
+            .parse()
+            .expect("an address")
+    });
+    (child, addr, http)
+}
+
+async fn serve(config: &str) -> (Child, SocketAddr) {
+    let (child, addr, _) = serve_with(config, &[], Stdio::null()).await;
     (child, addr)
 }
 
@@ -158,6 +187,7 @@ fn config(dependency: SocketAddr, telemetry: &str) -> String {
         r#"
 [server]
 grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 drain_delay = "0s"
 drain_timeout = "1s"
 
@@ -343,9 +373,20 @@ async fn a_black_holed_collector_changes_neither_check_latency_nor_probe_cadence
     let export_timeout = Duration::from_millis(500);
     let telemetry =
         format!("otlp_endpoint = \"http://{hole}\"\nexport_timeout = \"500ms\"\nqueue_size = 64");
-    let (mut child, addr) = serve(&config(dependency.addr, &telemetry)).await;
+    let (mut child, addr, http) =
+        serve_with(&config(dependency.addr, &telemetry), &[], Stdio::null()).await;
     let (rate, check) = measure(&dependency, addr).await;
+    let scraped = scrape(http.expect("http_listen set")).await;
+    let dropped: u64 = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("healthgate_dropped_spans_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the dropped-spans counter");
     let exit = terminate(&mut child).await;
+    assert!(
+        dropped > 0,
+        "spans that could not be exported were counted as dropped"
+    );
 
     assert!(
         rate >= base_rate * 0.7,
@@ -360,4 +401,60 @@ async fn a_black_holed_collector_changes_neither_check_latency_nor_probe_cadence
         exit < export_timeout + Duration::from_millis(1500),
         "exit took {exit:?}"
     );
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test]
+async fn the_standard_otel_variables_enable_export_without_a_telemetry_section() {
+    let (collector, collector_addr) = Collector::start().await;
+    let dependency = HttpServer::start().await;
+    let endpoint = format!("http://{collector_addr}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "from-env"),
+    ];
+    let (mut child, _, _) = serve_with(&config(dependency.addr, ""), &env, Stdio::null()).await;
+    collector.span_where(|s| s.name == "probe").await;
+    terminate(&mut child).await;
+    let spans = collector.spans.lock().expect("not poisoned");
+    assert!(
+        spans.iter().all(|(service, _)| service == "from-env"),
+        "service.name from OTEL_SERVICE_NAME"
+    );
+}
+
+#[tokio::test]
+async fn logs_at_debug_level_carry_no_secrets() {
+    let dependency = HttpServer::start().await;
+    dependency.set(crate::support::Answer {
+        status: 503,
+        ..Default::default()
+    });
+    let env = [("RUST_LOG", "debug")];
+    let (mut child, _, _) = serve_with(&config(dependency.addr, ""), &env, Stdio::piped()).await;
+    let mut stderr = child.stderr.take().expect("piped");
+    // Several failing rounds (each probe logged at debug), the transition warnings, the drain.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    terminate(&mut child).await;
+    let mut logs = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs)
+        .await
+        .expect("read logs");
+    assert!(
+        logs.contains("probe finished") && logs.contains("health got worse"),
+        "debug logs were written:\n{logs}"
+    );
+    for canary in ["CANARY-PW-1", "CANARY-Q-2", "CANARY-H-3"] {
+        assert!(!logs.contains(canary), "{canary} leaked into the logs");
+    }
 }
