@@ -458,3 +458,43 @@ async fn logs_at_debug_level_carry_no_secrets() {
         assert!(!logs.contains(canary), "{canary} leaked into the logs");
     }
 }
+
+#[tokio::test]
+async fn grpc_probes_send_the_traceparent_of_their_span() {
+    let (collector, collector_addr) = Collector::start().await;
+    let (grpc, _reporter, seen) = crate::probe_grpc::health_server().await;
+    let telemetry = format!("otlp_endpoint = \"http://{collector_addr}\"\nexport_timeout = \"2s\"");
+    let toml = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[telemetry]\n{telemetry}\n\
+         [dependencies.inventory]\nkind = \"grpc\"\ntarget = \"http://{grpc}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\njitter = 0.0\n"
+    );
+    let (mut child, _) = serve(&toml).await;
+    let traceparent = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let value = seen.lock().expect("not poisoned").as_ref().and_then(|m| {
+                m.get("traceparent")
+                    .map(|v| v.to_str().expect("ascii").to_owned())
+            });
+            if let Some(v) = value {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the gRPC dependency received a traceparent");
+    let trace_id = traceparent
+        .split('-')
+        .nth(1)
+        .expect("a trace id")
+        .to_owned();
+    let probe = collector.span_where(|s| hex(&s.trace_id) == trace_id).await;
+    assert_eq!(
+        (
+            probe.name.as_str(),
+            attr(&probe.attributes, "kind").as_deref()
+        ),
+        ("probe", Some("grpc"))
+    );
+    terminate(&mut child).await;
+}

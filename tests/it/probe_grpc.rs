@@ -24,7 +24,8 @@ async fn serve(router: Router) -> SocketAddr {
 }
 
 /// A tonic server with tonic-health, recording the metadata of the last request.
-async fn health_server() -> (SocketAddr, HealthReporter, Arc<Mutex<Option<MetadataMap>>>) {
+pub(crate) async fn health_server() -> (SocketAddr, HealthReporter, Arc<Mutex<Option<MetadataMap>>>)
+{
     let (reporter, service) = tonic_health::server::health_reporter();
     let seen = Arc::new(Mutex::new(None));
     let record = seen.clone();
