@@ -9,7 +9,7 @@ use healthgate::{Engine, Health, Impact, Verdict};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::support::{Front, PATIENCE, Switch, closed_port, service_is, temp_dir};
+use crate::support::{Front, PATIENCE, Switch, closed_port, service_is, temp_dir, terminate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_healthgate");
 
@@ -236,23 +236,8 @@ async fn serve_prints_its_address_and_drains_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let out = run(&["check", "--addr", addr, "--service", "liveness"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let pid = child.id().expect("running").to_string();
-    let started = tokio::time::Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill runs");
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("exits")
-        .expect("waited");
-    assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "drained in {:?}",
-        started.elapsed()
-    );
+    let took = terminate(&mut child).await;
+    assert!(took < Duration::from_secs(3), "drained in {took:?}");
 }
 
 #[tokio::test]

@@ -14,24 +14,12 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::support::{Front, HttpServer, PATIENCE, Switch, service_is, state_where};
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    let response = reqwest_like_get(addr).await;
+    let response = crate::support::get_metrics(addr).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
-}
-
-/// A minimal HTTP/1.1 GET (no client library needed for one request).
-async fn reqwest_like_get(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.expect("read");
-    out
 }
 
 async fn serve_metrics(metrics: Arc<Metrics>) -> std::net::SocketAddr {

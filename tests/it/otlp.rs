@@ -24,7 +24,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{HttpServer, PATIENCE, silent_server, temp_dir};
+use crate::support::{HttpServer, PATIENCE, get_metrics, silent_server, temp_dir, terminate};
 
 /// Collects every exported span, with its resource's `service.name`.
 #[derive(Debug, Clone, Default)]
@@ -164,22 +164,6 @@ async fn serve_with(
 async fn serve(config: &str) -> (Child, SocketAddr) {
     let (child, addr, _) = serve_with(config, &[], Stdio::null()).await;
     (child, addr)
-}
-
-async fn terminate(child: &mut Child) -> Duration {
-    let pid = child.id().expect("running").to_string();
-    let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill runs");
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("exits")
-        .expect("waited");
-    assert!(status.success(), "{status:?}");
-    started.elapsed()
 }
 
 fn config(dependency: SocketAddr, telemetry: &str) -> String {
@@ -376,7 +360,7 @@ async fn a_black_holed_collector_changes_neither_check_latency_nor_probe_cadence
     let (mut child, addr, http) =
         serve_with(&config(dependency.addr, &telemetry), &[], Stdio::null()).await;
     let (rate, check) = measure(&dependency, addr).await;
-    let scraped = scrape(http.expect("http_listen set")).await;
+    let scraped = get_metrics(http.expect("http_listen set")).await;
     let dropped: u64 = scraped
         .lines()
         .find_map(|l| l.strip_prefix("healthgate_dropped_spans_total "))
@@ -401,17 +385,6 @@ async fn a_black_holed_collector_changes_neither_check_latency_nor_probe_cadence
         exit < export_timeout + Duration::from_millis(1500),
         "exit took {exit:?}"
     );
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.expect("read");
-    out
 }
 
 #[tokio::test]

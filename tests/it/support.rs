@@ -291,3 +291,31 @@ pub(crate) async fn service_is(handle: &Handle, service: &str, health: healthgat
     .unwrap_or_else(|_| panic!("service {service:?} never became {health}"))
     .expect("engine alive");
 }
+
+/// `GET /metrics` over a plain HTTP/1.1 connection; the whole response, status line included.
+pub(crate) async fn get_metrics(addr: SocketAddr) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+/// Sends SIGTERM to a child process and waits for a successful exit; returns how long it took.
+pub(crate) async fn terminate(child: &mut tokio::process::Child) -> Duration {
+    let pid = child.id().expect("running").to_string();
+    let started = tokio::time::Instant::now();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits")
+        .expect("waited");
+    assert!(status.success(), "{status:?}");
+    started.elapsed()
+}
