@@ -1,0 +1,27 @@
+//! Benchmark peer: a bare tonic-health server — what a user would run instead of healthgate —
+//! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR`.
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for name in ["", "readiness", "liveness"] {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let listener = TcpListener::bind(&addr).await?;
+    println!("grpc listening on {}", listener.local_addr()?);
+    let incoming = TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
