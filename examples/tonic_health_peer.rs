@@ -2,7 +2,6 @@
 //! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR`.
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 #[tokio::main]
@@ -18,7 +17,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = TcpListener::bind(&addr).await?;
     println!("grpc listening on {}", listener.local_addr()?);
-    let incoming = TcpListenerStream::new(listener);
+    // As `Server::serve(addr)` would: tonic's incoming stream with TCP_NODELAY (its default).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming(incoming)

@@ -6,7 +6,7 @@
 //! services are removed, not left at their last value.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +34,9 @@ const KNOWN_METHODS: [&str; 7] = [
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+
+/// gRPC status codes, 0 to 16.
+const CODES: usize = 17;
 
 const OUTCOMES: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 const STATES: [Health; 4] = [
@@ -125,6 +128,8 @@ pub struct Metrics {
     grpc_requests: Family<RpcLabels, Counter>,
     watch_streams: Family<MethodLabels, Gauge>,
     dropped_spans: Counter,
+    /// Handles into `grpc_requests`, by (method index, code).
+    rpc_counters: Box<[OnceLock<Counter>]>,
     /// Names with series, to remove those that vanish.
     known: Mutex<KnownNames>,
 }
@@ -150,6 +155,9 @@ impl Metrics {
             grpc_requests: Family::default(),
             watch_streams: Family::default(),
             dropped_spans: Counter::default(),
+            rpc_counters: (0..(KNOWN_METHODS.len() + 1) * CODES)
+                .map(|_| OnceLock::new())
+                .collect(),
             known: Mutex::default(),
         };
         registry.register(
@@ -363,14 +371,22 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished RPC.
-    pub(crate) fn rpc_finished(&self, method: &str, code: &str) {
-        self.grpc_requests
-            .get_or_create(&RpcLabels {
-                method: method.to_owned(),
-                code: code.to_owned(),
-            })
-            .inc();
+    /// Counts a finished RPC. Allocation-free after the first call per (method, code): the
+    /// counter handles live in a fixed table, since both label sets are fixed.
+    pub(crate) fn rpc_finished(&self, method: &str, code: tonic::Code) {
+        let m = KNOWN_METHODS
+            .iter()
+            .position(|k| *k == method)
+            .unwrap_or(KNOWN_METHODS.len());
+        let slot = &self.rpc_counters[m * CODES + code as usize];
+        slot.get_or_init(|| {
+            let labels = RpcLabels {
+                method: method_label(method).to_owned(),
+                code: crate::grpc::code_name(code).to_owned(),
+            };
+            self.grpc_requests.get_or_create_owned(&labels)
+        })
+        .inc();
     }
 
     /// Counts an open stream until the returned guard is dropped.
@@ -450,7 +466,7 @@ mod tests {
     #[test]
     fn classic_format_names_counter_families_with_total_and_drops_openmetrics_lines() {
         let m = Metrics::new();
-        m.rpc_finished("/grpc.health.v1.Health/Check", "OK");
+        m.rpc_finished("/grpc.health.v1.Health/Check", tonic::Code::Ok);
         let classic = m.encode_classic();
         assert!(
             classic.contains("# HELP healthgate_grpc_requests_total "),

@@ -47,11 +47,10 @@ pub(crate) struct Observe<S> {
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Observe<S>
 where
     S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<ObservedBody<ResBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -79,28 +78,60 @@ where
         if let Some(parent) = parent {
             let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
         }
-        let metrics = self.metrics.clone();
         let call = self.inner.call(request).instrument(span.clone());
-        Box::pin(async move {
-            let response = call.await?;
-            let stream = method
-                .ends_with("/Watch")
-                .then(|| metrics.as_ref().map(|m| m.stream_opened(method)))
-                .flatten();
-            let mut finish = Some(Finish {
-                span,
-                metrics,
-                method,
-                _stream: stream,
-            });
-            // A trailers-only response (an error) carries its status in the headers.
-            if let Some(code) = status_of(response.headers())
-                && let Some(f) = finish.take()
-            {
-                f.done(code);
-            }
-            Ok(response.map(|inner| ObservedBody { inner, finish }))
-        })
+        ObserveFuture {
+            call,
+            span: Some(span),
+            metrics: self.metrics.clone(),
+            method,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The call, wrapped in place (no box, no copy of the router's future).
+    pub(crate) struct ObserveFuture<F> {
+        #[pin]
+        call: tracing::instrument::Instrumented<F>,
+        span: Option<tracing::Span>,
+        metrics: Option<Arc<Metrics>>,
+        method: &'static str,
+    }
+}
+
+impl<F, ResBody, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<ObservedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.call.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let method = *this.method;
+        let metrics = this.metrics.take();
+        let stream = method
+            .ends_with("/Watch")
+            .then(|| metrics.as_ref().map(|m| m.stream_opened(method)))
+            .flatten();
+        let span = this.span.take().unwrap_or_else(tracing::Span::none);
+        let mut finish = Some(Finish {
+            span,
+            metrics,
+            method,
+            _stream: stream,
+        });
+        // A trailers-only response (an error) carries its status in the headers.
+        if let Some(code) = status_of(response.headers())
+            && let Some(f) = finish.take()
+        {
+            f.done(code);
+        }
+        Poll::Ready(Ok(response.map(|inner| ObservedBody { inner, finish })))
     }
 }
 
@@ -134,7 +165,7 @@ impl Finish {
             self.span.record("otel.status_code", "ERROR");
         }
         if let Some(m) = &self.metrics {
-            m.rpc_finished(self.method, code_name(code));
+            m.rpc_finished(self.method, code);
         }
     }
 }

@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -96,14 +94,10 @@ pub async fn serve(
         )
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    // `tcp_nodelay` on the builder only reaches tonic's own listener; ours is handed in, so
-    // every accepted socket gets it here. Without it, a response written in two parts waits
-    // for the client's delayed ACK (~40 ms).
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    });
+    // `tcp_nodelay` on the builder only reaches listeners tonic binds itself; ours is handed
+    // in, so it is set here. Without it a response written in two parts waits for the client's
+    // delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = router.serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned());
     tokio::pin!(server);
 
