@@ -5,6 +5,7 @@
 pub mod client;
 mod convert;
 mod detail;
+mod fast_check;
 mod health;
 mod observe;
 pub mod pb;

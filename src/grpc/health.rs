@@ -66,18 +66,28 @@ fn message(status: ServingStatus) -> HealthCheckResponse {
 /// A Watch stream, boxed: its state is one watch receiver and a token.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
+/// The answer to `Check(name)`: the wire status and what `x-health-state` says, or
+/// `NOT_FOUND`. Shared by the tonic service and the fast path.
+pub(crate) fn check(
+    handle: &Handle,
+    name: &str,
+) -> Result<(ServingStatus, Option<ServiceHealth>), Status> {
+    let snapshot = handle.snapshot();
+    let Some(service) = snapshot.service(name) else {
+        return Err(Status::not_found("unknown service"));
+    };
+    let status = Some(service.status);
+    Ok((serving_status(status), status))
+}
+
 #[tonic::async_trait]
 impl Health for HealthService {
     async fn check(
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        let snapshot = self.handle.snapshot();
-        let Some(service) = snapshot.service(&request.get_ref().service) else {
-            return Err(Status::not_found("unknown service"));
-        };
-        let status = Some(service.status);
-        Ok(response(message(serving_status(status)), status))
+        let (serving, status) = check(&self.handle, &request.get_ref().service)?;
+        Ok(response(message(serving), status))
     }
 
     async fn list(

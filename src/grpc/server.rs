@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::fast_check::FastCheckLayer;
 use super::observe::ObserveLayer;
 use super::{DetailService, HealthService, pb};
 use crate::Handle;
@@ -82,6 +83,11 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEP_ALIVE_TIMEOUT))
         .layer(ObserveLayer {
             metrics: options.metrics.clone(),
+        })
+        // Inside the observation layer (tonic's later layers sit closer to the services), so
+        // fast answers are counted and traced like the rest.
+        .layer(FastCheckLayer {
+            handle: handle.clone(),
         })
         .add_service(HealthService::new(handle.clone(), streams_end.clone()).into_server())
         .add_service(

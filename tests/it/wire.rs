@@ -330,3 +330,23 @@ async fn drain_goes_not_serving_keeps_serving_then_ends_streams_within_the_timeo
         "nothing turns back to SERVING"
     );
 }
+
+#[tokio::test]
+async fn a_compressed_flag_without_grpc_encoding_is_a_protocol_error() {
+    let front = Front::start(healthy_engine().await, ServeOptions::default()).await;
+    let response = call(
+        h2_client(front.addr, 65_535).await,
+        "Check",
+        frame(true, &GZIP_EMPTY),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    // Trailers-only: the status is in the headers, as tonic sends it.
+    assert_eq!(response.headers()["grpc-status"], "13");
+    let message = response.headers()["grpc-message"].to_str().expect("ascii");
+    assert!(
+        message.starts_with("protocol%20error") || message.starts_with("protocol error"),
+        "{message}"
+    );
+}
