@@ -9,7 +9,9 @@ use healthgate::{Engine, Health, Impact, Verdict};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::support::{Front, PATIENCE, Switch, closed_port, service_is, temp_dir, terminate};
+use crate::support::{
+    Front, PATIENCE, Switch, closed_port, next_line, service_is, temp_dir, terminate,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_healthgate");
 
@@ -226,11 +228,7 @@ async fn serve_prints_its_address_and_drains_on_sigterm() {
         .spawn()
         .expect("spawns");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let line = tokio::time::timeout(PATIENCE, stdout.next_line())
-        .await
-        .expect("in time")
-        .expect("readable")
-        .expect("a line");
+    let line = next_line(&mut stdout).await;
     let addr = line
         .strip_prefix("grpc listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
@@ -305,18 +303,10 @@ async fn check_watch_prints_each_status_until_the_stream_ends() {
         .spawn()
         .expect("spawns");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let first = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("in time")
-        .expect("read")
-        .expect("a line");
+    let first = next_line(&mut lines).await;
     assert!(first.ends_with(" status: SERVING"), "{first}");
     switch.set(Verdict::unhealthy("down"));
-    let second = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("in time")
-        .expect("read")
-        .expect("a line");
+    let second = next_line(&mut lines).await;
     assert!(second.ends_with(" status: NOT_SERVING"), "{second}");
     front.begin_shutdown(); // the server ends the stream after draining
     let status = tokio::time::timeout(PATIENCE, child.wait())

@@ -24,7 +24,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{HttpServer, PATIENCE, get_metrics, silent_server, temp_dir, terminate};
+use crate::support::{
+    HttpServer, PATIENCE, channel, get_metrics, next_line, silent_server, temp_dir, terminate,
+};
 
 /// Collects every exported span, with its resource's `service.name`.
 #[derive(Debug, Clone, Default)]
@@ -140,11 +142,7 @@ async fn serve_with(
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut read = Vec::new();
     for _ in 0..if config.contains("http_listen") { 2 } else { 1 } {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .expect("in time")
-            .expect("read")
-            .expect("a line");
+        let line = next_line(&mut lines).await;
         read.push(line);
     }
     let addr = read[0]
@@ -268,13 +266,7 @@ async fn probe_and_rpc_spans_arrive_over_otlp_and_the_dependency_joins_the_trace
     assert_eq!(status.code, 2, "STATUS_CODE_ERROR");
 
     // An RPC on our server has its own span, following the RPC semantic conventions.
-    let mut client = HealthClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect"),
-    );
+    let mut client = HealthClient::new(channel(addr).await);
     client
         .check(HealthCheckRequest::default())
         .await
@@ -313,13 +305,7 @@ async fn probe_and_rpc_spans_arrive_over_otlp_and_the_dependency_joins_the_trace
 
 /// Probe runs per second and the median Check latency of a running server.
 async fn measure(dependency: &HttpServer, addr: SocketAddr) -> (f64, Duration) {
-    let mut client = HealthClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect"),
-    );
+    let mut client = HealthClient::new(channel(addr).await);
     let before = dependency
         .requests
         .load(std::sync::atomic::Ordering::SeqCst);

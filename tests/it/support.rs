@@ -231,10 +231,6 @@ impl Front {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// Starts the drain sequence, as SIGTERM does.
     pub(crate) fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -243,11 +239,7 @@ impl Front {
     }
 
     pub(crate) async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
-            .expect("valid url")
-            .connect()
-            .await
-            .expect("server accepts connections")
+        channel(self.addr).await
     }
 }
 
@@ -318,4 +310,24 @@ pub(crate) async fn terminate(child: &mut tokio::process::Child) -> Duration {
         .expect("waited");
     assert!(status.success(), "{status:?}");
     started.elapsed()
+}
+
+/// The next line a child process prints, within PATIENCE.
+pub(crate) async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+) -> String {
+    tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a line in time")
+        .expect("readable")
+        .expect("a line before the stream ended")
+}
+
+/// A connected tonic channel to a server on `addr`.
+pub(crate) async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("server accepts connections")
 }
