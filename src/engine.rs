@@ -103,6 +103,9 @@ impl EngineBuilder {
             snapshot,
             watchers: Mutex::new(HashMap::new()),
         });
+        if let Some(m) = &self.metrics {
+            m.attach(shared.snapshot.subscribe());
+        }
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let mut reducer = Reducer::new(

@@ -4,16 +4,24 @@
 //! state, gRPC code) — so cardinality is bounded by the configuration, never by traffic: RPC
 //! paths outside the known set are counted as `other`. Series of removed dependencies and
 //! services are removed, not left at their last value.
+//!
+//! The health gauges are not maintained at all: a collector reads them from the engine's
+//! latest snapshot at scrape time, so they cost nothing per probe outcome (with 10,000
+//! dependencies, refreshing them on every publication cost more than the probing) and can
+//! never disagree with what Check answers.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::watch;
 
 use crate::snapshot::Snapshot;
 use crate::{Health, Outcome};
@@ -47,11 +55,6 @@ const STATES: [Health; 4] = [
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DependencyLabels {
-    dependency: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
     dependency: String,
     outcome: String,
@@ -61,11 +64,6 @@ struct ProbeLabels {
 struct DependencyTransitionLabels {
     dependency: String,
     to: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    service: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,13 +88,6 @@ struct MethodLabels {
     method: String,
 }
 
-/// The dependency and service names that currently have series.
-#[derive(Debug, Default)]
-struct KnownNames {
-    dependencies: BTreeSet<Arc<str>>,
-    services: BTreeSet<Arc<str>>,
-}
-
 type DurationFamily = Family<ProbeLabels, Histogram, fn() -> Histogram>;
 
 fn probe_buckets() -> Histogram {
@@ -119,19 +110,16 @@ fn level(h: Health) -> i64 {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    dependency_health: Family<DependencyLabels, Gauge>,
+    /// The health gauges, from the attached engine's snapshots.
+    gauges: Arc<HealthGauges>,
     probe_duration: DurationFamily,
     dependency_transitions: Family<DependencyTransitionLabels, Counter>,
-    service_health: Family<ServiceLabels, Gauge>,
-    service_serving: Family<ServiceLabels, Gauge>,
     service_transitions: Family<ServiceTransitionLabels, Counter>,
     grpc_requests: Family<RpcLabels, Counter>,
     watch_streams: Family<MethodLabels, Gauge>,
     dropped_spans: Counter,
     /// Handles into `grpc_requests`, by (method index, code).
     rpc_counters: Box<[OnceLock<Counter>]>,
-    /// Names with series, to remove those that vanish.
-    known: Mutex<KnownNames>,
 }
 
 impl Default for Metrics {
@@ -146,11 +134,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("healthgate");
         let m = Metrics {
             registry: Registry::default(),
-            dependency_health: Family::default(),
+            gauges: Arc::default(),
             probe_duration: DurationFamily::new_with_constructor(probe_buckets),
             dependency_transitions: Family::default(),
-            service_health: Family::default(),
-            service_serving: Family::default(),
             service_transitions: Family::default(),
             grpc_requests: Family::default(),
             watch_streams: Family::default(),
@@ -158,13 +144,8 @@ impl Metrics {
             rpc_counters: (0..(KNOWN_METHODS.len() + 1) * CODES)
                 .map(|_| OnceLock::new())
                 .collect(),
-            known: Mutex::default(),
         };
-        registry.register(
-            "dependency_health",
-            "Dependency health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
-            m.dependency_health.clone(),
-        );
+        registry.register_collector(Box::new(m.gauges.clone()));
         registry.register_with_unit(
             "probe_duration",
             "Probe run duration, by outcome",
@@ -175,16 +156,6 @@ impl Metrics {
             "dependency_transitions",
             "Dependency health transitions, by new health",
             m.dependency_transitions.clone(),
-        );
-        registry.register(
-            "service_health",
-            "Service health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
-            m.service_health.clone(),
-        );
-        registry.register(
-            "service_serving",
-            "1 when grpc.health.v1 answers SERVING for the service",
-            m.service_serving.clone(),
         );
         registry.register(
             "service_transitions",
@@ -296,52 +267,15 @@ impl Metrics {
         self.service_transitions.get_or_create(&labels).inc();
     }
 
-    /// Sets the health gauges from a snapshot and removes every series of names it no longer
-    /// has.
-    pub(crate) fn publish(&self, snapshot: &Snapshot) {
-        let deps: BTreeSet<Arc<str>> = snapshot
-            .dependencies
-            .iter()
-            .map(|d| d.name.clone())
-            .collect();
-        let services: BTreeSet<Arc<str>> =
-            snapshot.services.iter().map(|s| s.name.clone()).collect();
-        for d in &snapshot.dependencies {
-            self.dependency_health
-                .get_or_create(&DependencyLabels {
-                    dependency: d.name.to_string(),
-                })
-                .set(level(d.health));
-        }
-        for s in &snapshot.services {
-            let labels = ServiceLabels {
-                service: s.name.to_string(),
-            };
-            self.service_health
-                .get_or_create(&labels)
-                .set(level(s.status.health));
-            self.service_serving
-                .get_or_create(&labels)
-                .set(i64::from(s.status.serving));
-        }
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in known.dependencies.difference(&deps) {
-            self.remove_dependency(gone);
-        }
-        for gone in known.services.difference(&services) {
-            self.remove_service(gone);
-        }
-        *known = KnownNames {
-            dependencies: deps,
-            services,
-        };
+    /// Reads the health gauges from `snapshots` from now on (the engine calls this once; a
+    /// second engine on the same `Metrics` is ignored).
+    pub(crate) fn attach(&self, snapshots: watch::Receiver<Arc<Snapshot>>) {
+        let _ = self.gauges.snapshots.set(snapshots);
     }
 
-    fn remove_dependency(&self, name: &str) {
+    /// Removes a removed dependency's series.
+    pub(crate) fn forget_dependency(&self, name: &str) {
         let dependency = name.to_owned();
-        self.dependency_health.remove(&DependencyLabels {
-            dependency: dependency.clone(),
-        });
         for outcome in OUTCOMES {
             self.probe_duration.remove(&ProbeLabels {
                 dependency: dependency.clone(),
@@ -357,12 +291,8 @@ impl Metrics {
         }
     }
 
-    fn remove_service(&self, name: &str) {
-        let labels = ServiceLabels {
-            service: name.to_owned(),
-        };
-        self.service_health.remove(&labels);
-        self.service_serving.remove(&labels);
+    /// Removes a removed service's series.
+    pub(crate) fn forget_service(&self, name: &str) {
         for to in STATES {
             self.service_transitions.remove(&ServiceTransitionLabels {
                 service: name.to_owned(),
@@ -400,6 +330,60 @@ impl Metrics {
             metrics: self.clone(),
             method,
         }
+    }
+}
+
+/// The health gauges, encoded from the latest snapshot at each scrape.
+#[derive(Debug, Default)]
+struct HealthGauges {
+    snapshots: OnceLock<watch::Receiver<Arc<Snapshot>>>,
+}
+
+impl Collector for HealthGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(snapshots) = self.snapshots.get() else {
+            return Ok(());
+        };
+        let snapshot = snapshots.borrow().clone();
+        if !snapshot.dependencies.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "dependency_health",
+                "Dependency health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
+                None,
+                MetricType::Gauge,
+            )?;
+            for d in &snapshot.dependencies {
+                family
+                    .encode_family(&[("dependency", &*d.name)])?
+                    .encode_gauge(&level(d.health))?;
+            }
+        }
+        if snapshot.services.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "service_health",
+            "Service health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snapshot.services {
+            family
+                .encode_family(&[("service", &*s.name)])?
+                .encode_gauge(&level(s.status.health))?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "service_serving",
+            "1 when grpc.health.v1 answers SERVING for the service",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snapshot.services {
+            family
+                .encode_family(&[("service", &*s.name)])?
+                .encode_gauge(&i64::from(s.status.serving))?;
+        }
+        Ok(())
     }
 }
 

@@ -2,13 +2,20 @@
 //! applies outcomes, expiries and runtime changes one at a time, and publishes an
 //! `Arc<Snapshot>` plus per-service watch values after each batch. Nobody else mutates state,
 //! so there are no locks to hold across `.await`.
+//!
+//! Publishing copies one `Arc` per dependency, so it is O(dependencies). A change of health
+//! (or of configuration) is published at once; an outcome that changes only details (latency,
+//! counts, the last reason) waits up to [`DETAIL_PUBLISH_INTERVAL`] and shares a publication
+//! with every other outcome of that window. Without this, 10,000 dependencies probed every
+//! second meant 10,000 publications of 10,000 entries a second, a whole core.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
@@ -85,8 +92,11 @@ pub(crate) struct Reducer {
     commands: mpsc::Receiver<Command>,
     tracker: TaskTracker,
     cancel: CancellationToken,
-    /// Something visible changed since the last publication.
+    /// A health, status or configuration changed since the last publication: publish now.
     dirty: bool,
+    /// Only details changed since the last publication: publish when the interval is up.
+    details_dirty: bool,
+    last_publish: Instant,
     /// A dependency's health changed: services must be rolled up again.
     rollup_needed: bool,
     metrics: Option<Arc<Metrics>>,
@@ -94,6 +104,9 @@ pub(crate) struct Reducer {
 
 /// How many outcomes the reducer applies before publishing, when many arrive at once.
 const BATCH: usize = 1024;
+
+/// The longest an outcome that changes no health waits to be published.
+pub(crate) const DETAIL_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Reducer {
     pub(crate) fn new(
@@ -119,6 +132,8 @@ impl Reducer {
             tracker,
             cancel,
             dirty: true,
+            details_dirty: false,
+            last_publish: Instant::now(),
             rollup_needed: true,
             metrics,
         }
@@ -213,6 +228,9 @@ impl Reducer {
     /// The reducer task: applies commands, outcomes and expiries until shutdown.
     pub(crate) async fn run(mut self) {
         self.publish();
+        let details_due = tokio::time::sleep_until(self.last_publish);
+        tokio::pin!(details_due);
+        let mut details_waiting = false;
         loop {
             tokio::select! {
                 biased;
@@ -237,8 +255,15 @@ impl Reducer {
                     }
                 }
                 Some(expired) = self.stale.next() => self.expire(expired.into_inner()),
+                () = &mut details_due, if details_waiting => {}
             }
             self.publish();
+            details_waiting = self.details_dirty;
+            if details_waiting {
+                details_due
+                    .as_mut()
+                    .reset(self.last_publish + DETAIL_PUBLISH_INTERVAL);
+            }
         }
         self.cancel.cancel();
     }
@@ -276,8 +301,9 @@ impl Reducer {
         let reason = outcome.verdict.reason().cloned();
         dep.last_outcome = Some(outcome);
         refresh(&event.dependency, dep);
-        self.dirty = true;
+        self.details_dirty = true;
         if before != after {
+            self.dirty = true;
             transition(
                 Kind::Dependency,
                 &event.dependency,
@@ -408,6 +434,9 @@ impl Reducer {
                 self.stale.remove(key);
             }
         }
+        if let Some(m) = &self.metrics {
+            m.forget_dependency(name);
+        }
         info!(dependency = %name, "dependency removed");
         self.dirty = true;
         Ok(())
@@ -435,6 +464,9 @@ impl Reducer {
         }
         if self.services.remove(name).is_none() {
             return Err(ChangeError::UnknownService(name.to_owned()));
+        }
+        if let Some(m) = &self.metrics {
+            m.forget_service(name);
         }
         info!(service = %name, "service removed");
         self.dirty = true;
@@ -493,15 +525,21 @@ impl Reducer {
         self.rollup_needed = false;
     }
 
-    /// Rolls up if needed and publishes if anything changed.
+    /// Rolls up if needed, and publishes if anything changed: at once for a change of health
+    /// or configuration, for changed details only once [`DETAIL_PUBLISH_INTERVAL`] has passed
+    /// since the last publication.
     pub(crate) fn publish(&mut self) {
         if self.rollup_needed {
             self.roll_up();
         }
-        if !self.dirty {
+        let details_due =
+            self.details_dirty && self.last_publish.elapsed() >= DETAIL_PUBLISH_INTERVAL;
+        if !self.dirty && !details_due {
             return;
         }
         self.dirty = false;
+        self.details_dirty = false;
+        self.last_publish = Instant::now();
         self.generation += 1;
         let snapshot = Arc::new(Snapshot {
             generation: self.generation,
@@ -518,9 +556,6 @@ impl Reducer {
                 .filter_map(|d| d.slot.clone())
                 .collect(),
         });
-        if let Some(m) = &self.metrics {
-            m.publish(&snapshot);
-        }
         self.shared.publish(snapshot);
     }
 }

@@ -521,3 +521,52 @@ async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
     );
     handle.shutdown().await; // idempotent
 }
+
+#[tokio::test(start_paused = true)]
+async fn detail_only_outcomes_share_publications_and_health_changes_are_published_at_once() {
+    let probe = Scripted::new(Verdict::Healthy);
+    let every_10ms = DependencySpec::custom(probe.clone(), "scripted")
+        .every(Duration::from_millis(10), 0.0)
+        .with_timeout(Duration::from_millis(5))
+        .with_thresholds(1, 1);
+    let handle = start_one(every_10ms);
+    state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
+
+    // A second of outcomes that change nothing but counts and latency.
+    let (generation, runs) = (handle.snapshot().generation, probe.runs().len());
+    tokio::time::sleep(SECOND).await;
+    let publications = handle.snapshot().generation - generation;
+    let outcomes = probe.runs().len() - runs;
+    assert!(outcomes >= 95, "{outcomes} outcomes in a second");
+    assert!(
+        (9..=11).contains(&publications),
+        "{outcomes} detail-only outcomes took {publications} publications, not one per 100 ms"
+    );
+    // What is published is never more than one interval behind.
+    let seen = handle
+        .snapshot()
+        .dependency("dep")
+        .expect("dep")
+        .consecutive_successes;
+    let ran = probe.runs().len() as u32 - 1; // every run so far but the first failed none
+    assert!(ran - seen <= 11, "published {seen} successes of {ran}");
+
+    // A change of health goes out with the outcome that makes it, not at the next interval.
+    probe.set(Verdict::unhealthy("down"));
+    let flipped = Instant::now();
+    let mut rx = handle.watch_service("");
+    rx.wait_for(|s| s.is_some_and(|s| !s.serving))
+        .await
+        .expect("engine alive");
+    let first_run = *probe
+        .runs()
+        .iter()
+        .find(|r| **r >= flipped)
+        .expect("a run after the flip");
+    assert_eq!(
+        Instant::now(),
+        first_run,
+        "published at the instant of the outcome"
+    );
+    handle.shutdown().await;
+}

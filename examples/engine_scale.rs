@@ -1,0 +1,181 @@
+//! Benchmark helper: engine scale. `engine_scale DEPS SECONDS COMMAND [ARGS…]` serves DEPS
+//! HTTP dependencies on loopback (paths `/d/0` … `/d/DEPS-1`, all `200 ok`, arrival times
+//! recorded), writes a config probing each one every second (default jitter), runs
+//! `COMMAND ARGS… serve --config FILE` (e.g. `taskset -c 0 target/release/healthgate`), lets it
+//! warm up for 10 s, then measures it for SECONDS: CPU share of one core, RSS at the start and
+//! the end of the window, and every dependency's interval between probe arrivals. Prints one
+//! `key=value` line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{StatusCode, Uri};
+use tokio::net::TcpListener;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const WARM_UP: Duration = Duration::from_secs(10);
+
+/// (dependency index, microseconds since the benchmark started) per probe request.
+type Arrivals = Arc<Mutex<Vec<(u32, u64)>>>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "usage: engine_scale DEPS SECONDS COMMAND [ARGS…]";
+    let mut args = std::env::args().skip(1);
+    let deps: u32 = args.next().ok_or(USAGE)?.parse()?;
+    let seconds: u64 = args.next().ok_or(USAGE)?.parse()?;
+    let command: Vec<String> = args.collect();
+    let (program, prefix) = command.split_first().ok_or(USAGE)?;
+
+    let started = Instant::now();
+    let arrivals: Arrivals = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let recorder = arrivals.clone();
+    let app = Router::new().fallback(move |uri: Uri| {
+        let recorder = recorder.clone();
+        async move {
+            let index = uri.path().strip_prefix("/d/").and_then(|i| i.parse().ok());
+            if let Some(index) = index {
+                let at = started.elapsed().as_micros() as u64;
+                recorder
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((index, at));
+            }
+            (StatusCode::OK, "ok")
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = std::env::temp_dir().join(format!("engine-scale-{}.toml", std::process::id()));
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&config)?);
+        writeln!(
+            file,
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n"
+        )?;
+        writeln!(file, "[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\n")?;
+        for i in 0..deps {
+            writeln!(
+                file,
+                "[dependencies.d{i}]\nkind = \"http\"\nurl = \"http://{addr}/d/{i}\"\n"
+            )?;
+        }
+        if deps == 0 {
+            writeln!(file, "[services.liveness]")?;
+        }
+    }
+
+    let spawned = Instant::now();
+    let mut child = Command::new(program)
+        .args(prefix)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let grpc = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        lines.find_map(|l| {
+            l.ok()?
+                .strip_prefix("grpc listening on ")
+                .map(str::to_owned)
+        })
+    })
+    .await?
+    .ok_or("the server printed no listening line")?;
+    let listening_ms = spawned.elapsed().as_secs_f64() * 1000.0;
+
+    tokio::time::sleep(WARM_UP.saturating_sub(spawned.elapsed())).await;
+    let window_start = started.elapsed().as_micros() as u64;
+    let (ticks0, rss0) = (cpu_ticks(pid)?, rss_kib(pid)?);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (ticks1, rss1) = (cpu_ticks(pid)?, rss_kib(pid)?);
+    let wall = t0.elapsed();
+    let window_end = started.elapsed().as_micros() as u64;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner()
+        .status();
+    child.kill()?;
+    child.wait()?;
+    let _ = std::fs::remove_file(&config);
+
+    let tick = 1.0 / clock_ticks_per_second()?;
+    let cpu_pct = (ticks1 - ticks0) as f64 * tick / wall.as_secs_f64() * 100.0;
+
+    // Intervals between consecutive probes of the same dependency, inside the window.
+    let mut arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+    arrivals.sort_unstable();
+    let mut intervals: Vec<u64> = arrivals
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0 && w[0].1 >= window_start && w[1].1 <= window_end)
+        .map(|w| w[1].1 - w[0].1)
+        .collect();
+    intervals.sort_unstable();
+    let probed = {
+        let mut seen: Vec<u32> = arrivals
+            .iter()
+            .filter(|a| a.1 >= window_start)
+            .map(|a| a.0)
+            .collect();
+        seen.dedup();
+        seen.len()
+    };
+    let pct = |q: f64| -> f64 {
+        if intervals.is_empty() {
+            return 0.0;
+        }
+        let i = ((q * intervals.len() as f64) as usize).min(intervals.len() - 1);
+        intervals[i] as f64 / 1000.0
+    };
+    println!(
+        "deps={deps} listening_ms={listening_ms:.1} cpu_pct={cpu_pct:.2} rss_kib_start={rss0} \
+         rss_kib_end={rss1} probed={probed} probes={} interval_ms_p1={:.1} interval_ms_p50={:.1} \
+         interval_ms_p99={:.1} interval_ms_max={:.1} serving={}",
+        intervals.len(),
+        pct(0.01),
+        pct(0.5),
+        pct(0.99),
+        intervals.last().map_or(0.0, |&v| v as f64 / 1000.0),
+        status == ServingStatus::Serving,
+    );
+    Ok(())
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .ok_or("no VmRSS")?;
+    Ok(rss.trim().trim_end_matches(" kB").parse()?)
+}
+
+fn clock_ticks_per_second() -> Result<f64, Box<dyn std::error::Error>> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
