@@ -1,10 +1,13 @@
-//! Benchmark helper: engine scale. `engine_scale DEPS SECONDS COMMAND [ARGS…]` serves DEPS
-//! HTTP dependencies on loopback (paths `/d/0` … `/d/DEPS-1`, all `200 ok`, arrival times
-//! recorded), writes a config probing each one every second (default jitter), runs
+//! Benchmark helper: engine scale. `engine_scale DEPS SECONDS HOSTS COMMAND [ARGS…]` serves
+//! DEPS HTTP dependencies on loopback (paths `/d/0` … `/d/DEPS-1`, all `200 ok`, arrival times
+//! recorded) — with HOSTS `one`, all on 127.0.0.1 (the probes share keep-alive connections);
+//! with HOSTS `distinct`, each on its own loopback address 127.x.y.z (listening on the
+//! wildcard address), so each has its own connection, as dependencies on different hosts
+//! would — writes a config probing each one every second (default jitter), runs
 //! `COMMAND ARGS… serve --config FILE` (e.g. `taskset -c 0 target/release/healthgate`), lets it
 //! warm up for 10 s, then measures it for SECONDS: CPU share of one core, RSS at the start and
-//! the end of the window, and every dependency's interval between probe arrivals. Prints one
-//! `key=value` line.
+//! the end of the window, open file descriptors (keep-alive connections) at the end, and every
+//! dependency's interval between probe arrivals. Prints one `key=value` line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -25,17 +28,30 @@ type Arrivals = Arc<Mutex<Vec<(u32, u64)>>>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: engine_scale DEPS SECONDS COMMAND [ARGS…]";
+    const USAGE: &str = "usage: engine_scale DEPS SECONDS one|distinct COMMAND [ARGS…]";
     let mut args = std::env::args().skip(1);
     let deps: u32 = args.next().ok_or(USAGE)?.parse()?;
     let seconds: u64 = args.next().ok_or(USAGE)?.parse()?;
+    let distinct = match args.next().as_deref() {
+        Some("one") => false,
+        Some("distinct") => true,
+        _ => return Err(USAGE.into()),
+    };
     let command: Vec<String> = args.collect();
     let (program, prefix) = command.split_first().ok_or(USAGE)?;
 
     let started = Instant::now();
     let arrivals: Arrivals = Arc::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let listener = TcpListener::bind(if distinct { "0.0.0.0:0" } else { "127.0.0.1:0" }).await?;
+    let port = listener.local_addr()?.port();
+    // 127.0.0.1 for every dependency, or 127.0.0.2, 127.0.0.3, … one each.
+    let host = |i: u32| -> std::net::Ipv4Addr {
+        if distinct {
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)) + i)
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
+        }
+    };
     let recorder = arrivals.clone();
     let app = Router::new().fallback(move |uri: Uri| {
         let recorder = recorder.clone();
@@ -64,7 +80,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..deps {
             writeln!(
                 file,
-                "[dependencies.d{i}]\nkind = \"http\"\nurl = \"http://{addr}/d/{i}\"\n"
+                "[dependencies.d{i}]\nkind = \"http\"\nurl = \"http://{}:{port}/d/{i}\"\n",
+                host(i)
             )?;
         }
         if deps == 0 {
@@ -101,6 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (ticks1, rss1) = (cpu_ticks(pid)?, rss_kib(pid)?);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     let wall = t0.elapsed();
     let window_end = started.elapsed().as_micros() as u64;
 
@@ -145,9 +163,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         intervals[i] as f64 / 1000.0
     };
     println!(
-        "deps={deps} listening_ms={listening_ms:.1} cpu_pct={cpu_pct:.2} rss_kib_start={rss0} \
+        "deps={deps} hosts={} listening_ms={listening_ms:.1} cpu_pct={cpu_pct:.2} rss_kib_start={rss0} \
          rss_kib_end={rss1} probed={probed} probes={} interval_ms_p1={:.1} interval_ms_p50={:.1} \
-         interval_ms_p99={:.1} interval_ms_max={:.1} serving={}",
+         interval_ms_p99={:.1} interval_ms_max={:.1} fds={fds} serving={}",
+        if distinct { "distinct" } else { "one" },
         intervals.len(),
         pct(0.01),
         pct(0.5),

@@ -1,5 +1,6 @@
 //! Benchmark peer: a bare tonic-health server — what a user would run instead of healthgate —
-//! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR`.
+//! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR`. Each SIGUSR1
+//! flips `""` between SERVING and NOT_SERVING (for the Watch fan-out benchmark).
 
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -15,6 +16,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
+    let mut flips = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    let flipper = reporter.clone();
+    tokio::spawn(async move {
+        let mut serving = true;
+        while flips.recv().await.is_some() {
+            serving = !serving;
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            flipper.set_service_status("", status).await;
+        }
+    });
     let listener = TcpListener::bind(&addr).await?;
     println!("grpc listening on {}", listener.local_addr()?);
     // As `Server::serve(addr)` would: tonic's incoming stream with TCP_NODELAY (its default).

@@ -1,12 +1,15 @@
 // Benchmark peer: grpc-go's health.NewServer() with the same service names, all SERVING.
 // Built in GOPATH mode against Debian's golang-google-grpc-dev (no module downloads).
-// Usage: grpc-go-health ADDR
+// Usage: grpc-go-health ADDR. Each SIGUSR1 flips "" between SERVING and NOT_SERVING (for the
+// Watch fan-out benchmark).
 package main
 
 import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -29,6 +32,19 @@ func main() {
 		h.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(server, h)
+	flips := make(chan os.Signal, 1)
+	signal.Notify(flips, syscall.SIGUSR1)
+	go func() {
+		serving := true
+		for range flips {
+			serving = !serving
+			status := healthpb.HealthCheckResponse_NOT_SERVING
+			if serving {
+				status = healthpb.HealthCheckResponse_SERVING
+			}
+			h.SetServingStatus("", status)
+		}
+	}()
 	fmt.Printf("grpc listening on %s\n", lis.Addr())
 	if err := server.Serve(lis); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -99,6 +99,8 @@ pub(crate) struct Reducer {
     last_publish: Instant,
     /// A dependency's health changed: services must be rolled up again.
     rollup_needed: bool,
+    /// The probe run whose outcome asked for the rollup, for the transitions it logs.
+    rollup_span: tracing::Span,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -135,6 +137,7 @@ impl Reducer {
             details_dirty: false,
             last_publish: Instant::now(),
             rollup_needed: true,
+            rollup_span: tracing::Span::none(),
             metrics,
         }
     }
@@ -312,8 +315,10 @@ impl Reducer {
                 reason.as_ref().map(|r| r.as_str()),
                 self.metrics.as_deref(),
             );
-            // Roll up now, inside the run's span, so service transitions join its trace too.
-            self.roll_up();
+            // Rolled up once per batch (each rollup reads every input of every service), inside
+            // the span of the batch's last change, so service transitions join its trace.
+            self.rollup_needed = true;
+            self.rollup_span = event.span.clone();
         }
     }
 
@@ -488,6 +493,8 @@ impl Reducer {
     }
 
     fn roll_up(&mut self) {
+        let span = std::mem::replace(&mut self.rollup_span, tracing::Span::none());
+        let _entered = span.enter();
         let deps = &self.dependencies;
         let health_of = |d: &str| {
             deps.get(d)
