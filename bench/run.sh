@@ -3,8 +3,9 @@
 # the same run, interleaved, for ROUNDS rounds; the summary reports medians and the ratios the
 # targets are stated in. Server pinned to CPU 0, load generator to CPU 1.
 #
-#   bench/run.sh                  # full run (about 5 minutes)
+#   bench/run.sh                  # full run (about 20 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
+#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check fanout scale cold)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ DURATION=${DURATION:-5}     # seconds of measured load per run (after 1 s warm-u
 CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
+SECTIONS=${SECTIONS:-check fanout scale cold}
+FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
+SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
 work=target/bench
 mkdir -p "$work"
 
@@ -77,7 +81,10 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
 results="$work/results.csv"
-echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$results"
+fanoutcsv="$work/fanout.csv"
+scalecsv="$work/scale.csv"
+coldcsv="$work/coldstart.csv"
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 # load ROUND SCENARIO SERVER PID ADDR BODY
 load() {
@@ -104,6 +111,11 @@ PY
   tail -1 "$results" | awk -F, '{printf "  %-9s %-20s %8s req/s  p50 %5s us  p99 %6s us  %6s us CPU/req\n", $2, $3, $4, $5, $6, $7}'
 }
 
+# kv LINE KEY: the value of KEY=… in a key=value line.
+kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+if section check; then
+echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$results"
 servers=(healthgate tonic-health grpc-go h2-floor)
 for round in $(seq "$ROUNDS"); do
   echo "== round $round"
@@ -128,9 +140,55 @@ for round in $(seq "$ROUNDS"); do
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
+fi
 
+if section fanout; then
+echo "== Watch fan-out: W streams on \"\" over W/100 connections, $FLIPS flips"
+echo "round,watchers,server,converged,flips,bytes_per_watcher,cpu_us_per_msg,first_ms_p50,spread_ms_p50,spread_ms_p99,spread_ms_max" >"$fanoutcsv"
+# healthgate's "" follows one dependency probed every 20 ms; SIGUSR1 to the dependency flips it.
+fanout_servers=(healthgate tonic-health grpc-go)
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round"
+  for watchers in 1000 10000; do
+    rotated=("${fanout_servers[@]:$(((round - 1) % 3))}" "${fanout_servers[@]:0:$(((round - 1) % 3))}")
+    for server in "${rotated[@]}"; do
+      dep_pid=
+      case $server in
+        healthgate)
+          read -r dep_pid dep_addr < <(start dep-signal 1 "$ex/bench_dependency" 127.0.0.1:0 signal)
+          printf '[server]\ngrpc_listen = "127.0.0.1:0"\ndrain_delay = "0s"\n\n[dependencies.flip]\nkind = "http"\nurl = "http://%s/flip"\ninterval = "20ms"\ntimeout = "15ms"\njitter = 0.0\nfall = 1\nrise = 1\n' \
+            "$dep_addr" >"$work/fanout.toml"
+          read -r pid addr < <(start "$server" 0 "$hg" serve --config "$work/fanout.toml")
+          flipper=$dep_pid ;;
+        tonic-health) read -r pid addr < <(start "$server" 0 "$ex/tonic_health_peer" 127.0.0.1:0); flipper=$pid ;;
+        grpc-go) read -r pid addr < <(start "$server" 0 "$work/grpc-go-health" 127.0.0.1:0); flipper=$pid ;;
+      esac
+      sleep 0.5
+      line=$(taskset -c 1 "$ex/watch_fanout" "$addr" "$watchers" "$((watchers / 100))" "$FLIPS" "$pid" "$flipper")
+      echo "$round,$watchers,$server,$(kv "$line" converged),$FLIPS,$(kv "$line" bytes_per_watcher),$(kv "$line" cpu_us_per_msg),$(kv "$line" first_ms_p50),$(kv "$line" spread_ms_p50),$(kv "$line" spread_ms_p99),$(kv "$line" spread_ms_max)" >>"$fanoutcsv"
+      tail -1 "$fanoutcsv" | awk -F, '{printf "  W=%-6s %-13s converged %s/%s  %6s B/watcher  %5s us CPU/msg  spread p50 %s ms p99 %s ms max %s ms\n", $2, $3, $4, $5, $6, $7, $9, $10, $11}'
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+      if [ -n "$dep_pid" ]; then kill "$dep_pid"; wait "$dep_pid" 2>/dev/null || true; fi
+    done
+  done
+done
+fi
+
+if section scale; then
+echo "== engine scale: N HTTP dependencies every 1 s, ${SCALE_SECONDS} s measured after 10 s warm-up"
+echo "round,deps,hosts,cpu_pct,rss_kib_start,rss_kib_end,fds,interval_ms_p1,interval_ms_p50,interval_ms_p99,interval_ms_max,probed,serving" >"$scalecsv"
+for round in $(seq "$ROUNDS"); do
+  for run in "0 one" "1000 one" "1000 distinct" "10000 one" "10000 distinct"; do
+    read -r deps hosts <<<"$run"
+    line=$(taskset -c 1 "$ex/engine_scale" "$deps" "$SCALE_SECONDS" "$hosts" taskset -c 0 "$hg")
+    echo "$round,$deps,$hosts,$(kv "$line" cpu_pct),$(kv "$line" rss_kib_start),$(kv "$line" rss_kib_end),$(kv "$line" fds),$(kv "$line" interval_ms_p1),$(kv "$line" interval_ms_p50),$(kv "$line" interval_ms_p99),$(kv "$line" interval_ms_max),$(kv "$line" probed),$(kv "$line" serving)" >>"$scalecsv"
+    tail -1 "$scalecsv" | awk -F, '{printf "  %5s deps %-8s  CPU %5s%%  RSS %s -> %s KiB  fds %s  interval p1 %s p99 %s max %s ms  serving %s\n", $2, $3, $4, $5, $6, $7, $8, $10, $11, $13}'
+  done
+done
+fi
+
+if section cold; then
 echo "== cold start and idle RSS (5 trials each)"
-coldcsv="$work/coldstart.csv"
 echo "server,start_ms,rss_kib" >"$coldcsv"
 port=$((40000 + RANDOM % 20000))
 printf '[server]\ngrpc_listen = "127.0.0.1:%s"\n\n[services.liveness]\n' "$port" >"$work/empty.toml"
@@ -145,6 +203,7 @@ for trial in $(seq 5); do
     echo "$server,$(echo "$line" | sed 's/start_ms=//; s/ rss_kib=/,/')" >>"$coldcsv"
   done
 done
+fi
 
 echo "== summary (medians over $ROUNDS rounds)"
-python3 bench/summary.py "$results" "$coldcsv" | tee "$work/summary.txt"
+python3 bench/summary.py "$work" | tee "$work/summary.txt"

@@ -1,30 +1,15 @@
-"""Summarises bench/run.sh results: medians per scenario and server over the rounds, and the
-issue's targets as same-run ratios, each marked PASS or MISS."""
+"""Summarises bench/run.sh results (the CSVs in its work directory): medians per scenario and
+server over the rounds, and the issue's targets as same-run ratios, each marked PASS or MISS.
+Sections that were not run are skipped."""
 
 import csv
+import os
 import statistics
 import sys
 from collections import defaultdict
 
-results, coldstart = sys.argv[1], sys.argv[2]
+work = sys.argv[1]
 PEERS = ["tonic-health", "grpc-go"]
-
-runs = defaultdict(list)
-for row in csv.DictReader(open(results)):
-    runs[(row["scenario"], row["server"])].append(row)
-
-
-def med(scenario, server, field):
-    values = [float(r[field]) for r in runs.get((scenario, server), [])]
-    return statistics.median(values) if values else float("nan")
-
-
-print(f"{'scenario':9} {'server':20} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} {'failed':>6}")
-for (scenario, server) in sorted(runs):
-    failed = sum(int(r["failed"]) for r in runs[(scenario, server)])
-    print(f"{scenario:9} {server:20} {med(scenario, server, 'rps'):9.0f} {med(scenario, server, 'p50_us'):8.0f} "
-          f"{med(scenario, server, 'p99_us'):8.0f} {med(scenario, server, 'cpu_us_per_req'):10.2f} {failed:6d}")
-
 checks = []
 
 
@@ -32,33 +17,114 @@ def target(name, value, limit, ok):
     checks.append((name, value, limit, "PASS" if ok else "MISS"))
 
 
-for scenario in ["overall", "named"]:
-    hg_rps = med(scenario, "healthgate", "rps")
-    best_rps = max(med(scenario, p, "rps") for p in PEERS)
-    floor = med(scenario, "h2-floor", "rps")
-    best_p99 = min(med(scenario, p, "p99_us") for p in PEERS)
-    hg_p99 = med(scenario, "healthgate", "p99_us")
-    target(f"{scenario}: Check/s vs best peer", hg_rps / best_rps, ">= 1.05", hg_rps >= 1.05 * best_rps)
-    target(f"{scenario}: Check/s vs HTTP/2 floor", hg_rps / floor, ">= 0.75", hg_rps >= 0.75 * floor)
-    target(f"{scenario}: p99 vs best peer", hg_p99 / best_p99, "<= 1.10", hg_p99 <= 1.10 * best_p99)
+def rows(name):
+    path = os.path.join(work, name)
+    return list(csv.DictReader(open(path))) if os.path.exists(path) else []
 
-hung = med("overall", "healthgate-hung", "p99_us") / med("overall", "healthgate", "p99_us")
-target("p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
-flap = med("overall", "healthgate-flapping", "p99_us") / med("overall", "healthgate", "p99_us")
-checks.append(("p99 with dependencies flapping vs healthy (reported)", flap, "-", "-"))
 
+def median(values):
+    values = [float(v) for v in values]
+    return statistics.median(values) if values else float("nan")
+
+
+# Unary Check.
+runs = defaultdict(list)
+for row in rows("results.csv"):
+    runs[(row["scenario"], row["server"])].append(row)
+
+
+def med(scenario, server, field):
+    return median(r[field] for r in runs.get((scenario, server), []))
+
+
+if runs:
+    print(f"{'scenario':9} {'server':20} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} {'failed':>6}")
+    for (scenario, server) in sorted(runs):
+        failed = sum(int(r["failed"]) for r in runs[(scenario, server)])
+        print(f"{scenario:9} {server:20} {med(scenario, server, 'rps'):9.0f} {med(scenario, server, 'p50_us'):8.0f} "
+              f"{med(scenario, server, 'p99_us'):8.0f} {med(scenario, server, 'cpu_us_per_req'):10.2f} {failed:6d}")
+    for scenario in ["overall", "named"]:
+        hg_rps = med(scenario, "healthgate", "rps")
+        best_rps = max(med(scenario, p, "rps") for p in PEERS)
+        floor = med(scenario, "h2-floor", "rps")
+        best_p99 = min(med(scenario, p, "p99_us") for p in PEERS)
+        hg_p99 = med(scenario, "healthgate", "p99_us")
+        target(f"{scenario}: Check/s vs best peer", hg_rps / best_rps, ">= 1.05", hg_rps >= 1.05 * best_rps)
+        target(f"{scenario}: Check/s vs HTTP/2 floor", hg_rps / floor, ">= 0.75", hg_rps >= 0.75 * floor)
+        target(f"{scenario}: p99 vs best peer", hg_p99 / best_p99, "<= 1.10", hg_p99 <= 1.10 * best_p99)
+    hung = med("overall", "healthgate-hung", "p99_us") / med("overall", "healthgate", "p99_us")
+    target("p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
+    flap = med("overall", "healthgate-flapping", "p99_us") / med("overall", "healthgate", "p99_us")
+    checks.append(("p99 with dependencies flapping vs healthy (reported)", flap, "-", "-"))
+
+# Watch fan-out.
+fanout = defaultdict(list)
+for row in rows("fanout.csv"):
+    fanout[(int(row["watchers"]), row["server"])].append(row)
+if fanout:
+    print()
+    print(f"{'watchers':>8} {'server':13} {'converged':>9} {'B/watcher':>9} {'CPU us/msg':>10} "
+          f"{'first ms':>8} {'spread p50':>10} {'p99':>7} {'max':>7}")
+    for (w, server), rs in sorted(fanout.items()):
+        conv = f"{sum(int(r['converged']) for r in rs)}/{sum(int(r['flips']) for r in rs)}"
+        print(f"{w:8d} {server:13} {conv:>9} {median(r['bytes_per_watcher'] for r in rs):9.0f} "
+              f"{median(r['cpu_us_per_msg'] for r in rs):10.2f} {median(r['first_ms_p50'] for r in rs):8.2f} "
+              f"{median(r['spread_ms_p50'] for r in rs):10.2f} {median(r['spread_ms_p99'] for r in rs):7.2f} "
+              f"{median(r['spread_ms_max'] for r in rs):7.2f}")
+    for w in sorted({w for w, _ in fanout}):
+        hg = fanout.get((w, "healthgate"), [])
+        peers = [fanout[(w, p)] for p in PEERS if (w, p) in fanout]
+        if not hg or not peers:
+            continue
+        all_converged = all(int(r["converged"]) == int(r["flips"]) for r in hg)
+        target(f"W={w}: every watcher converged on every flip", 1.0 if all_converged else 0.0, "= 1", all_converged)
+        cpu = median(r["cpu_us_per_msg"] for r in hg)
+        best_cpu = min(median(r["cpu_us_per_msg"] for r in p) for p in peers)
+        target(f"W={w}: CPU per message vs best peer", cpu / best_cpu, "<= 1.00", cpu <= best_cpu)
+        mem = median(r["bytes_per_watcher"] for r in hg)
+        best_mem = min(median(r["bytes_per_watcher"] for r in p) for p in peers)
+        target(f"W={w}: bytes per watcher vs best peer", mem / best_mem, "<= 1.00", mem <= best_mem)
+
+# Engine scale.
+scale = defaultdict(list)
+for row in rows("scale.csv"):
+    scale[(int(row["deps"]), row["hosts"])].append(row)
+if scale:
+    base = median(r["rss_kib_end"] for r in scale.get((0, "one"), []))
+    print()
+    print(f"{'deps':>6} {'hosts':8} {'CPU %':>6} {'RSS KiB':>8} {'KiB/dep':>7} {'growth KiB':>10} {'fds':>6} "
+          f"{'interval ms p1':>14} {'p50':>7} {'p99':>7} {'max':>7} {'serving':>7}")
+    for (n, hosts), rs in sorted(scale.items()):
+        rss = median(r["rss_kib_end"] for r in rs)
+        per = (rss - base) / n if n else float("nan")
+        growth = median(float(r["rss_kib_end"]) - float(r["rss_kib_start"]) for r in rs)
+        serving = all(r["serving"] == "true" for r in rs)
+        print(f"{n:6d} {hosts:8} {median(r['cpu_pct'] for r in rs):6.2f} {rss:8.0f} {per:7.2f} {growth:10.0f} "
+              f"{median(r['fds'] for r in rs):6.0f} {median(r['interval_ms_p1'] for r in rs):14.1f} "
+              f"{median(r['interval_ms_p50'] for r in rs):7.1f} {median(r['interval_ms_p99'] for r in rs):7.1f} "
+              f"{median(r['interval_ms_max'] for r in rs):7.1f} {str(serving):>7}")
+    for hosts in ["one", "distinct"]:
+        rs = scale.get((1000, hosts), [])
+        if not rs or not scale.get((0, "one")):
+            continue
+        cpu = median(r["cpu_pct"] for r in rs)
+        target(f"1,000 deps ({hosts} host{'s' if hosts == 'distinct' else ''}): CPU % of one core", cpu, "<= 10", cpu <= 10)
+        per = (median(r["rss_kib_end"] for r in rs) - base) / 1000
+        target(f"1,000 deps ({hosts} host{'s' if hosts == 'distinct' else ''}): RSS KiB per dependency", per, "<= 16", per <= 16)
+
+# Cold start.
 cold = defaultdict(list)
-for row in csv.DictReader(open(coldstart)):
+for row in rows("coldstart.csv"):
     cold[row["server"]].append(row)
-print()
-print(f"{'server':14} {'start ms':>9} {'idle RSS KiB':>13}   (medians of {len(cold['healthgate'])} trials)")
-for server, rows in sorted(cold.items()):
-    print(f"{server:14} {statistics.median(float(r['start_ms']) for r in rows):9.2f} "
-          f"{statistics.median(float(r['rss_kib']) for r in rows):13.0f}")
-hg_start = statistics.median(float(r["start_ms"]) for r in cold["healthgate"])
-hg_rss = statistics.median(float(r["rss_kib"]) for r in cold["healthgate"])
-target("cold start to first SERVING (ms)", hg_start, "<= 20", hg_start <= 20)
-target("idle RSS (MiB)", hg_rss / 1024, "<= 10", hg_rss <= 10 * 1024)
+if cold:
+    print()
+    print(f"{'server':14} {'start ms':>9} {'idle RSS KiB':>13}   (medians of {len(cold['healthgate'])} trials)")
+    for server, rs in sorted(cold.items()):
+        print(f"{server:14} {median(r['start_ms'] for r in rs):9.2f} {median(r['rss_kib'] for r in rs):13.0f}")
+    hg_start = median(r["start_ms"] for r in cold["healthgate"])
+    hg_rss = median(r["rss_kib"] for r in cold["healthgate"])
+    target("cold start to first SERVING (ms)", hg_start, "<= 20", hg_start <= 20)
+    target("idle RSS (MiB)", hg_rss / 1024, "<= 10", hg_rss <= 10 * 1024)
 
 print()
 for name, value, limit, verdict in checks:

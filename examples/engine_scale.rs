@@ -76,7 +76,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             file,
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n"
         )?;
-        writeln!(file, "[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\n")?;
+        writeln!(file, "[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"")?;
+        // ENGINE_SCALE_JITTER: another jitter than the default (for experiments).
+        if let Ok(jitter) = std::env::var("ENGINE_SCALE_JITTER") {
+            writeln!(file, "jitter = {jitter}")?;
+        }
+        writeln!(file)?;
         for i in 0..deps {
             writeln!(
                 file,

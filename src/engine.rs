@@ -9,6 +9,8 @@
 //! [`Engine::builder`] or [`Engine::from_config`] → [`EngineBuilder::start`] → a [`Handle`],
 //! which readers clone freely: reading is a pointer copy and never waits for a probe.
 
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod hysteresis;
 pub(crate) mod on_demand;
 mod reducer;

@@ -12,6 +12,7 @@ pub mod pb;
 mod server;
 
 pub use detail::{DetailService, DetailStream};
+pub use fast_check::{FastCheck, FastCheckLayer};
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
 pub(crate) use observe::code_name;
 pub use server::{ServeError, ServeOptions, serve};

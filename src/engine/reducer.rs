@@ -532,6 +532,12 @@ impl Reducer {
         self.rollup_needed = false;
     }
 
+    /// Publishes whether or not anything changed (for the benchmarks).
+    pub(crate) fn publish_now(&mut self) {
+        self.dirty = true;
+        self.publish();
+    }
+
     /// Rolls up if needed, and publishes if anything changed: at once for a change of health
     /// or configuration, for changed details only once [`DETAIL_PUBLISH_INTERVAL`] has passed
     /// since the last publication.

@@ -31,10 +31,21 @@ const PATH: &str = "/grpc.health.v1.Health/Check";
 /// Check requests are a service name; anything bigger is not one.
 const MAX_REQUEST: usize = 16 * 1024;
 
-/// The layer, placed inside the observation layer so fast answers are counted and traced too.
+/// A tower layer that answers plain `grpc.health.v1.Health/Check` requests from `handle`
+/// itself, in front of tonic's router, and passes everything else on. [`serve`](super::serve)
+/// places it inside its observation layer, so fast answers are counted and traced too; an
+/// embedder serving [`HealthService`](super::HealthService) on its own tonic server can add
+/// it with `Server::builder().layer(FastCheckLayer::new(handle))`.
 #[derive(Debug, Clone)]
-pub(crate) struct FastCheckLayer {
-    pub(crate) handle: Handle,
+pub struct FastCheckLayer {
+    handle: Handle,
+}
+
+impl FastCheckLayer {
+    /// Answers from `handle`'s snapshots.
+    pub fn new(handle: Handle) -> FastCheckLayer {
+        FastCheckLayer { handle }
+    }
 }
 
 impl<S> tower_layer::Layer<S> for FastCheckLayer {
@@ -48,9 +59,10 @@ impl<S> tower_layer::Layer<S> for FastCheckLayer {
     }
 }
 
-/// Answers eligible Checks itself, passes everything else on.
+/// The service [`FastCheckLayer`] makes: answers eligible Checks itself, passes everything
+/// else to `S`.
 #[derive(Debug, Clone)]
-pub(crate) struct FastCheck<S> {
+pub struct FastCheck<S> {
     inner: S,
     handle: Handle,
 }

@@ -86,9 +86,7 @@ pub async fn serve(
         })
         // Inside the observation layer (tonic's later layers sit closer to the services), so
         // fast answers are counted and traced like the rest.
-        .layer(FastCheckLayer {
-            handle: handle.clone(),
-        })
+        .layer(FastCheckLayer::new(handle.clone()))
         .add_service(HealthService::new(handle.clone(), streams_end.clone()).into_server())
         .add_service(
             DetailService::new(
