@@ -13,11 +13,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::StreamBody;
 use prost::Message;
 use tonic::Status;
 
@@ -31,6 +33,12 @@ const PATH: &str = "/grpc.health.v1.Health/Check";
 /// Check requests are a service name; anything bigger is not one.
 const MAX_REQUEST: usize = 16 * 1024;
 
+// Header names built once: a lookup or insert by `&str` parses and validates the name first.
+const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const HEALTH_STATE: HeaderName = HeaderName::from_static(HEALTH_STATE_KEY);
+
 /// A tower layer that answers plain `grpc.health.v1.Health/Check` requests from `handle`
 /// itself, in front of tonic's router, and passes everything else on. [`serve`](super::serve)
 /// places it inside its observation layer, so fast answers are counted and traced too; an
@@ -38,13 +46,15 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// it with `Server::builder().layer(FastCheckLayer::new(handle))`.
 #[derive(Debug, Clone)]
 pub struct FastCheckLayer {
-    handle: Handle,
+    handle: Arc<Handle>,
 }
 
 impl FastCheckLayer {
     /// Answers from `handle`'s snapshots.
     pub fn new(handle: Handle) -> FastCheckLayer {
-        FastCheckLayer { handle }
+        FastCheckLayer {
+            handle: Arc::new(handle),
+        }
     }
 }
 
@@ -61,24 +71,23 @@ impl<S> tower_layer::Layer<S> for FastCheckLayer {
 
 /// The service [`FastCheckLayer`] makes: answers eligible Checks itself, passes everything
 /// else to `S`.
+///
+/// Servers clone their service for every request, so the handle sits behind one `Arc`: a
+/// clone is one reference count, not the handle's four.
 #[derive(Debug, Clone)]
 pub struct FastCheck<S> {
     inner: S,
-    handle: Handle,
+    handle: Arc<Handle>,
 }
-
-type Fast<E> = Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
 
 impl<S, B> tower_service::Service<http::Request<B>> for FastCheck<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = futures_util::future::Either<Fast<S::Error>, S::Future>;
+    type Future = FastCheckFuture<B, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -86,21 +95,79 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if !eligible(&request) {
-            return futures_util::future::Either::Right(self.inner.call(request));
+            return FastCheckFuture::Passed {
+                call: self.inner.call(request),
+            };
         }
-        let handle = self.handle.clone();
-        futures_util::future::Either::Left(Box::pin(async move {
-            Ok(answer(&handle, request.into_body()).await)
-        }))
+        FastCheckFuture::Answering {
+            body: request.into_body(),
+            message: Bytes::new(),
+            handle: self.handle.clone(),
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`FastCheck`]: the answer once the request message is in (it
+    /// usually arrives with the headers, so the first poll completes), or the inner call.
+    #[project = Projected]
+    #[allow(missing_docs)]
+    pub enum FastCheckFuture<B, F> {
+        /// Reading the request message, then answering from the snapshot.
+        Answering { #[pin] body: B, message: Bytes, handle: Arc<Handle> },
+        /// Not a plain Check: the inner service's call.
+        Passed { #[pin] call: F },
+    }
+}
+
+impl<B, F, E> Future for FastCheckFuture<B, F>
+where
+    B: http_body::Body<Data = Bytes>,
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Passed { call } => call.poll(cx),
+            Projected::Answering {
+                mut body,
+                message,
+                handle,
+            } => loop {
+                let data = match ready!(body.as_mut().poll_frame(cx)) {
+                    None => return Poll::Ready(Ok(answer(handle, message))),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_trailers) => continue,
+                    },
+                    Some(Err(_)) => return Poll::Ready(Ok(unreadable())),
+                };
+                if message.len() + data.len() > MAX_REQUEST {
+                    return Poll::Ready(Ok(unreadable()));
+                }
+                if message.is_empty() {
+                    // The usual case: the whole message in one DATA frame, kept without a copy.
+                    *message = data;
+                } else {
+                    let mut joined = BytesMut::with_capacity(message.len() + data.len());
+                    joined.extend_from_slice(message);
+                    joined.extend_from_slice(&data);
+                    *message = joined.freeze();
+                }
+            },
+        }
+    }
+}
+
+fn unreadable() -> http::Response<tonic::body::Body> {
+    Status::internal("failed to read the request").into_http()
 }
 
 fn eligible<B>(request: &http::Request<B>) -> bool {
     let headers = request.headers();
-    let content_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let plain = headers.get("grpc-encoding").is_none_or(|v| v == "identity");
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let plain = headers.get(GRPC_ENCODING).is_none_or(|v| v == "identity");
     request.method() == http::Method::POST
         && request.uri().path() == PATH
         && matches!(
@@ -110,16 +177,8 @@ fn eligible<B>(request: &http::Request<B>) -> bool {
         && plain
 }
 
-async fn answer<B>(handle: &Handle, body: B) -> http::Response<tonic::body::Body>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let bytes = match Limited::new(body, MAX_REQUEST).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Status::internal("failed to read the request").into_http(),
-    };
-    let request = match decode(&bytes) {
+fn answer(handle: &Handle, bytes: &[u8]) -> http::Response<tonic::body::Body> {
+    let request = match decode(bytes) {
         Ok(request) => request,
         Err(status) => return status.into_http(),
     };
@@ -137,8 +196,8 @@ where
                     .to_be_bytes(),
             );
             message.encode_raw(&mut data);
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let mut trailers = http::HeaderMap::with_capacity(1);
+            trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
             let frames = [
                 Ok::<_, Infallible>(Frame::data(data.freeze())),
                 Ok(Frame::trailers(trailers)),
@@ -146,18 +205,10 @@ where
             let body = StreamBody::new(futures_util::stream::iter(frames));
             let mut response = http::Response::new(tonic::body::Body::new(body));
             let headers = response.headers_mut();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert(
-                "grpc-accept-encoding",
-                http::HeaderValue::from_static("gzip"),
-            );
-            headers.insert(
-                HEALTH_STATE_KEY,
-                http::HeaderValue::from_static(health_state(state)),
-            );
+            headers.reserve(3);
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            headers.insert(HEALTH_STATE, HeaderValue::from_static(health_state(state)));
             response
         }
     }

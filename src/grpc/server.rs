@@ -6,16 +6,23 @@
 //! RPCs get up to `drain_timeout`; then everything still open is dropped. A Watch client that
 //! never cancels therefore cannot hold exit beyond `drain_delay + drain_timeout`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tonic::service::Routes;
+use tower_layer::Layer;
+use tracing::{debug, info, warn};
 
 use super::fast_check::FastCheckLayer;
-use super::observe::ObserveLayer;
+use super::observe::{ObserveLayer, ObservedBody};
 use super::{DetailService, HealthService, pb};
 use crate::Handle;
 use crate::metrics::Metrics;
@@ -23,6 +30,9 @@ use crate::metrics::Metrics;
 /// HTTP/2 pings to notice dead peers holding Watch streams.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to pause accepting after an error such as running out of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// How the server drains and who may read details.
 #[derive(Clone, Default)]
@@ -56,9 +66,6 @@ pub enum ServeError {
     /// Reflection could not load the descriptor set (a build defect).
     #[error("server reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("grpc transport")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves health, detail and reflection on `listener` until `shutdown` resolves, then drains
@@ -77,17 +84,7 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
     let reflection_v1alpha = reflection.build_v1alpha()?;
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEP_ALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEP_ALIVE_TIMEOUT))
-        .layer(ObserveLayer {
-            metrics: options.metrics.clone(),
-        })
-        // Inside the observation layer (tonic's later layers sit closer to the services), so
-        // fast answers are counted and traced like the rest.
-        .layer(FastCheckLayer::new(handle.clone()))
-        .add_service(HealthService::new(handle.clone(), streams_end.clone()).into_server())
+    let routes = Routes::new(HealthService::new(handle.clone(), streams_end.clone()).into_server())
         .add_service(
             DetailService::new(
                 handle.clone(),
@@ -97,16 +94,19 @@ pub async fn serve(
             .into_server(),
         )
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    // `tcp_nodelay` on the builder only reaches listeners tonic binds itself; ours is handed
-    // in, so it is set here. Without it a response written in two parts waits for the client's
-    // delayed ACK (~40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = router.serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned());
+        .add_service(reflection_v1alpha)
+        .prepare();
+    // The fast path sits inside the observation layer, so fast answers are counted and traced
+    // like the rest.
+    let service = ObserveLayer {
+        metrics: options.metrics.clone(),
+    }
+    .layer(FastCheckLayer::new(handle.clone()).layer(routes));
+    let server = accept(listener, TowerToHyperService::new(service), goaway.clone());
     tokio::pin!(server);
 
     tokio::select! {
-        result = &mut server => return Ok(result?),
+        () = &mut server => return Ok(()),
         () = shutdown => {}
     }
     info!(drain_delay = ?options.drain_delay, "shutdown: NOT_SERVING for every service, draining");
@@ -115,16 +115,86 @@ pub async fn serve(
         tokio::time::sleep(options.drain_delay).await;
     };
     tokio::select! {
-        result = &mut server => return Ok(result?),
+        () = &mut server => return Ok(()),
         () = drain => {}
     }
     streams_end.cancel();
     goaway.cancel();
-    match tokio::time::timeout(options.drain_timeout, &mut server).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            warn!(drain_timeout = ?options.drain_timeout, "in-flight RPCs outlived the drain timeout; closing them");
-            Ok(())
-        }
+    if tokio::time::timeout(options.drain_timeout, &mut server)
+        .await
+        .is_err()
+    {
+        warn!(drain_timeout = ?options.drain_timeout, "in-flight RPCs outlived the drain timeout; closing them");
     }
+    // Dropping `server` aborts every connection still open.
+    Ok(())
+}
+
+/// Accepts connections until `goaway`, then waits for the open ones to finish: each is told
+/// GOAWAY and ends when its last stream has. Dropping this future aborts them all.
+///
+/// Connections are served by hyper directly rather than by `tonic::transport::Server`, whose
+/// per-request wrapping (a boxed clone of the service stack, a boxed request body and response
+/// body, connect info in the extensions, its timeout layer) cost about as much CPU as
+/// answering a Check does (BENCHMARKS.md). The HTTP/2 settings are tonic's defaults: no limit
+/// on concurrent streams, HTTP/2 only, keep-alive pings to notice dead peers holding Watch
+/// streams. `grpc-timeout` is not enforced by the server: every unary RPC here answers at
+/// once, and a client whose deadline passes on a Watch resets the stream itself.
+async fn accept<S>(listener: TcpListener, service: S, goaway: CancellationToken)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<ObservedBody<tonic::body::Body>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http = http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .max_concurrent_streams(None)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = goaway.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors or memory: the error repeats until something
+                    // closes, so pause rather than spin.
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        // Without it a response written in two parts waits for the client's delayed ACK
+        // (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY");
+        }
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let goaway = goaway.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = goaway.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Stop listening at once: new clients are refused rather than left waiting.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
