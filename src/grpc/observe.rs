@@ -20,6 +20,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{Metrics, StreamGuard, method_label};
 
+// Built once: a lookup by `&str` parses the name first, on every request.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The layer; `metrics` may be absent (spans only).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ObserveLayer {
@@ -72,7 +76,7 @@ where
         );
         let parent = request
             .headers()
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::trace_context::parse);
         if let Some(parent) = parent {
@@ -136,7 +140,7 @@ where
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<Code> {
-    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let code: i32 = headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
     Some(Code::from_i32(code))
 }
 

@@ -352,3 +352,53 @@ async fn reflection_lists_both_services() {
         "{names:?}"
     );
 }
+
+/// The `timer` column of the server's end of a connection in `/proc/net/tcp`: `2` while a
+/// keep-alive timer runs, `0` when no timer does.
+#[cfg(target_os = "linux")]
+fn server_side_timer(server: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u8> {
+    let hex = |a: std::net::SocketAddr| {
+        let std::net::IpAddr::V4(ip) = a.ip() else {
+            panic!("IPv4 loopback expected")
+        };
+        format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port())
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("linux /proc");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields[5].split(':').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn accepted_connections_use_tcp_keepalive_to_notice_dead_peers() {
+    let front = Front::start(
+        Engine::builder().start().expect("starts"),
+        ServeOptions::default(),
+    )
+    .await;
+    // A peer that connects and says nothing: only keep-alive would ever notice it gone.
+    let socket = tokio::net::TcpStream::connect(front.addr)
+        .await
+        .expect("connect");
+    let client = socket.local_addr().expect("bound");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let timer = loop {
+        // The server side appears once the server has accepted (and configured) the socket.
+        if let Some(timer) = server_side_timer(front.addr, client)
+            && (timer != 0 || tokio::time::Instant::now() > deadline)
+        {
+            break timer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server end not found"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(timer, 2, "keep-alive timer on the server's end");
+}
