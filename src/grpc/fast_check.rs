@@ -17,18 +17,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use prost::Message;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use super::convert::health_state;
+use super::convert::{health_state, serving_status};
 use super::health::{HEALTH_STATE_KEY, check};
-use super::pb::health::{HealthCheckRequest, HealthCheckResponse};
+use super::pb::health::HealthCheckRequest;
+use super::pb::health::health_check_response::ServingStatus;
 use crate::Handle;
+use crate::snapshot::ServiceHealth;
 
 const PATH: &str = "/grpc.health.v1.Health/Check";
+const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 
 /// Check requests are a service name; anything bigger is not one.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -47,13 +53,26 @@ const HEALTH_STATE: HeaderName = HeaderName::from_static(HEALTH_STATE_KEY);
 #[derive(Debug, Clone)]
 pub struct FastCheckLayer {
     handle: Arc<Handle>,
+    streams_end: Option<CancellationToken>,
 }
 
 impl FastCheckLayer {
-    /// Answers from `handle`'s snapshots.
+    /// Answers Checks from `handle`'s snapshots.
     pub fn new(handle: Handle) -> FastCheckLayer {
         FastCheckLayer {
             handle: Arc::new(handle),
+            streams_end: None,
+        }
+    }
+
+    /// Answers plain Watch requests too, with the semantics of
+    /// [`HealthService`](super::HealthService)'s Watch: streams end, after a final
+    /// `NOT_SERVING`, when `streams_end` is cancelled. A Watch message costs about half of
+    /// what it costs through tonic's streaming machinery (BENCHMARKS.md).
+    pub fn with_watch(self, streams_end: CancellationToken) -> FastCheckLayer {
+        FastCheckLayer {
+            streams_end: Some(streams_end),
+            ..self
         }
     }
 }
@@ -65,6 +84,7 @@ impl<S> tower_layer::Layer<S> for FastCheckLayer {
         FastCheck {
             inner,
             handle: self.handle.clone(),
+            streams_end: self.streams_end.clone(),
         }
     }
 }
@@ -78,6 +98,7 @@ impl<S> tower_layer::Layer<S> for FastCheckLayer {
 pub struct FastCheck<S> {
     inner: S,
     handle: Arc<Handle>,
+    streams_end: Option<CancellationToken>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for FastCheck<S>
@@ -94,15 +115,23 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !eligible(&request) {
-            return FastCheckFuture::Passed {
-                call: self.inner.call(request),
-            };
-        }
+        let rpc = match eligible(&request) {
+            Some(Rpc::Check) => Rpc::Check,
+            Some(Rpc::Watch(())) if self.streams_end.is_some() => Rpc::Watch(()),
+            _ => {
+                return FastCheckFuture::Passed {
+                    call: self.inner.call(request),
+                };
+            }
+        };
         FastCheckFuture::Answering {
             body: request.into_body(),
             message: Bytes::new(),
             handle: self.handle.clone(),
+            rpc: match rpc {
+                Rpc::Check => Rpc::Check,
+                Rpc::Watch(()) => Rpc::Watch(self.streams_end.clone().unwrap_or_default()),
+            },
         }
     }
 }
@@ -114,7 +143,12 @@ pin_project_lite::pin_project! {
     #[allow(missing_docs)]
     pub enum FastCheckFuture<B, F> {
         /// Reading the request message, then answering from the snapshot.
-        Answering { #[pin] body: B, message: Bytes, handle: Arc<Handle> },
+        Answering {
+            #[pin] body: B,
+            message: Bytes,
+            handle: Arc<Handle>,
+            rpc: Rpc<CancellationToken>,
+        },
         /// Not a plain Check: the inner service's call.
         Passed { #[pin] call: F },
     }
@@ -134,9 +168,15 @@ where
                 mut body,
                 message,
                 handle,
+                rpc,
             } => loop {
                 let data = match ready!(body.as_mut().poll_frame(cx)) {
-                    None => return Poll::Ready(Ok(answer(handle, message))),
+                    None => {
+                        return Poll::Ready(Ok(match rpc {
+                            Rpc::Check => answer(handle, message),
+                            Rpc::Watch(end) => watch(handle, message, end),
+                        }));
+                    }
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => data,
                         Err(_trailers) => continue,
@@ -164,17 +204,30 @@ fn unreadable() -> http::Response<tonic::body::Body> {
     Status::internal("failed to read the request").into_http()
 }
 
-fn eligible<B>(request: &http::Request<B>) -> bool {
+/// Which RPC the fast path answers; a Watch carries what ends it.
+#[derive(Debug)]
+pub enum Rpc<W> {
+    /// `grpc.health.v1.Health/Check`.
+    Check,
+    /// `grpc.health.v1.Health/Watch`.
+    Watch(W),
+}
+
+fn eligible<B>(request: &http::Request<B>) -> Option<Rpc<()>> {
     let headers = request.headers();
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let plain = headers.get(GRPC_ENCODING).is_none_or(|v| v == "identity");
-    request.method() == http::Method::POST
-        && request.uri().path() == PATH
+    let grpc = request.method() == http::Method::POST
         && matches!(
             content_type,
             Some("application/grpc" | "application/grpc+proto")
         )
-        && plain
+        && plain;
+    match request.uri().path() {
+        PATH if grpc => Some(Rpc::Check),
+        WATCH_PATH if grpc => Some(Rpc::Watch(())),
+        _ => None,
+    }
 }
 
 fn answer(handle: &Handle, bytes: &[u8]) -> http::Response<tonic::body::Body> {
@@ -185,32 +238,140 @@ fn answer(handle: &Handle, bytes: &[u8]) -> http::Response<tonic::body::Body> {
     match check(handle, &request.service) {
         Err(status) => status.into_http(),
         Ok((serving, state)) => {
-            let message = HealthCheckResponse {
-                status: serving as i32,
-            };
-            let mut data = BytesMut::with_capacity(5 + message.encoded_len());
-            data.extend_from_slice(&[0]);
-            data.extend_from_slice(
-                &u32::try_from(message.encoded_len())
-                    .unwrap_or(0)
-                    .to_be_bytes(),
-            );
-            message.encode_raw(&mut data);
-            let mut trailers = http::HeaderMap::with_capacity(1);
-            trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
             let frames = [
-                Ok::<_, Infallible>(Frame::data(data.freeze())),
-                Ok(Frame::trailers(trailers)),
+                Ok::<_, Infallible>(Frame::data(framed(serving))),
+                Ok(Frame::trailers(ok_trailers())),
             ];
             let body = StreamBody::new(futures_util::stream::iter(frames));
-            let mut response = http::Response::new(tonic::body::Body::new(body));
-            let headers = response.headers_mut();
-            headers.reserve(3);
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-            headers.insert(HEALTH_STATE, HeaderValue::from_static(health_state(state)));
-            response
+            grpc_response(tonic::body::Body::new(body), state)
         }
+    }
+}
+
+fn watch(
+    handle: &Handle,
+    bytes: &[u8],
+    end: &CancellationToken,
+) -> http::Response<tonic::body::Body> {
+    let request = match decode(bytes) {
+        Ok(request) => request,
+        Err(status) => return status.into_http(),
+    };
+    // Touch on-demand dependencies, as Check does.
+    handle.snapshot();
+    let rx = handle.watch_service(&request.service);
+    let initial = *rx.borrow();
+    let body = WatchBody {
+        changes: WatchStream::new(rx),
+        engine_gone: false,
+        end: Box::pin(end.clone().cancelled_owned()),
+        last: None,
+        phase: Phase::Streaming,
+    };
+    grpc_response(tonic::body::Body::new(body), initial)
+}
+
+fn grpc_response(
+    body: tonic::body::Body,
+    state: Option<ServiceHealth>,
+) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(body);
+    let headers = response.headers_mut();
+    headers.reserve(3);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+    headers.insert(HEALTH_STATE, HeaderValue::from_static(health_state(state)));
+    response
+}
+
+fn ok_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+    trailers
+}
+
+/// `HealthCheckResponse { status }`, length-prefixed, uncompressed: four fixed byte strings,
+/// so sending one allocates nothing (a unit test checks them against prost).
+fn framed(status: ServingStatus) -> Bytes {
+    Bytes::from_static(match status {
+        ServingStatus::Unknown => &[0, 0, 0, 0, 0],
+        ServingStatus::Serving => &[0, 0, 0, 0, 2, 0x08, 1],
+        ServingStatus::NotServing => &[0, 0, 0, 0, 2, 0x08, 2],
+        ServingStatus::ServiceUnknown => &[0, 0, 0, 0, 2, 0x08, 3],
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    Trailers,
+    Done,
+}
+
+/// A Watch response body: the current status at once, then each change of wire status; no
+/// queue (a slow reader skips to the latest value); when `end` fires, a final `NOT_SERVING`
+/// (unless that was the last word already) and `grpc-status: 0`. If the engine goes away
+/// without a drain, the stream stays open until `end`.
+struct WatchBody {
+    changes: WatchStream<Option<ServiceHealth>>,
+    engine_gone: bool,
+    end: Pin<Box<WaitForCancellationFutureOwned>>,
+    last: Option<ServingStatus>,
+    phase: Phase,
+}
+
+impl WatchBody {
+    fn send(&mut self, status: ServingStatus) -> Option<Frame<Bytes>> {
+        (self.last != Some(status)).then(|| {
+            self.last = Some(status);
+            Frame::data(framed(status))
+        })
+    }
+}
+
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Trailers => {
+                    this.phase = Phase::Done;
+                    return Poll::Ready(Some(Ok(Frame::trailers(ok_trailers()))));
+                }
+                Phase::Streaming => {}
+            }
+            if this.end.as_mut().poll(cx).is_ready() {
+                this.phase = Phase::Trailers;
+                // The last word is always NOT_SERVING.
+                if let Some(frame) = this.send(ServingStatus::NotServing) {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                continue;
+            }
+            if this.engine_gone {
+                return Poll::Pending;
+            }
+            match this.changes.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.engine_gone = true,
+                Poll::Ready(Some(health)) => {
+                    if let Some(frame) = this.send(serving_status(health)) {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
     }
 }
 
@@ -241,7 +402,7 @@ fn decode(bytes: &[u8]) -> Result<HealthCheckRequest, Status> {
 mod tests {
     use super::*;
 
-    fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+    fn framed_bytes(flag: u8, message: &[u8]) -> Vec<u8> {
         let mut out = vec![flag];
         out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
         out.extend_from_slice(message);
@@ -255,11 +416,11 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            decode(&framed(0, &message)).expect("valid").service,
+            decode(&framed_bytes(0, &message)).expect("valid").service,
             "readiness"
         );
         assert_eq!(
-            decode(&framed(0, &[]))
+            decode(&framed_bytes(0, &[]))
                 .expect("empty message is service \"\"")
                 .service,
             ""
@@ -272,7 +433,8 @@ mod tests {
             service: "x".into(),
         }
         .encode_to_vec();
-        let compressed = decode(&framed(1, &message)).expect_err("compressed flag, no encoding");
+        let compressed =
+            decode(&framed_bytes(1, &message)).expect_err("compressed flag, no encoding");
         assert!(
             compressed
                 .message()
@@ -286,14 +448,14 @@ mod tests {
             decode(&[0, 0, 0]).expect_err("truncated prefix").code(),
             tonic::Code::Internal
         );
-        let mut long = framed(0, &message);
+        let mut long = framed_bytes(0, &message);
         long.push(0);
         assert_eq!(
             decode(&long).expect_err("trailing bytes").code(),
             tonic::Code::Internal
         );
         assert_eq!(
-            decode(&framed(0, &[0xff, 0xff]))
+            decode(&framed_bytes(0, &[0xff, 0xff]))
                 .expect_err("not protobuf")
                 .code(),
             tonic::Code::Internal
@@ -301,7 +463,23 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_grpc_checks_take_the_fast_path() {
+    fn fixed_frames_are_what_prost_encodes() {
+        for status in [
+            ServingStatus::Unknown,
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+            ServingStatus::ServiceUnknown,
+        ] {
+            let message = super::super::pb::health::HealthCheckResponse {
+                status: status as i32,
+            }
+            .encode_to_vec();
+            assert_eq!(framed(status), framed_bytes(0, &message), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn only_plain_grpc_checks_and_watches_take_the_fast_path() {
         let request = |path: &str, content_type: &str, encoding: Option<&str>| {
             let mut builder = http::Request::builder()
                 .method("POST")
@@ -312,21 +490,31 @@ mod tests {
             }
             builder.body(()).expect("valid request")
         };
-        assert!(eligible(&request(PATH, "application/grpc", None)));
-        assert!(eligible(&request(
+        let check = |r| matches!(eligible(&r), Some(Rpc::Check));
+        let watch = |r| matches!(eligible(&r), Some(Rpc::Watch(())));
+        assert!(check(request(PATH, "application/grpc", None)));
+        assert!(check(request(
             PATH,
             "application/grpc+proto",
             Some("identity")
         )));
+        assert!(watch(request(WATCH_PATH, "application/grpc", None)));
         assert!(
-            !eligible(&request(PATH, "application/grpc", Some("gzip"))),
+            eligible(&request(PATH, "application/grpc", Some("gzip"))).is_none(),
             "tonic decompresses"
         );
-        assert!(!eligible(&request(PATH, "application/grpc-web", None)));
-        assert!(!eligible(&request(
-            "/grpc.health.v1.Health/Watch",
-            "application/grpc",
-            None
-        )));
+        assert!(
+            eligible(&request(WATCH_PATH, "application/grpc", Some("gzip"))).is_none(),
+            "tonic decompresses"
+        );
+        assert!(eligible(&request(PATH, "application/grpc-web", None)).is_none());
+        assert!(
+            eligible(&request(
+                "/grpc.health.v1.Health/List",
+                "application/grpc",
+                None
+            ))
+            .is_none()
+        );
     }
 }

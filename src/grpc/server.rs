@@ -108,7 +108,11 @@ pub async fn serve(
     let service = ObserveLayer {
         metrics: options.metrics.clone(),
     }
-    .layer(FastCheckLayer::new(handle.clone()).layer(routes));
+    .layer(
+        FastCheckLayer::new(handle.clone())
+            .with_watch(streams_end.clone())
+            .layer(routes),
+    );
     let server = accept(listener, TowerToHyperService::new(service), goaway.clone());
     tokio::pin!(server);
 
