@@ -25,8 +25,36 @@ pub(crate) struct Cli {
         env = "HEALTHGATE_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// Threads that run the server and the probes. 1 (the default) runs everything on one
+    /// thread: a sidecar should not start a thread per host core, and one thread answers far
+    /// more Checks and Watch updates than a thread pool of one does (responses leave in
+    /// batches; see BENCHMARKS.md). More threads only help when probing thousands of
+    /// dependencies with TLS.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=1024),
+        env = "HEALTHGATE_WORKER_THREADS"
+    )]
+    worker_threads: u16,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The async runtime `--worker-threads` asks for: one thread is tokio's current-thread
+    /// scheduler, more is its multi-thread scheduler with that many workers.
+    pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = if self.worker_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(self.worker_threads));
+            builder
+        };
+        builder.enable_all().build()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -315,3 +315,48 @@ async fn check_watch_prints_each_status_until_the_stream_ends() {
         .expect("waited");
     assert_eq!(status.code(), Some(4), "last status was NOT_SERVING");
 }
+
+/// How many tokio worker threads (named `tokio-rt-worker`) process `pid` runs (Linux).
+#[cfg(target_os = "linux")]
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("linux /proc")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_runs_on_one_thread_unless_worker_threads_asks_for_more() {
+    let file = write(
+        "threads.toml",
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[services.liveness]\n",
+    );
+    for (args, workers) in [
+        (&["serve"][..], 0),
+        (&["--worker-threads", "3", "serve"][..], 3),
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--config", &file])
+            .env_remove("HEALTHGATE_WORKER_THREADS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawns");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = next_line(&mut stdout).await;
+        let addr = line
+            .strip_prefix("grpc listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let out = run(&["check", "--addr", addr, "--service", "liveness"]).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        let pid = child.id().expect("running");
+        assert_eq!(worker_threads(pid), workers, "{args:?}");
+        terminate(&mut child).await;
+    }
+    let out = run(&["--worker-threads", "0", "serve", "--config", &file]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--worker-threads"), "{}", out.stderr);
+}
