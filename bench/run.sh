@@ -14,6 +14,7 @@ DURATION=${DURATION:-5}     # seconds of measured load per run (after 1 s warm-u
 CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
+RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
 SECTIONS=${SECTIONS:-check fanout scale cold}
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
@@ -86,14 +87,15 @@ scalecsv="$work/scale.csv"
 coldcsv="$work/coldstart.csv"
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-# load ROUND SCENARIO SERVER PID ADDR BODY
+# load ROUND SCENARIO SERVER PID ADDR BODY [H2LOAD OPTIONS...]
 load() {
   local round=$1 scenario=$2 server=$3 pid=$4 addr=$5 body=$6
+  shift 6
   local log="$work/h2load-$round-$scenario-$server.log"
   local before after
   before=$(cpu_ticks "$pid")
   local out
-  out=$(taskset -c 1 h2load -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m "$STREAMS" \
+  out=$(taskset -c 1 h2load -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m "$STREAMS" "$@" \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
     "http://$addr/grpc.health.v1.Health/Check" 2>&1)
   after=$(cpu_ticks "$pid")
@@ -131,6 +133,9 @@ for round in $(seq "$ROUNDS"); do
     sleep 1.5 # healthgate: first probe round done
     load "$round" overall "$server" "$pid" "$addr" "$work/overall.bin"
     load "$round" named "$server" "$pid" "$addr" "$work/named.bin"
+    # Latency at the same offered load for every server (closed-loop p99 at saturation
+    # compares servers running at different throughputs).
+    load "$round" fixed "$server" "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
   for deps in hung flapping; do
@@ -146,6 +151,8 @@ if section fanout; then
 echo "== Watch fan-out: W streams on \"\" over W/100 connections, $FLIPS flips"
 echo "round,watchers,server,converged,flips,bytes_per_watcher,cpu_us_per_msg,first_ms_p50,spread_ms_p50,spread_ms_p99,spread_ms_max" >"$fanoutcsv"
 # healthgate's "" follows one dependency probed every 20 ms; SIGUSR1 to the dependency flips it.
+# fall = 3: a probe that times out while the client's core is busy opening 10,000 streams must
+# not flip the service by itself.
 fanout_servers=(healthgate tonic-health grpc-go)
 for round in $(seq "$ROUNDS"); do
   echo "== round $round"
@@ -156,7 +163,7 @@ for round in $(seq "$ROUNDS"); do
       case $server in
         healthgate)
           read -r dep_pid dep_addr < <(start dep-signal 1 "$ex/bench_dependency" 127.0.0.1:0 signal)
-          printf '[server]\ngrpc_listen = "127.0.0.1:0"\ndrain_delay = "0s"\n\n[dependencies.flip]\nkind = "http"\nurl = "http://%s/flip"\ninterval = "20ms"\ntimeout = "15ms"\njitter = 0.0\nfall = 1\nrise = 1\n' \
+          printf '[server]\ngrpc_listen = "127.0.0.1:0"\ndrain_delay = "0s"\n\n[dependencies.flip]\nkind = "http"\nurl = "http://%s/flip"\ninterval = "20ms"\ntimeout = "19ms"\njitter = 0.0\nfall = 3\nrise = 1\n' \
             "$dep_addr" >"$work/fanout.toml"
           read -r pid addr < <(start "$server" 0 "$hg" serve --config "$work/fanout.toml")
           flipper=$dep_pid ;;

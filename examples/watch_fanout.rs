@@ -64,19 +64,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     drop(tx);
+    // Every stream at SERVING before the first flip (a server may pass through NOT_SERVING
+    // while starting).
+    let serving = ServingStatus::Serving as i32;
     let mut status = vec![-1; watchers];
-    let mut answered = 0;
-    while answered < watchers {
+    let mut at_serving = 0;
+    while at_serving < watchers {
         let (i, s, _) = tokio::time::timeout(PATIENCE, rx.recv())
-            .await?
+            .await
+            .map_err(|_| "not every stream reached SERVING")?
             .ok_or("streams ended before answering")?;
-        if status[i] == -1 {
-            answered += 1;
+        if s == serving && status[i] != serving {
+            at_serving += 1;
+        } else if s != serving && status[i] == serving {
+            at_serving -= 1;
         }
         status[i] = s;
-    }
-    if status.iter().any(|s| *s != ServingStatus::Serving as i32) {
-        return Err("not every stream started SERVING".into());
     }
     // Let allocations settle, then the idle rate with every stream open.
     tokio::time::sleep(Duration::from_millis(500)).await;
