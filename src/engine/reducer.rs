@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,6 +88,8 @@ pub(crate) struct Reducer {
     shutting_down: bool,
     stale: DelayQueue<Arc<str>>,
     events_tx: mpsc::Sender<Event>,
+    /// Shared by every probe run: see [`schedule::MAX_CONCURRENT_PROBES`].
+    probe_permits: Arc<Semaphore>,
     events: mpsc::Receiver<Event>,
     commands: mpsc::Receiver<Command>,
     tracker: TaskTracker,
@@ -129,6 +131,7 @@ impl Reducer {
             shutting_down: false,
             stale: DelayQueue::new(),
             events_tx,
+            probe_permits: Arc::new(Semaphore::new(schedule::MAX_CONCURRENT_PROBES)),
             events,
             commands,
             tracker,
@@ -207,6 +210,7 @@ impl Reducer {
             probe,
             spec: spec.clone(),
             events: self.events_tx.clone(),
+            permits: self.probe_permits.clone(),
         };
         let span = info_span!("dependency", dependency = %name, kind = spec.kind());
         let slot = match spec.mode {

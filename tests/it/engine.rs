@@ -1,7 +1,7 @@
 //! Engine behaviour on a paused clock with scripted in-process probes: thresholds, staleness,
 //! scheduling, on-demand single flight and backoff, runtime changes, shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -568,5 +568,53 @@ async fn detail_only_outcomes_share_publications_and_health_changes_are_publishe
         first_run,
         "published at the instant of the outcome"
     );
+    handle.shutdown().await;
+}
+
+/// Counts its runs in flight and the most seen at once; each run takes 150 ms.
+#[derive(Debug, Default)]
+struct Crowd {
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Probe for Crowd {
+    fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Verdict::Healthy
+        })
+    }
+}
+
+#[tokio::test]
+async fn at_most_1024_probe_runs_are_in_flight_and_waiting_for_a_turn_does_not_time_out() {
+    let crowd = Arc::new(Crowd::default());
+    let mut builder = Engine::builder();
+    // 2,200 first runs due at once (no jitter), each 150 ms long, with a 250 ms timeout: the
+    // last 152 wait ~300 ms for a turn and still pass, because the timeout starts with the run.
+    for i in 0..2200 {
+        builder = builder.dependency(
+            format!("d{i}"),
+            DependencySpec::custom(crowd.clone(), "crowd")
+                .every(Duration::from_secs(5), 0.0)
+                .with_timeout(Duration::from_millis(250)),
+        );
+    }
+    let handle = builder.start().expect("starts");
+    // `""` relies on every dependency: healthy once all 2,200 first runs passed.
+    crate::support::service_is(&handle, "", Health::Healthy).await;
+    assert_eq!(crowd.most.load(Ordering::SeqCst), 1024);
+    let snapshot = handle.snapshot();
+    let failed: Vec<&str> = snapshot
+        .dependencies
+        .iter()
+        .filter(|d| d.last_failure.is_some())
+        .map(|d| &*d.name)
+        .collect();
+    assert!(failed.is_empty(), "waiting for a turn failed {failed:?}");
     handle.shutdown().await;
 }
