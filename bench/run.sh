@@ -144,6 +144,14 @@ for round in $(seq "$ROUNDS"); do
     load "$round" overall "healthgate-$deps" "$pid" "$addr" "$work/overall.bin"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
+  # The same server on a thread pool (two workers sharing the core) instead of one thread.
+  for deps in healthy; do
+    read -r pid addr < <(start "healthgate-pool" 0 "$hg" --worker-threads 2 serve --config "$work/$deps.toml")
+    sleep 1.5
+    load "$round" overall "healthgate-pool" "$pid" "$addr" "$work/overall.bin"
+    load "$round" fixed "healthgate-pool" "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
 done
 fi
 

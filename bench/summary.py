@@ -64,6 +64,9 @@ if runs:
     target("p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
     flap = med("overall", "healthgate-flapping", "p99_us") / med("overall", "healthgate", "p99_us")
     checks.append(("p99 with dependencies flapping vs healthy (reported)", flap, "-", "-"))
+    if ("overall", "healthgate-pool") in runs:
+        pool = med("overall", "healthgate", "rps") / med("overall", "healthgate-pool", "rps")
+        checks.append(("one thread vs 2-worker pool: Check/s (reported)", pool, "-", "-"))
 
 # Watch fan-out.
 fanout = defaultdict(list)

@@ -1,6 +1,9 @@
 //! Benchmark floor: the least an HTTP/2 server can do to answer a gRPC health Check — a fixed,
 //! valid `SERVING` response (headers, one 7-byte message, `grpc-status: 0` trailers) for any
 //! request, without decoding it. Nothing that really serves grpc.health.v1 can be cheaper.
+//! It runs on tokio's current-thread scheduler, as healthgate does by default: with it,
+//! responses to many streams leave in one write (a one-worker thread pool writes about once per
+//! response), so anything else would not be the floor.
 //! Usage: `h2_floor ADDR`.
 
 use std::convert::Infallible;
@@ -37,7 +40,7 @@ async fn answer(
         .expect("static response parts are valid"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
