@@ -205,7 +205,9 @@ fi
 if section cold; then
 echo "== cold start and idle RSS (5 trials each)"
 echo "server,start_ms,rss_kib" >"$coldcsv"
-port=$((40000 + RANDOM % 20000))
+# A port the kernel calls free (a random one may be the local end of one of the engine-scale
+# run's 10,000 connections, still in TIME_WAIT).
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 printf '[server]\ngrpc_listen = "127.0.0.1:%s"\n\n[services.liveness]\n' "$port" >"$work/empty.toml"
 for trial in $(seq 5); do
   for server in healthgate tonic-health grpc-go; do
