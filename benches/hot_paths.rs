@@ -48,7 +48,8 @@ fn engine(rt: &Runtime) -> Handle {
             builder = builder.dependency(
                 name.clone(),
                 DependencySpec::custom(Arc::new(Healthy), "healthy")
-                    .every(Duration::from_secs(1), 0.1),
+                    .every(Duration::from_secs(1), 0.1)
+                    .with_timeout(Duration::from_millis(500)),
             );
         }
         let handle = builder
