@@ -3,7 +3,7 @@
 # the same run, interleaved, for ROUNDS rounds; the summary reports medians and the ratios the
 # targets are stated in. Server pinned to CPU 0, load generator to CPU 1.
 #
-#   bench/run.sh                  # full run (about 20 minutes)
+#   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
 #   SECTIONS="fanout scale" bench/run.sh   # only some sections (check fanout scale cold)
 set -euo pipefail
