@@ -33,8 +33,11 @@ cargo build --release --locked --bin healthgate --examples >/dev/null
 hg=target/release/healthgate
 ex=target/release/examples
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# `start` runs in a subshell (`read … < <(start …)`), so the processes it starts are recorded in
+# a file for the exit trap to stop.
+pidfile="$work/pids"
+: >"$pidfile"
+cleanup() { while read -r p; do kill "$p" 2>/dev/null || true; done <"$pidfile"; }
 trap cleanup EXIT
 
 # start NAME CPU CMD... : runs CMD pinned to CPU, waits for its "<kind> listening on ADDR" line.
@@ -42,7 +45,7 @@ start() {
   local name=$1 cpu=$2; shift 2
   taskset -c "$cpu" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   local pid=$!
-  pids+=("$pid")
+  echo "$pid" >>"$pidfile"
   for _ in $(seq 200); do
     if grep -q "listening on" "$work/$name.out"; then
       echo "$pid $(sed -n 's/^[a-z]* listening on //p' "$work/$name.out" | head -1)"
