@@ -26,12 +26,11 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use prost::Message;
-use tokio_stream::wrappers::WatchStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::convert::{health_state, serving_status};
-use super::health::{HEALTH_STATE_KEY, check};
+use super::convert::health_state;
+use super::health::{HEALTH_STATE_KEY, WatchStatuses, check};
 use super::pb::health::HealthCheckRequest;
 use super::pb::health::health_check_response::ServingStatus;
 use crate::Handle;
@@ -119,9 +118,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = match eligible(&request) {
-            Some(Rpc::Check) => Rpc::Check,
-            Some(Rpc::Watch(())) if self.streams_end.is_some() => Rpc::Watch(()),
+        let rpc = match (eligible(&request), &self.streams_end) {
+            (Some(Kind::Check), _) => Rpc::Check,
+            (Some(Kind::Watch), Some(end)) => Rpc::Watch(end.clone()),
             _ => {
                 return FastCheckFuture::Passed {
                     call: self.inner.call(request),
@@ -132,10 +131,7 @@ where
             body: request.into_body(),
             message: Bytes::new(),
             handle: self.handle.clone(),
-            rpc: match rpc {
-                Rpc::Check => Rpc::Check,
-                Rpc::Watch(()) => Rpc::Watch(self.streams_end.clone().unwrap_or_default()),
-            },
+            rpc,
         }
     }
 }
@@ -151,7 +147,7 @@ pin_project_lite::pin_project! {
             #[pin] body: B,
             message: Bytes,
             handle: Arc<Handle>,
-            rpc: Rpc<CancellationToken>,
+            rpc: Rpc,
         },
         /// Not a plain Check: the inner service's call.
         Passed { #[pin] call: F },
@@ -208,16 +204,23 @@ fn unreadable() -> http::Response<tonic::body::Body> {
     Status::internal("failed to read the request").into_http()
 }
 
-/// Which RPC the fast path answers; a Watch carries what ends it.
+/// The RPC a [`FastCheckFuture`] answers; a Watch carries what ends it.
 #[derive(Debug)]
-pub enum Rpc<W> {
+pub enum Rpc {
     /// `grpc.health.v1.Health/Check`.
     Check,
-    /// `grpc.health.v1.Health/Watch`.
-    Watch(W),
+    /// `grpc.health.v1.Health/Watch`, ended (after a final `NOT_SERVING`) by the token.
+    Watch(CancellationToken),
 }
 
-fn eligible<B>(request: &http::Request<B>) -> Option<Rpc<()>> {
+/// Which RPC a request is, when the fast path can answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Check,
+    Watch,
+}
+
+fn eligible<B>(request: &http::Request<B>) -> Option<Kind> {
     let headers = request.headers();
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let plain = headers.get(GRPC_ENCODING).is_none_or(|v| v == "identity");
@@ -228,8 +231,8 @@ fn eligible<B>(request: &http::Request<B>) -> Option<Rpc<()>> {
         )
         && plain;
     match request.uri().path() {
-        PATH if grpc => Some(Rpc::Check),
-        WATCH_PATH if grpc => Some(Rpc::Watch(())),
+        PATH if grpc => Some(Kind::Check),
+        WATCH_PATH if grpc => Some(Kind::Watch),
         _ => None,
     }
 }
@@ -266,11 +269,8 @@ fn watch(
     let rx = handle.watch_service(&request.service);
     let initial = *rx.borrow();
     let body = WatchBody {
-        changes: WatchStream::new(rx),
-        engine_gone: false,
-        end: Box::pin(end.clone().cancelled_owned()),
-        last: None,
-        phase: Phase::Streaming,
+        statuses: WatchStatuses::new(rx, end.clone()),
+        trailers_sent: false,
     };
     grpc_response(tonic::body::Body::new(body), initial)
 }
@@ -305,32 +305,10 @@ fn framed(status: ServingStatus) -> Bytes {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Streaming,
-    Trailers,
-    Done,
-}
-
-/// A Watch response body: the current status at once, then each change of wire status; no
-/// queue (a slow reader skips to the latest value); when `end` fires, a final `NOT_SERVING`
-/// (unless that was the last word already) and `grpc-status: 0`. If the engine goes away
-/// without a drain, the stream stays open until `end`.
+/// A Watch response body: [`WatchStatuses`] as fixed frames, then `grpc-status: 0`.
 struct WatchBody {
-    changes: WatchStream<Option<ServiceHealth>>,
-    engine_gone: bool,
-    end: Pin<Box<WaitForCancellationFutureOwned>>,
-    last: Option<ServingStatus>,
-    phase: Phase,
-}
-
-impl WatchBody {
-    fn send(&mut self, status: ServingStatus) -> Option<Frame<Bytes>> {
-        (self.last != Some(status)).then(|| {
-            self.last = Some(status);
-            Frame::data(framed(status))
-        })
-    }
+    statuses: WatchStatuses,
+    trailers_sent: bool,
 }
 
 impl http_body::Body for WatchBody {
@@ -338,44 +316,23 @@ impl http_body::Body for WatchBody {
     type Error = Infallible;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        loop {
-            match this.phase {
-                Phase::Done => return Poll::Ready(None),
-                Phase::Trailers => {
-                    this.phase = Phase::Done;
-                    return Poll::Ready(Some(Ok(Frame::trailers(ok_trailers()))));
-                }
-                Phase::Streaming => {}
-            }
-            if this.end.as_mut().poll(cx).is_ready() {
-                this.phase = Phase::Trailers;
-                // The last word is always NOT_SERVING.
-                if let Some(frame) = this.send(ServingStatus::NotServing) {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                continue;
-            }
-            if this.engine_gone {
-                return Poll::Pending;
-            }
-            match this.changes.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => this.engine_gone = true,
-                Poll::Ready(Some(health)) => {
-                    if let Some(frame) = this.send(serving_status(health)) {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                }
-            }
+        if self.trailers_sent {
+            return Poll::Ready(None);
         }
+        Poll::Ready(Some(Ok(match ready!(self.statuses.poll_next_unpin(cx)) {
+            Some(status) => Frame::data(framed(status)),
+            None => {
+                self.trailers_sent = true;
+                Frame::trailers(ok_trailers())
+            }
+        })))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Done
+        self.trailers_sent
     }
 }
 
@@ -494,8 +451,8 @@ mod tests {
             }
             builder.body(()).expect("valid request")
         };
-        let check = |r| matches!(eligible(&r), Some(Rpc::Check));
-        let watch = |r| matches!(eligible(&r), Some(Rpc::Watch(())));
+        let check = |r| eligible(&r) == Some(Kind::Check);
+        let watch = |r| eligible(&r) == Some(Kind::Watch);
         assert!(check(request(PATH, "application/grpc", None)));
         assert!(check(request(
             PATH,

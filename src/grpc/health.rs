@@ -1,11 +1,13 @@
 //! `grpc.health.v1.Health`, to the letter of the canonical proto and its consumers: Check,
 //! Watch and List, all answered from what the engine already published — never a probe.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -118,56 +120,72 @@ impl Health for HealthService {
         self.handle.snapshot();
         let rx = self.handle.watch_service(&request.get_ref().service);
         let initial = *rx.borrow();
-        let stream = watch_stream(rx, self.streams_end.clone());
+        let stream = WatchStatuses::new(rx, self.streams_end.clone()).map(|s| Ok(message(s)));
         Ok(response(Box::pin(stream) as WatchStream, initial))
     }
 }
 
-/// Sends the current status at once, then each *change of wire status* (a Healthy ↔ Degraded
-/// flip on a lenient service sends nothing). Holds no queue: a slow reader skips to the latest
-/// value. Ends only when `end` is cancelled, after a final `NOT_SERVING`.
-fn watch_stream(
-    rx: watch::Receiver<Option<ServiceHealth>>,
-    end: CancellationToken,
-) -> impl Stream<Item = Result<HealthCheckResponse, Status>> + Send {
-    struct State {
+/// The statuses a Watch sends: the current one at once, then each *change of wire status* (a
+/// Healthy ↔ Degraded flip on a lenient service sends nothing). Holds no queue: a slow reader
+/// skips to the latest value. When `end` is cancelled it yields a final `NOT_SERVING` (unless
+/// that was the last word already) and ends; if the engine goes away without a drain it stays
+/// open until then. Shared by [`HealthService`] and the fast path, so both send the same.
+pub(crate) struct WatchStatuses {
+    changes: tokio_stream::wrappers::WatchStream<Option<ServiceHealth>>,
+    engine_gone: bool,
+    end: Pin<Box<WaitForCancellationFutureOwned>>,
+    last: Option<ServingStatus>,
+    done: bool,
+}
+
+impl WatchStatuses {
+    pub(crate) fn new(
         rx: watch::Receiver<Option<ServiceHealth>>,
         end: CancellationToken,
-        last: Option<ServingStatus>,
-        done: bool,
-    }
-    let state = State {
-        rx,
-        end,
-        last: None,
-        done: false,
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
+    ) -> WatchStatuses {
+        WatchStatuses {
+            changes: tokio_stream::wrappers::WatchStream::new(rx),
+            engine_gone: false,
+            end: Box::pin(end.cancelled_owned()),
+            last: None,
+            done: false,
         }
+    }
+
+    fn send(&mut self, status: ServingStatus) -> Option<ServingStatus> {
+        (self.last != Some(status)).then(|| {
+            self.last = Some(status);
+            status
+        })
+    }
+}
+
+impl Stream for WatchStatuses {
+    type Item = ServingStatus;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServingStatus>> {
+        let this = self.get_mut();
         loop {
-            if st.end.is_cancelled() {
-                st.done = true;
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.end.as_mut().poll(cx).is_ready() {
+                this.done = true;
                 // The last word is always NOT_SERVING.
-                return (st.last != Some(ServingStatus::NotServing))
-                    .then(|| (Ok(message(ServingStatus::NotServing)), st));
+                return Poll::Ready(this.send(ServingStatus::NotServing));
             }
-            let now = serving_status(*st.rx.borrow_and_update());
-            if st.last != Some(now) {
-                st.last = Some(now);
-                return Some((Ok(message(now)), st));
+            if this.engine_gone {
+                return Poll::Pending;
             }
-            tokio::select! {
-                changed = st.rx.changed() => {
-                    if changed.is_err() {
-                        // The engine is gone without a drain: nothing will change any more,
-                        // but the stream stays open until drain ends it.
-                        st.end.cancelled().await;
+            match this.changes.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.engine_gone = true,
+                Poll::Ready(Some(health)) => {
+                    if let Some(status) = this.send(serving_status(health)) {
+                        return Poll::Ready(Some(status));
                     }
                 }
-                _ = st.end.cancelled() => {}
             }
         }
-    })
+    }
 }

@@ -127,10 +127,20 @@ async fn next(stream: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStat
 
 #[tokio::test]
 async fn watch_sends_the_current_status_then_only_changes_of_wire_status() {
+    // Plain requests take the fast path; gzip-compressed ones go through tonic's HealthService.
+    for compressed in [false, true] {
+        watch_sends_changes_of_wire_status(compressed).await;
+    }
+}
+
+async fn watch_sends_changes_of_wire_status(compressed: bool) {
     let switch = Switch::new();
     let handle = engine(&switch).await;
     let front = Front::start(handle.clone(), ServeOptions::default()).await;
     let mut client = HealthClient::new(front.channel().await);
+    if compressed {
+        client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
     let response = client.watch(request("lenient")).await.expect("watch");
     assert_eq!(
         response.metadata().get("x-health-state").expect("sent"),
