@@ -5,6 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/proc.rs"]
+mod proc;
+
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -45,12 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .map(|v| v.trim().trim_end_matches(" kB").to_owned())
-        .unwrap_or_default();
+    let rss = proc::rss_kib(child.id())?;
     child.kill()?;
     child.wait()?;
     println!(

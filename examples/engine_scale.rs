@@ -14,6 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/proc.rs"]
+mod proc;
+use proc::rss_kib;
+
 use axum::Router;
 use axum::http::{StatusCode, Uri};
 use tokio::net::TcpListener;
@@ -188,15 +192,6 @@ fn cpu_ticks(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
     let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .ok_or("no VmRSS")?;
-    Ok(rss.trim().trim_end_matches(" kB").parse()?)
 }
 
 fn clock_ticks_per_second() -> Result<f64, Box<dyn std::error::Error>> {

@@ -18,6 +18,10 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/proc.rs"]
+mod proc;
+use proc::rss_kib;
+
 use tokio::sync::mpsc;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -172,13 +176,4 @@ fn cpu_ns(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
             .parse::<u64>()?;
     }
     Ok(total)
-}
-
-fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .ok_or("no VmRSS")?;
-    Ok(rss.trim().trim_end_matches(" kB").parse()?)
 }

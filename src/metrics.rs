@@ -345,46 +345,50 @@ impl Collector for HealthGauges {
             return Ok(());
         };
         let snapshot = snapshots.borrow().clone();
-        if !snapshot.dependencies.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "dependency_health",
-                "Dependency health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
-                None,
-                MetricType::Gauge,
-            )?;
-            for d in &snapshot.dependencies {
-                family
-                    .encode_family(&[("dependency", &*d.name)])?
-                    .encode_gauge(&level(d.health))?;
-            }
-        }
-        if snapshot.services.is_empty() {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
+        let deps = || snapshot.dependencies.iter();
+        let services = || snapshot.services.iter();
+        gauges(
+            &mut encoder,
+            "dependency_health",
+            "Dependency health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
+            "dependency",
+            deps().map(|d| (&*d.name, level(d.health))),
+        )?;
+        gauges(
+            &mut encoder,
             "service_health",
             "Service health: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy",
-            None,
-            MetricType::Gauge,
+            "service",
+            services().map(|s| (&*s.name, level(s.status.health))),
         )?;
-        for s in &snapshot.services {
-            family
-                .encode_family(&[("service", &*s.name)])?
-                .encode_gauge(&level(s.status.health))?;
-        }
-        let mut family = encoder.encode_descriptor(
+        gauges(
+            &mut encoder,
             "service_serving",
             "1 when grpc.health.v1 answers SERVING for the service",
-            None,
-            MetricType::Gauge,
-        )?;
-        for s in &snapshot.services {
-            family
-                .encode_family(&[("service", &*s.name)])?
-                .encode_gauge(&i64::from(s.status.serving))?;
-        }
-        Ok(())
+            "service",
+            services().map(|s| (&*s.name, i64::from(s.status.serving))),
+        )
     }
+}
+
+/// One gauge family with a series per `(label value, value)`; nothing at all when empty.
+fn gauges<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl ExactSizeIterator<Item = (&'a str, i64)>,
+) -> Result<(), std::fmt::Error> {
+    if series.len() == 0 {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, gauge) in series {
+        family
+            .encode_family(&[(label, value)])?
+            .encode_gauge(&gauge)?;
+    }
+    Ok(())
 }
 
 /// The method label for a request path: the path itself when known, else `other`.

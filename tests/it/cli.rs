@@ -215,14 +215,12 @@ async fn check_detail_json_prints_one_object_and_keeps_the_exit_code() {
     );
 }
 
-#[tokio::test]
-async fn serve_prints_its_address_and_drains_on_sigterm() {
-    let file = write(
-        "ok.toml",
-        "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"200ms\"\ndrain_timeout = \"1s\"\n[services.liveness]\n",
-    );
+/// `healthgate ARGS… serve --config FILE`, once it printed its gRPC address.
+async fn serve(args: &[&str], file: &str) -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--config", &file])
+        .args(args)
+        .args(["serve", "--config", file])
+        .env_remove("HEALTHGATE_WORKER_THREADS")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -231,8 +229,21 @@ async fn serve_prints_its_address_and_drains_on_sigterm() {
     let line = next_line(&mut stdout).await;
     let addr = line
         .strip_prefix("grpc listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let out = run(&["check", "--addr", addr, "--service", "liveness"]).await;
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    // Keep reading, so a later line never meets a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn serve_prints_its_address_and_drains_on_sigterm() {
+    let file = write(
+        "ok.toml",
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"200ms\"\ndrain_timeout = \"1s\"\n[services.liveness]\n",
+    );
+    let (mut child, addr) = serve(&[], &file).await;
+    let out = run(&["check", "--addr", &addr, "--service", "liveness"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let took = terminate(&mut child).await;
     assert!(took < Duration::from_secs(3), "drained in {took:?}");
@@ -333,24 +344,9 @@ async fn serve_runs_on_one_thread_unless_worker_threads_asks_for_more() {
         "threads.toml",
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[services.liveness]\n",
     );
-    for (args, workers) in [
-        (&["serve"][..], 0),
-        (&["--worker-threads", "3", "serve"][..], 3),
-    ] {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .args(["--config", &file])
-            .env_remove("HEALTHGATE_WORKER_THREADS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawns");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let line = next_line(&mut stdout).await;
-        let addr = line
-            .strip_prefix("grpc listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let out = run(&["check", "--addr", addr, "--service", "liveness"]).await;
+    for (args, workers) in [(&[][..], 0), (&["--worker-threads", "3"][..], 3)] {
+        let (mut child, addr) = serve(args, &file).await;
+        let out = run(&["check", "--addr", &addr, "--service", "liveness"]).await;
         assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
         let pid = child.id().expect("running");
         assert_eq!(worker_threads(pid), workers, "{args:?}");
