@@ -80,11 +80,10 @@ pub struct BuildError {
     reason: String,
 }
 
-/// Builds probes, sharing one HTTP client (and connection pool) per distinct TLS and redirect
-/// setting.
+/// Builds probes, sharing one HTTP client (and connection pool) per distinct TLS setting.
 #[derive(Debug, Default)]
 pub(crate) struct ProbeFactory {
-    http_clients: HashMap<http::ClientKey, reqwest::Client>,
+    http_clients: HashMap<http::ClientKey, Arc<http::Client>>,
 }
 
 impl ProbeFactory {
@@ -93,11 +92,11 @@ impl ProbeFactory {
         let fail = |reason: String| BuildError { kind, reason };
         Ok(match &spec.probe {
             ProbeSpec::Http(s) => {
-                let key = http::ClientKey::for_spec(s);
+                let key = http::client_key(s);
                 let client = match self.http_clients.get(&key) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = http::client(&key).map_err(fail)?;
+                        let c = Arc::new(http::Client::new(key.as_ref()).map_err(fail)?);
                         self.http_clients.insert(key, c.clone());
                         c
                     }
@@ -129,7 +128,7 @@ mod tests {
     use crate::Config;
 
     #[tokio::test]
-    async fn http_probes_share_a_client_per_tls_and_redirect_setting() {
+    async fn http_probes_share_a_client_per_tls_setting() {
         let config = Config::from_toml_with_env(
             r#"
 [dependencies.a]
@@ -158,7 +157,8 @@ tls = { insecure = true }
         for spec in config.dependencies.values() {
             factory.build(spec).expect("builds");
         }
-        // a+b share; c differs by redirects; d+e share an insecure TLS client.
-        assert_eq!(factory.http_clients.len(), 3);
+        // a, b and c share a plain client (redirects are per probe); d+e share an insecure
+        // TLS client.
+        assert_eq!(factory.http_clients.len(), 2);
     }
 }

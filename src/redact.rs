@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use reqwest::Url;
+use url::Url;
 
 /// What replaces a secret wherever one would be printed.
 pub const REDACTED: &str = "[redacted]";

@@ -6,9 +6,9 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Url;
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use tonic::metadata::MetadataMap;
+use url::Url;
 
 use super::TlsSpec;
 use super::error::Problem;
@@ -111,7 +111,7 @@ pub struct HttpSpec {
     /// The URL requested (may carry credentials: never print it, use [`redact_url`]).
     pub url: Url,
     /// The request method.
-    pub method: reqwest::Method,
+    pub method: http::Method,
     /// Request headers; secret values are marked sensitive.
     pub headers: HeaderMap,
     /// Statuses that count as success.

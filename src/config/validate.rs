@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use url::Url;
 
 use super::dependency::*;
 use super::error::{Problem, key};
@@ -112,7 +112,7 @@ impl Validator<'_> {
     fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
         let mut t = TelemetryConfig::default();
         if let Some(endpoint) = &raw.otlp_endpoint {
-            match reqwest::Url::parse(endpoint) {
+            match Url::parse(endpoint) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
                     t.otlp_endpoint = Some(endpoint.clone())
                 }
@@ -391,8 +391,8 @@ impl Validator<'_> {
     ) -> Option<HttpSpec> {
         let url = self.url(&format!("{path}.url"), raw.url.as_deref(), "url", secrets);
         let method = match raw.method.as_deref() {
-            None => Some(reqwest::Method::GET),
-            Some(m) => match reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            None => Some(http::Method::GET),
+            Some(m) => match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(method) => Some(method),
                 Err(_) => {
                     self.problem(format!("{path}.method"), format!("invalid method {m:?}"));

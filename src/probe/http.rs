@@ -1,70 +1,40 @@
 //! The HTTP probe: one request, status and body checked, body read as a stream and never
-//! buffered beyond `max_body_bytes`.
+//! buffered beyond `max_body_bytes`. Requests go through our own HTTP/1.1 client (`client`,
+//! `wire`), which keeps an idle keep-alive connection down to its socket.
 
-use reqwest::redirect::Policy;
+mod client;
+mod wire;
 
-use super::{Probe, ProbeContext, ProbeFuture, reason, tls};
+use std::sync::Arc;
+
+pub(crate) use client::Client;
+use http::{HeaderValue, Method};
+
+use super::{Probe, ProbeContext, ProbeFuture};
 use crate::config::{BodyCondition, BodyMatcher, HttpSpec, JsonSelector, TlsSpec};
 use crate::{Health, Verdict};
 
 /// The most redirects followed (same origin only) when `follow_redirects = true`.
 const MAX_REDIRECTS: usize = 5;
 
-/// What makes two HTTP probes able to share a client: TLS settings (`None` for plain HTTP) and
-/// the redirect policy, which reqwest fixes per client.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ClientKey {
-    tls: Option<TlsSpec>,
-    follow_redirects: bool,
-}
+/// What makes two HTTP probes able to share a client (and its connections): the TLS settings,
+/// `None` for plain HTTP.
+pub(crate) type ClientKey = Option<TlsSpec>;
 
-impl ClientKey {
-    pub(crate) fn for_spec(spec: &HttpSpec) -> ClientKey {
-        ClientKey {
-            tls: (spec.url.scheme() == "https").then(|| spec.tls.clone()),
-            follow_redirects: spec.follow_redirects,
-        }
-    }
-}
-
-/// A reqwest client for probes with this key: keep-alive, no proxies from the environment (a
-/// health probe must reach the dependency itself), redirects off or same-origin only.
-pub(crate) fn client(key: &ClientKey) -> Result<reqwest::Client, String> {
-    let tls = tls::client_config(key.tls.as_ref(), true)?;
-    let redirect = if key.follow_redirects {
-        Policy::custom(|attempt| {
-            let same_origin = attempt
-                .previous()
-                .first()
-                .is_some_and(|first| first.origin() == attempt.url().origin());
-            if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
-                // Stop: the 3xx itself becomes the response, and the other origin gets nothing.
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        })
-    } else {
-        Policy::none()
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(redirect)
-        .no_proxy()
-        .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| reason::describe(&e).unwrap_or_else(|| "invalid client settings".to_owned()))
+/// The client key for a spec.
+pub(crate) fn client_key(spec: &HttpSpec) -> ClientKey {
+    (spec.url.scheme() == "https").then(|| spec.tls.clone())
 }
 
 /// Probes one URL.
 #[derive(Debug)]
 pub(crate) struct HttpProbe {
     spec: HttpSpec,
-    client: reqwest::Client,
+    client: Arc<Client>,
 }
 
 impl HttpProbe {
-    pub(crate) fn new(spec: HttpSpec, client: reqwest::Client) -> HttpProbe {
+    pub(crate) fn new(spec: HttpSpec, client: Arc<Client>) -> HttpProbe {
         HttpProbe { spec, client }
     }
 
@@ -72,26 +42,42 @@ impl HttpProbe {
         let mut headers = self.spec.headers.clone();
         if let Some((parent, state)) = crate::trace_context::current() {
             for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
-                if let Some(value) =
-                    value.and_then(|v| reqwest::header::HeaderValue::from_str(&v).ok())
-                {
+                if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
                     headers.insert(name, value);
                 }
             }
         }
-        let request = self
-            .client
-            .request(self.spec.method.clone(), self.spec.url.clone())
-            .headers(headers);
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return Verdict::unhealthy(request_failure(&e)),
+        let cap = self.spec.max_body_bytes;
+        let mut method = self.spec.method.clone();
+        let mut url = self.spec.url.clone();
+        let mut redirects = 0;
+        let response = loop {
+            let response = match self.client.send(&method, &url, &headers, cap).await {
+                Ok(r) => r,
+                Err(failure) => return Verdict::unhealthy(failure.0),
+            };
+            let next = match (&response.location, response.status) {
+                (Some(location), 301 | 302 | 303 | 307 | 308) if self.spec.follow_redirects => {
+                    url.join(location).ok()
+                }
+                _ => None,
+            };
+            // Only to the same origin (the credentials and headers go along), and not forever:
+            // otherwise the 3xx itself is the answer.
+            match next {
+                Some(next) if next.origin() == url.origin() && redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    if response.status == 303 && method != Method::HEAD
+                        || matches!(response.status, 301 | 302) && method == Method::POST
+                    {
+                        method = Method::GET;
+                    }
+                    url = next;
+                }
+                _ => break response,
+            }
         };
-        let status = response.status().as_u16();
-        let body = match read_capped(response, self.spec.max_body_bytes).await {
-            Ok(body) => body,
-            Err(reason) => return Verdict::unhealthy(reason),
-        };
+        let status = response.status;
         if self.spec.degraded_statuses.contains(status) {
             return Verdict::degraded(format!("HTTP {status}"));
         }
@@ -102,7 +88,11 @@ impl HttpProbe {
                 format!("HTTP {status}")
             });
         }
-        check_body(&self.spec.body, &body, self.spec.max_body_bytes)
+        let body = Body {
+            bytes: response.body,
+            truncated: response.truncated,
+        };
+        check_body(&self.spec.body, &body, cap)
     }
 }
 
@@ -116,47 +106,6 @@ impl Probe for HttpProbe {
 struct Body {
     bytes: Vec<u8>,
     truncated: bool,
-}
-
-/// Reads at most `cap` bytes, chunk by chunk. Past the cap the response is dropped, which closes
-/// the connection instead of downloading the rest.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Body, String> {
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = cap - bytes.len();
-                if chunk.len() > room {
-                    bytes.extend_from_slice(&chunk[..room]);
-                    return Ok(Body {
-                        bytes,
-                        truncated: true,
-                    });
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => {
-                return Ok(Body {
-                    bytes,
-                    truncated: false,
-                });
-            }
-            Err(e) => {
-                let cause = reason::describe(&e).unwrap_or_else(|| "body read failed".to_owned());
-                return Err(format!("reading body: {cause}"));
-            }
-        }
-    }
-}
-
-fn request_failure(e: &reqwest::Error) -> String {
-    let cause = reason::describe(e);
-    match cause {
-        Some(cause) => cause,
-        None if e.is_connect() => "connect failed".to_owned(),
-        None if e.is_redirect() => "redirect failed".to_owned(),
-        None => "request failed".to_owned(),
-    }
 }
 
 /// Applies body conditions in order; the first that fails decides.

@@ -1,8 +1,9 @@
 //! Turning errors into short, safe reasons.
 //!
-//! reqwest's own `Display` includes the request URL (credentials and all), so we never print a
-//! reqwest error itself: we walk its source chain for the I/O or TLS cause, or the innermost
-//! library message (`invalid HTTP version parsed`), none of which quote the URL.
+//! A network library's top-level error may quote the endpoint (credentials and all), so we never
+//! print it: we walk its source chain for the I/O or TLS cause, or the innermost library
+//! message, none of which quote the URL. The HTTP probe builds its reasons itself from I/O
+//! errors (`describe_io`) and its own parse errors.
 
 use std::error::Error;
 use std::io;

@@ -15,16 +15,15 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The rustls config for `spec`; `None` builds one for plain-HTTP clients that never use TLS
-/// (no roots loaded, so start-up does not pay for reading the system store).
-pub(crate) fn client_config(spec: Option<&TlsSpec>, alpn_h2: bool) -> Result<ClientConfig, String> {
+/// The rustls config for `spec`, offering the `alpn` protocols.
+pub(crate) fn client_config(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = match spec {
-        Some(spec) if spec.insecure => Arc::new(Unverified::accept_any(&provider)),
-        Some(spec) => {
+        spec if spec.insecure => Arc::new(Unverified::accept_any(&provider)),
+        spec => {
             let webpki = WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots(spec)?),
                 provider.clone(),
@@ -40,22 +39,17 @@ pub(crate) fn client_config(spec: Option<&TlsSpec>, alpn_h2: bool) -> Result<Cli
                 None => webpki,
             }
         }
-        None => Arc::new(Unverified::reject_all(&provider)),
     };
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let mut config = match spec.and_then(TlsSpec::identity) {
+    let mut config = match spec.identity() {
         Some((certs, key)) => builder
             .with_client_auth_cert(certs, key)
             .map_err(|e| e.to_string())?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = if alpn_h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -74,26 +68,16 @@ fn roots(spec: &TlsSpec) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// A verifier that does not look at the certificate chain: `accept_any` for
-/// `tls.insecure = true`, `reject_all` for plain-HTTP clients that must never complete a TLS
-/// handshake. Either way the handshake signature is checked against the presented key.
+/// A verifier that does not look at the certificate chain, for `tls.insecure = true`. The
+/// handshake signature is still checked against the presented key.
 #[derive(Debug)]
 pub(crate) struct Unverified {
-    accept: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Unverified {
     pub(crate) fn accept_any(provider: &CryptoProvider) -> Unverified {
         Unverified {
-            accept: true,
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-
-    fn reject_all(provider: &CryptoProvider) -> Unverified {
-        Unverified {
-            accept: false,
             algorithms: provider.signature_verification_algorithms,
         }
     }
@@ -108,13 +92,7 @@ impl ServerCertVerifier for Unverified {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.accept {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "no trusted roots for a plain-HTTP client".into(),
-            ))
-        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -102,7 +102,7 @@ async fn refused_connection_and_garbage_are_unhealthy_with_a_reason() {
     let outcome = probe_once(&http(&url, "")).await;
     assert_eq!(
         outcome.verdict,
-        Verdict::unhealthy("invalid HTTP version parsed")
+        Verdict::unhealthy("invalid HTTP response: invalid HTTP version")
     );
 }
 
