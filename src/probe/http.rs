@@ -6,6 +6,7 @@ mod client;
 mod wire;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub(crate) use client::Client;
 use http::{HeaderValue, Method};
@@ -38,7 +39,7 @@ impl HttpProbe {
         HttpProbe { spec, client }
     }
 
-    async fn run(&self) -> Verdict {
+    async fn run(&self, timeout: Duration) -> Verdict {
         let mut headers = self.spec.headers.clone();
         if let Some((parent, state)) = crate::trace_context::current() {
             for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
@@ -52,7 +53,8 @@ impl HttpProbe {
         let mut url = self.spec.url.clone();
         let mut redirects = 0;
         let response = loop {
-            let response = match self.client.send(&method, &url, &headers, cap).await {
+            let sent = self.client.send(&method, &url, &headers, cap, timeout);
+            let response = match sent.await {
                 Ok(r) => r,
                 Err(failure) => return Verdict::unhealthy(failure.0),
             };
@@ -97,8 +99,8 @@ impl HttpProbe {
 }
 
 impl Probe for HttpProbe {
-    fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
-        Box::pin(self.run())
+    fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_> {
+        Box::pin(self.run(ctx.timeout))
     }
 }
 

@@ -116,13 +116,15 @@ impl Client {
     }
 
     /// Sends one request and reads the response, keeping at most `cap` body bytes. A body
-    /// longer than that is not read further (its connection is closed, not drained).
+    /// longer than that is not read further (its connection is closed, not drained). `timeout`
+    /// is the probe's: a name with several addresses gives each connect attempt a share of it.
     pub(crate) async fn send(
         &self,
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
         cap: usize,
+        timeout: Duration,
     ) -> Result<Response, Failure> {
         let origin = origin(url)?;
         let request = wire::encode_request(method, url, headers);
@@ -132,7 +134,7 @@ impl Client {
                 done => return done.map_err(|e| Failure(e.reason)),
             }
         }
-        let conn = self.connect(url, &origin).await?;
+        let conn = self.connect(url, &origin, timeout).await?;
         self.exchange(conn, &origin, &request, method, cap)
             .await
             .map_err(|e| Failure(e.reason))
@@ -265,8 +267,14 @@ impl Client {
         }
     }
 
-    /// A new connection: every resolved address in turn, then the TLS handshake.
-    async fn connect(&self, url: &Url, origin: &Origin) -> Result<Conn, Failure> {
+    /// A new connection: the resolved addresses in turn ([`connect_any`]), then the TLS
+    /// handshake.
+    async fn connect(
+        &self,
+        url: &Url,
+        origin: &Origin,
+        timeout: Duration,
+    ) -> Result<Conn, Failure> {
         let addrs: Vec<SocketAddr> = match url.host() {
             Some(Host::Ipv4(ip)) => vec![(ip, origin.port).into()],
             Some(Host::Ipv6(ip)) => vec![(ip, origin.port).into()],
@@ -276,24 +284,12 @@ impl Client {
                 .collect(),
             None => return Err(Failure("URL has no host".to_owned())),
         };
-        let mut first_error = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    tcp = Some(stream);
-                    break;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
+        if addrs.is_empty() {
+            return Err(Failure("dns: no addresses".to_owned()));
         }
-        let tcp = match (tcp, first_error) {
-            (Some(tcp), _) => tcp,
-            (None, Some(e)) => return Err(Failure(reason::describe_io(&e))),
-            (None, None) => return Err(Failure("dns: no addresses".to_owned())),
-        };
+        let tcp = connect_any(&addrs, timeout)
+            .await
+            .map_err(|e| Failure(reason::describe_io(&e)))?;
         // Requests are written whole; do not hold them back for an ACK.
         let _ = tcp.set_nodelay(true);
         if !origin.tls {
@@ -335,6 +331,31 @@ fn origin(url: &Url) -> Result<Origin, Failure> {
             .port_or_known_default()
             .ok_or_else(|| Failure("URL has no port".to_owned()))?,
     })
+}
+
+/// Connects to the first of `addrs` that accepts. With several addresses each attempt gets an
+/// equal share of `timeout`, so one black-holed address (an IPv6 route that drops packets) does
+/// not use up the probe. The error is the first address's.
+async fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
+    let share = timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+    let mut first_error = None;
+    for addr in addrs {
+        let attempt = TcpStream::connect(addr);
+        let result = if addrs.len() == 1 {
+            attempt.await
+        } else {
+            tokio::time::timeout(share, attempt)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        };
+        match result {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()))
 }
 
 /// Reads what the socket has (up to [`READ_CHUNK`]) onto the end of `buf`.
@@ -447,7 +468,10 @@ mod tests {
     }
 
     async fn get(client: &Client, url: &Url, cap: usize) -> Result<Response, Failure> {
-        client.send(&Method::GET, url, &HeaderMap::new(), cap).await
+        let timeout = Duration::from_secs(10);
+        client
+            .send(&Method::GET, url, &HeaderMap::new(), cap, timeout)
+            .await
     }
 
     #[tokio::test]
@@ -490,6 +514,40 @@ mod tests {
             "Connection: close is honoured"
         );
         assert_eq!(client.idle_count(), 2, "the first two servers' connections");
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_address_does_not_use_up_the_timeout() {
+        // A listener that never accepts, with its accept queue full: further SYNs are dropped,
+        // so a connect to it hangs like one to a black-holed route.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("literal"))
+            .expect("bind");
+        let hung = socket.listen(0).expect("listen");
+        let hung_addr = hung.local_addr().expect("bound");
+        let mut queued = Vec::new();
+        while let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hung_addr)).await
+        {
+            queued.push(c);
+        }
+        let good = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let good_addr = good.local_addr().expect("bound");
+
+        let addrs = [hung_addr, good_addr];
+        let connect = connect_any(&addrs, Duration::from_secs(2));
+        let tcp = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .expect("the second address was tried")
+            .expect("connected");
+        assert_eq!(tcp.peer_addr().expect("connected"), good_addr);
+
+        let err = connect_any(&[hung_addr, hung_addr], Duration::from_millis(400))
+            .await
+            .expect_err("neither answers");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(queued);
     }
 
     #[tokio::test]
