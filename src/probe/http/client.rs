@@ -43,6 +43,9 @@ const READ_CHUNK: usize = 8 * 1024;
 pub(crate) struct Client {
     /// `None` for plain-HTTP clients.
     tls: Option<TlsConnector>,
+    /// `tls.server_name`: sent as SNI (and verified, by the config's verifier) instead of the
+    /// URL's host.
+    server_name: Option<ServerName<'static>>,
     pool: Mutex<Pool>,
 }
 
@@ -99,6 +102,12 @@ struct ExchangeError {
 impl Client {
     /// A client for plain HTTP (`tls = None`) or for HTTPS with these TLS settings.
     pub(crate) fn new(tls: Option<&crate::config::TlsSpec>) -> Result<Client, String> {
+        let server_name = match tls.and_then(|spec| spec.server_name.clone()) {
+            Some(name) => Some(
+                ServerName::try_from(name).map_err(|e| format!("invalid tls.server_name: {e}"))?,
+            ),
+            None => None,
+        };
         let tls = match tls {
             Some(spec) => Some(TlsConnector::from(Arc::new(tls::client_config(
                 spec,
@@ -108,6 +117,7 @@ impl Client {
         };
         Ok(Client {
             tls,
+            server_name,
             pool: Mutex::new(Pool {
                 idle: HashMap::new(),
                 last_sweep: Instant::now(),
@@ -214,7 +224,14 @@ impl Client {
                 return Err(late("chunk metadata too long".to_owned()));
             }
             match read_more(&mut conn, &mut buf).await {
+                // A close ends this body; over TLS without close_notify, as many servers do.
                 Ok(0) if head.framing == Framing::UntilClose => break,
+                Err(e)
+                    if head.framing == Framing::UntilClose
+                        && e.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    break;
+                }
                 Ok(0) => return Err(late("connection closed by peer".to_owned())),
                 Ok(_) => {}
                 Err(e) => return Err(late(reason::describe_io(&e))),
@@ -298,12 +315,13 @@ impl Client {
         let Some(connector) = &self.tls else {
             return Err(Failure("https URL on a plain-HTTP client".to_owned()));
         };
-        let name = match url.host() {
-            Some(Host::Domain(d)) => ServerName::try_from(d.to_owned())
+        let name = match (&self.server_name, url.host()) {
+            (Some(configured), _) => configured.clone(),
+            (None, Some(Host::Domain(d))) => ServerName::try_from(d.to_owned())
                 .map_err(|_| Failure("tls: invalid server name".to_owned()))?,
-            Some(Host::Ipv4(ip)) => ServerName::from(std::net::IpAddr::from(ip)),
-            Some(Host::Ipv6(ip)) => ServerName::from(std::net::IpAddr::from(ip)),
-            None => return Err(Failure("URL has no host".to_owned())),
+            (None, Some(Host::Ipv4(ip))) => ServerName::from(std::net::IpAddr::from(ip)),
+            (None, Some(Host::Ipv6(ip))) => ServerName::from(std::net::IpAddr::from(ip)),
+            (None, None) => return Err(Failure("URL has no host".to_owned())),
         };
         let tls = connector
             .connect(name, tcp)
@@ -432,14 +450,44 @@ mod tests {
     /// A raw HTTP/1.1 server answering each request on a connection with the next of
     /// `answers` (all written at once), then closing; it counts connections.
     async fn scripted(answers: Vec<&'static str>) -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+        let (url, accepted, _) = scripted_on(answers, None).await;
+        (url, accepted)
+    }
+
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+    /// [`scripted`], over TLS when given an acceptor (then it also records the SNI it saw).
+    /// After its last answer it drops the connection without a TLS close_notify.
+    async fn scripted_on(
+        answers: Vec<&'static str>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (
+        Url,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Option<String>>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound");
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let sni = Arc::new(Mutex::new(None));
+        let (counter, seen_sni) = (accepted.clone(), sni.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
+            while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let answers = answers.clone();
+                let mut socket: Box<dyn Io> = match &tls {
+                    None => Box::new(tcp),
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => {
+                            let name = stream.get_ref().1.server_name().map(str::to_owned);
+                            *seen_sni.lock().expect("not poisoned") = name;
+                            Box::new(stream)
+                        }
+                        Err(_) => continue,
+                    },
+                };
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
@@ -463,8 +511,8 @@ mod tests {
                 });
             }
         });
-        let url = Url::parse(&format!("http://{addr}/h")).expect("url");
-        (url, accepted)
+        let url = Url::parse(&format!("{scheme}://localhost:{}/h", addr.port())).expect("url");
+        (url, accepted, sni)
     }
 
     async fn get(client: &Client, url: &Url, cap: usize) -> Result<Response, Failure> {
@@ -548,6 +596,45 @@ mod tests {
             .expect_err("neither answers");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(queued);
+    }
+
+    /// A TLS acceptor with a fresh self-signed certificate for `localhost`.
+    fn acceptor() -> tokio_rustls::TlsAcceptor {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn tls_connections_are_reused_and_a_close_without_close_notify_ends_a_body() {
+        let spec = crate::config::TlsSpec {
+            insecure: true,
+            server_name: Some("dependency.internal".to_owned()),
+            ..Default::default()
+        };
+        let client = Client::new(Some(&spec)).expect("client");
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (url, accepted, sni) = scripted_on(vec![ok, ok, ok], Some(acceptor())).await;
+        for _ in 0..3 {
+            assert_eq!(get(&client, &url, 16).await.expect("answered").body, b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            sni.lock().expect("not poisoned").as_deref(),
+            Some("dependency.internal"),
+            "tls.server_name is the SNI"
+        );
+
+        let (url, _, _) =
+            scripted_on(vec!["HTTP/1.1 200 OK\r\n\r\nuntil close"], Some(acceptor())).await;
+        let r = get(&client, &url, 64).await.expect("a close ends the body");
+        assert_eq!(r.body, b"until close");
     }
 
     #[tokio::test]
