@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -28,7 +27,7 @@ use tokio_rustls::client::TlsStream;
 use url::{Host, Url};
 
 use super::wire::{self, Decoder, Framing, MAX_HEAD_BYTES};
-use crate::probe::{reason, tls};
+use crate::probe::{reason, tcp, tls};
 
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -67,7 +66,7 @@ struct Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Origin {
     tls: bool,
-    host: String,
+    host: Host,
     port: u16,
 }
 
@@ -144,7 +143,7 @@ impl Client {
                 done => return done.map_err(|e| Failure(e.reason)),
             }
         }
-        let conn = self.connect(url, &origin, timeout).await?;
+        let conn = self.connect(&origin, timeout).await?;
         self.exchange(conn, &origin, &request, method, cap)
             .await
             .map_err(|e| Failure(e.reason))
@@ -284,29 +283,16 @@ impl Client {
         }
     }
 
-    /// A new connection: the resolved addresses in turn ([`connect_any`]), then the TLS
+    /// A new connection ([`tcp::connect`]: the resolved addresses in turn), then the TLS
     /// handshake.
-    async fn connect(
-        &self,
-        url: &Url,
-        origin: &Origin,
-        timeout: Duration,
-    ) -> Result<Conn, Failure> {
-        let addrs: Vec<SocketAddr> = match url.host() {
-            Some(Host::Ipv4(ip)) => vec![(ip, origin.port).into()],
-            Some(Host::Ipv6(ip)) => vec![(ip, origin.port).into()],
-            Some(Host::Domain(name)) => tokio::net::lookup_host((name, origin.port))
-                .await
-                .map_err(|e| Failure(format!("dns: {}", reason::describe_io(&e))))?
-                .collect(),
-            None => return Err(Failure("URL has no host".to_owned())),
-        };
-        if addrs.is_empty() {
-            return Err(Failure("dns: no addresses".to_owned()));
+    async fn connect(&self, origin: &Origin, timeout: Duration) -> Result<Conn, Failure> {
+        let port = origin.port;
+        let tcp = match &origin.host {
+            Host::Domain(name) => tcp::connect((name.as_str(), port), timeout).await,
+            Host::Ipv4(ip) => tcp::connect((*ip, port), timeout).await,
+            Host::Ipv6(ip) => tcp::connect((*ip, port), timeout).await,
         }
-        let tcp = connect_any(&addrs, timeout)
-            .await
-            .map_err(|e| Failure(reason::describe_io(&e)))?;
+        .map_err(Failure)?;
         // Requests are written whole; do not hold them back for an ACK.
         let _ = tcp.set_nodelay(true);
         if !origin.tls {
@@ -315,13 +301,12 @@ impl Client {
         let Some(connector) = &self.tls else {
             return Err(Failure("https URL on a plain-HTTP client".to_owned()));
         };
-        let name = match (&self.server_name, url.host()) {
+        let name = match (&self.server_name, &origin.host) {
             (Some(configured), _) => configured.clone(),
-            (None, Some(Host::Domain(d))) => ServerName::try_from(d.to_owned())
+            (None, Host::Domain(d)) => ServerName::try_from(d.clone())
                 .map_err(|_| Failure("tls: invalid server name".to_owned()))?,
-            (None, Some(Host::Ipv4(ip))) => ServerName::from(std::net::IpAddr::from(ip)),
-            (None, Some(Host::Ipv6(ip))) => ServerName::from(std::net::IpAddr::from(ip)),
-            (None, None) => return Err(Failure("URL has no host".to_owned())),
+            (None, Host::Ipv4(ip)) => ServerName::from(std::net::IpAddr::from(*ip)),
+            (None, Host::Ipv6(ip)) => ServerName::from(std::net::IpAddr::from(*ip)),
         };
         let tls = connector
             .connect(name, tcp)
@@ -342,38 +327,13 @@ fn origin(url: &Url) -> Result<Origin, Failure> {
     Ok(Origin {
         tls: url.scheme() == "https",
         host: url
-            .host_str()
+            .host()
             .ok_or_else(|| Failure("URL has no host".to_owned()))?
             .to_owned(),
         port: url
             .port_or_known_default()
             .ok_or_else(|| Failure("URL has no port".to_owned()))?,
     })
-}
-
-/// Connects to the first of `addrs` that accepts. With several addresses each attempt gets an
-/// equal share of `timeout`, so one black-holed address (an IPv6 route that drops packets) does
-/// not use up the probe. The error is the first address's.
-async fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
-    let share = timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX);
-    let mut first_error = None;
-    for addr in addrs {
-        let attempt = TcpStream::connect(addr);
-        let result = if addrs.len() == 1 {
-            attempt.await
-        } else {
-            tokio::time::timeout(share, attempt)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-        };
-        match result {
-            Ok(stream) => return Ok(stream),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()))
 }
 
 /// Reads what the socket has (up to [`READ_CHUNK`]) onto the end of `buf`.
@@ -562,40 +522,6 @@ mod tests {
             "Connection: close is honoured"
         );
         assert_eq!(client.idle_count(), 2, "the first two servers' connections");
-    }
-
-    #[tokio::test]
-    async fn a_black_holed_address_does_not_use_up_the_timeout() {
-        // A listener that never accepts, with its accept queue full: further SYNs are dropped,
-        // so a connect to it hangs like one to a black-holed route.
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind("127.0.0.1:0".parse().expect("literal"))
-            .expect("bind");
-        let hung = socket.listen(0).expect("listen");
-        let hung_addr = hung.local_addr().expect("bound");
-        let mut queued = Vec::new();
-        while let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hung_addr)).await
-        {
-            queued.push(c);
-        }
-        let good = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let good_addr = good.local_addr().expect("bound");
-
-        let addrs = [hung_addr, good_addr];
-        let connect = connect_any(&addrs, Duration::from_secs(2));
-        let tcp = tokio::time::timeout(Duration::from_secs(30), connect)
-            .await
-            .expect("the second address was tried")
-            .expect("connected");
-        assert_eq!(tcp.peer_addr().expect("connected"), good_addr);
-
-        let err = connect_any(&[hung_addr, hung_addr], Duration::from_millis(400))
-            .await
-            .expect_err("neither answers");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        drop(queued);
     }
 
     /// A TLS acceptor with a fresh self-signed certificate for `localhost`.
