@@ -44,8 +44,9 @@ pub(crate) struct Runner {
 /// Why: without a limit, the first round of a large config (every dependency within
 /// `jitter × interval`) opens thousands of connections at once. 10,000 HTTP dependencies on one
 /// host then overloaded the thread, probes timed out, their connections were dropped and
-/// reopened every second (~13,000 sockets, the kernel searching ephemeral ports, hyper's pool
-/// scanning its waiters on every dropped checkout), and the engine never recovered: 99 % CPU,
+/// reopened every second (~13,000 sockets, the kernel searching ephemeral ports, the HTTP
+/// client's pool — reqwest's, then — scanning its waiters on every dropped checkout), and the
+/// engine never recovered: 99 % CPU,
 /// each dependency probed every 14 s. Steady state needs far fewer (1,000 dependencies at 1 s
 /// with millisecond answers keep a handful in flight); the limit is high enough that a few
 /// hundred hung dependencies (each holding a permit up to its timeout) do not delay the rest.
