@@ -29,7 +29,7 @@ use crate::redact;
 pub use dependency::{
     BodyCondition, BodyMatcher, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
-    JsonSelector, Mode, OnDemand, ProbeSpec, StatusSet, TcpSpec,
+    JsonSelector, MAX_DURATION, MAX_STREAK, Mode, OnDemand, ProbeSpec, StatusSet, TcpSpec,
 };
 pub(crate) use error::key as path_key;
 pub use error::{ConfigError, Problem};

@@ -18,16 +18,20 @@ pub(crate) mod rollup;
 mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Health;
 use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
-use crate::snapshot::{ServiceHealth, Snapshot};
+use crate::snapshot::{ServiceHealth, ServiceState, Snapshot};
 use reducer::{Command, Reducer};
 
 /// Entry points for building an engine.
@@ -100,11 +104,7 @@ impl EngineBuilder {
             return Err(StartError::Invalid(problems));
         }
         let (commands_tx, commands) = mpsc::channel(64);
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
-        let shared = Arc::new(Shared {
-            snapshot,
-            watchers: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared::new());
         if let Some(m) = &self.metrics {
             m.attach(shared.snapshot.subscribe());
         }
@@ -135,7 +135,7 @@ impl EngineBuilder {
         }
         // Publish before returning, so the first reader sees every dependency and service.
         reducer.publish();
-        tracker.spawn(reducer.run());
+        tracker.spawn(supervise(shared.clone(), reducer.run()));
         Ok(Handle {
             shared,
             commands: commands_tx,
@@ -218,6 +218,13 @@ fn list(problems: &[Problem]) -> String {
         .join("; ")
 }
 
+/// Runs the reducer; if it panics (a defect), the engine fails loudly: see [`Shared::fail`].
+async fn supervise(shared: Arc<Shared>, reducer: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(reducer).catch_unwind().await {
+        shared.fail(&schedule::panic_message(&*panic));
+    }
+}
+
 /// State shared by the reducer (writer) and handles (readers).
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -225,9 +232,52 @@ pub(crate) struct Shared {
     /// Per-service watch channels, including names not (or no longer) configured, whose
     /// watchers see `None` until the service appears.
     watchers: Mutex<HashMap<Arc<str>, watch::Sender<Option<ServiceHealth>>>>,
+    /// Why the engine stopped on its own, once it has.
+    failure: Mutex<Option<String>>,
+    /// Cancelled when the engine stopped on its own.
+    failed: CancellationToken,
 }
 
 impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            snapshot: watch::channel(Arc::new(Snapshot::default())).0,
+            watchers: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            failed: CancellationToken::new(),
+        }
+    }
+    /// The reducer died (a defect): nothing will update health again, so rather than serve the
+    /// last health for ever, every service becomes Unhealthy / not serving, watchers are told,
+    /// and [`Handle::failed`] resolves so the process can exit and be restarted.
+    fn fail(&self, why: &str) {
+        tracing::error!(
+            panic = why,
+            "the engine stopped unexpectedly; every service is now NOT_SERVING"
+        );
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+        let last = self.snapshot.borrow().clone();
+        let services = last
+            .services
+            .iter()
+            .map(|s| {
+                Arc::new(ServiceState {
+                    status: ServiceHealth::new(Health::Unhealthy, s.degraded, true),
+                    deciding: Vec::new(),
+                    ..(**s).clone()
+                })
+            })
+            .collect();
+        self.publish(Arc::new(Snapshot {
+            generation: last.generation + 1,
+            shutting_down: true,
+            services,
+            dependencies: last.dependencies.clone(),
+            on_demand: Vec::new(),
+        }));
+        self.failed.cancel();
+    }
+
     /// Publishes a snapshot, then tells each service's watchers if their value changed.
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
         self.snapshot.send_replace(snapshot.clone());
@@ -363,6 +413,20 @@ impl Handle {
         result.await.unwrap_or(Err(ChangeError::ShuttingDown))
     }
 
+    /// Resolves if the engine stopped on its own — an internal task panicked, a defect —
+    /// with the panic's message. Every service is then Unhealthy / not serving for good; a
+    /// server should exit (the binary does, with status 1) so that it is restarted, rather than
+    /// keep answering from an engine that no longer changes.
+    pub async fn failed(&self) -> String {
+        self.shared.failed.cancelled().await;
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
     /// Marks every service Unhealthy / not serving for good (watchers are told at once), stops
     /// every probe and waits for all engine tasks to end. Idempotent.
     pub async fn shutdown(&self) {
@@ -378,5 +442,50 @@ impl Handle {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reducer_fails_every_service_and_says_so() {
+        let shared = Arc::new(Shared::new());
+        let name: Arc<str> = Arc::from("readiness");
+        shared.publish(Arc::new(Snapshot {
+            generation: 7,
+            services: vec![Arc::new(ServiceState {
+                name: name.clone(),
+                status: ServiceHealth::new(Health::Healthy, Default::default(), false),
+                degraded: Default::default(),
+                deciding: Vec::new(),
+                inputs: Vec::new(),
+            })],
+            ..Snapshot::default()
+        }));
+        let mut watcher = {
+            let mut watchers = shared.watchers.lock().expect("not poisoned");
+            let (tx, rx) = watch::channel(Some(ServiceHealth::new(
+                Health::Healthy,
+                Default::default(),
+                false,
+            )));
+            watchers.insert(name, tx);
+            rx
+        };
+        supervise(shared.clone(), async { panic!("reducer bug") }).await;
+        assert!(shared.failed.is_cancelled());
+        assert_eq!(
+            shared.failure.lock().expect("not poisoned").as_deref(),
+            Some("reducer bug")
+        );
+        let snapshot = shared.snapshot.borrow().clone();
+        assert_eq!(snapshot.generation, 8);
+        let status = snapshot.service("readiness").expect("kept").status;
+        assert!(!status.serving);
+        assert_eq!(status.health, Health::Unhealthy);
+        assert!(watcher.has_changed().expect("sender alive"));
+        assert_eq!(*watcher.borrow_and_update(), Some(status));
     }
 }

@@ -27,6 +27,12 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_JITTER: f64 = 0.1;
 /// Default body read cap for HTTP probes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest duration any setting may have (365 days). Longer values mean nothing for health
+/// checking and reach the limits of the runtime's timers (tokio's timer wheel holds about two
+/// years), so validation refuses them instead of letting them fail later.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The largest `fall` and `rise`.
+pub const MAX_STREAK: u32 = 1000;
 
 /// A validated dependency.
 #[derive(Debug, Clone)]
@@ -347,9 +353,13 @@ impl DependencySpec {
         }
     }
 
-    /// `3 × period + timeout`: three missed runs in a row make a dependency Unknown.
+    /// `3 × period + timeout`, at most [`MAX_DURATION`]: three missed runs in a row make a
+    /// dependency Unknown.
     pub fn default_stale_after(&self) -> Duration {
-        self.period().saturating_mul(3).saturating_add(self.timeout)
+        self.period()
+            .saturating_mul(3)
+            .saturating_add(self.timeout)
+            .min(MAX_DURATION)
     }
 
     /// The cross-field rules, for config validation and runtime changes alike. `path` prefixes
@@ -357,24 +367,33 @@ impl DependencySpec {
     pub fn check(&self, path: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut problem = |msg: String| problems.push(Problem::new(path, msg));
-        let t = humantime::format_duration(self.timeout);
+        let f = |d: Duration| humantime::format_duration(d).to_string();
+        let t = f(self.timeout);
+        for (key, value) in self.durations() {
+            if value > MAX_DURATION {
+                problem(format!("{key} ({}) must be at most 365days", f(value)));
+            }
+        }
         if self.timeout.is_zero() {
             problem("timeout must be greater than 0".into());
         }
         match &self.mode {
             Mode::Background { interval, jitter } => {
-                let i = humantime::format_duration(*interval);
+                let i = f(*interval);
                 if self.timeout >= *interval {
                     problem(format!("timeout ({t}) must be less than interval ({i})"));
                 }
                 if !(0.0..=0.5).contains(jitter) {
                     problem(format!("jitter ({jitter}) must be between 0 and 0.5"));
                 }
-                if self.stale_after <= *interval + self.timeout {
+                // Saturating: the sum of two durations that passed the range check fits, but
+                // a library caller may hand us anything.
+                let sum = interval.saturating_add(self.timeout);
+                if self.stale_after <= sum {
                     problem(format!(
                         "stale_after ({}) must be greater than interval + timeout ({})",
-                        humantime::format_duration(self.stale_after),
-                        humantime::format_duration(*interval + self.timeout)
+                        f(self.stale_after),
+                        f(sum)
                     ));
                 }
             }
@@ -385,30 +404,45 @@ impl DependencySpec {
                 if o.failure_ttl > o.max_failure_ttl {
                     problem(format!(
                         "failure_ttl ({}) must not exceed max_failure_ttl ({})",
-                        humantime::format_duration(o.failure_ttl),
-                        humantime::format_duration(o.max_failure_ttl)
+                        f(o.failure_ttl),
+                        f(o.max_failure_ttl)
                     ));
                 }
                 if self.stale_after <= o.ttl {
                     problem(format!(
                         "stale_after ({}) must be greater than ttl ({})",
-                        humantime::format_duration(self.stale_after),
-                        humantime::format_duration(o.ttl)
+                        f(self.stale_after),
+                        f(o.ttl)
                     ));
                 }
             }
         }
-        if self.fall == 0 || self.rise == 0 {
-            problem("fall and rise must be at least 1".into());
+        if !(1..=MAX_STREAK).contains(&self.fall) || !(1..=MAX_STREAK).contains(&self.rise) {
+            problem(format!("fall and rise must be between 1 and {MAX_STREAK}"));
         }
         if let Some(d) = self.degraded_after
             && d >= self.timeout
         {
             problem(format!(
                 "degraded_after ({}) must be less than timeout ({t})",
-                humantime::format_duration(d)
+                f(d)
             ));
         }
         problems
+    }
+
+    /// Every duration setting with its key, for the range check.
+    fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let mut out = vec![("timeout", self.timeout), ("stale_after", self.stale_after)];
+        match &self.mode {
+            Mode::Background { interval, .. } => out.push(("interval", *interval)),
+            Mode::OnDemand(o) => out.extend([
+                ("ttl", o.ttl),
+                ("failure_ttl", o.failure_ttl),
+                ("max_failure_ttl", o.max_failure_ttl),
+            ]),
+        }
+        out.extend(self.degraded_after.map(|d| ("degraded_after", d)));
+        out
     }
 }

@@ -298,3 +298,121 @@ fn unreadable_tls_files_are_config_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn durations_beyond_the_maximum_are_refused_with_their_key() {
+    let err = parse(
+        r#"
+        [server]
+        drain_delay = "400days"
+        [dependencies.a]
+        kind = "tcp"
+        address = "127.0.0.1:1"
+        stale_after = "800days"
+        [dependencies.b]
+        kind = "tcp"
+        address = "127.0.0.1:1"
+        mode = "on_demand"
+        ttl = "500days"
+        failure_ttl = "366days"
+        "#,
+    )
+    .expect_err("durations over a year");
+    let m = messages(&err);
+    for key in [
+        "server.drain_delay",
+        "dependencies.a.stale_after",
+        "dependencies.b.ttl",
+        "dependencies.b.failure_ttl",
+    ] {
+        assert!(
+            m.iter()
+                .any(|p| p.starts_with(&format!("{key}: ")) && p.contains("at most 365days")),
+            "{key} not refused: {m:?}"
+        );
+    }
+}
+
+#[test]
+fn the_longest_durations_validation_accepts_are_consistent() {
+    let config = parse(
+        r#"
+        [dependencies.a]
+        kind = "tcp"
+        address = "127.0.0.1:1"
+        interval = "200days"
+        timeout = "1day"
+        stale_after = "365days"
+        [dependencies.b]
+        kind = "tcp"
+        address = "127.0.0.1:1"
+        mode = "on_demand"
+        ttl = "300days"
+        failure_ttl = "200days"
+        max_failure_ttl = "365days"
+        "#,
+    )
+    .expect("a year is the maximum, inclusive");
+    // The default staleness (3 × the period + timeout) is capped at the maximum, too.
+    assert_eq!(config.dependencies["b"].stale_after, MAX_DURATION);
+}
+
+#[test]
+fn sums_of_huge_durations_are_checked_not_overflowed() {
+    // A library caller can hand the engine any Duration; the check must report, not panic.
+    let mut spec = DependencySpec::new(ProbeSpec::Tcp(TcpSpec {
+        address: "127.0.0.1:1".into(),
+    }));
+    spec.mode = Mode::Background {
+        interval: Duration::MAX,
+        jitter: 0.0,
+    };
+    spec.timeout = Duration::MAX;
+    spec.stale_after = Duration::MAX;
+    spec.degraded_after = Some(Duration::MAX);
+    spec.fall = u32::MAX;
+    let problems: Vec<String> = spec
+        .check("dependencies.x")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for what in [
+        "timeout (",
+        "interval (",
+        "stale_after (",
+        "must be greater than interval + timeout",
+        "fall and rise must be between 1 and 1000",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(what)),
+            "{what}: {problems:?}"
+        );
+    }
+    // Numbers that do not fit the runtime's types are range errors too.
+    let err = parse(
+        r#"
+        [dependencies.a]
+        kind = "tcp"
+        address = "127.0.0.1:1"
+        fall = 5000000000
+        rise = 0
+        interval = "99999999999999999999years"
+        "#,
+    )
+    .expect_err("out of range");
+    let m = messages(&err);
+    assert!(
+        m.iter()
+            .any(|p| p.starts_with("dependencies.a.fall: 5000000000 must be between 1 and 1000")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|p| p.starts_with("dependencies.a.rise: 0 must be between 1 and 1000")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter().any(|p| p.starts_with("dependencies.a.interval: ")),
+        "{m:?}"
+    );
+}

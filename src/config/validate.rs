@@ -151,7 +151,14 @@ impl Validator<'_> {
     fn duration(&mut self, path: &str, raw: Option<&str>) -> Option<Duration> {
         let raw = raw?;
         match humantime::parse_duration(raw) {
-            Ok(d) => Some(d),
+            Ok(d) if d <= MAX_DURATION => Some(d),
+            Ok(_) => {
+                self.problem(
+                    path,
+                    format!("duration {raw:?} is too long: at most 365days"),
+                );
+                None
+            }
             Err(e) => {
                 self.problem(path, format!("invalid duration {raw:?}: {e}"));
                 None
@@ -159,12 +166,12 @@ impl Validator<'_> {
         }
     }
 
-    fn count(&mut self, path: &str, raw: Option<i64>, min: i64) -> Option<u32> {
+    fn count(&mut self, path: &str, raw: Option<i64>, min: u32, max: u32) -> Option<u32> {
         let raw = raw?;
         match u32::try_from(raw) {
-            Ok(v) if raw >= min => Some(v),
+            Ok(v) if (min..=max).contains(&v) => Some(v),
             _ => {
-                self.problem(path, format!("{raw} must be at least {min}"));
+                self.problem(path, format!("{raw} must be between {min} and {max}"));
                 None
             }
         }
@@ -228,8 +235,18 @@ impl Validator<'_> {
             d(&raw.degraded_after, &defaults.degraded_after).as_deref(),
         );
         let stale_after = self.duration(&format!("{path}.stale_after"), raw.stale_after.as_deref());
-        let fall = self.count(&format!("{path}.fall"), raw.fall.or(defaults.fall), 1);
-        let rise = self.count(&format!("{path}.rise"), raw.rise.or(defaults.rise), 1);
+        let fall = self.count(
+            &format!("{path}.fall"),
+            raw.fall.or(defaults.fall),
+            1,
+            MAX_STREAK,
+        );
+        let rise = self.count(
+            &format!("{path}.rise"),
+            raw.rise.or(defaults.rise),
+            1,
+            MAX_STREAK,
+        );
         let jitter = raw.jitter.or(defaults.jitter).unwrap_or(DEFAULT_JITTER);
         // Cross-field rules compare parsed values; with a value that did not parse they would
         // only report the default standing in for it.

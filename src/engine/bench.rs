@@ -2,7 +2,7 @@
 //! that have no public API of their own. Hidden from the docs and not part of the API: they
 //! may change with any release.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -48,11 +48,8 @@ impl Probe for Idle {
 impl Publisher {
     /// `n` dependencies `d0` … and service `all` relying on every one.
     pub fn new(n: usize) -> Publisher {
-        let (snapshot, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-        let shared = Arc::new(Shared {
-            snapshot,
-            watchers: Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new());
+        let snapshots = shared.snapshot.subscribe();
         let (_commands_tx, commands) = mpsc::channel(1);
         let cancel = CancellationToken::new();
         let mut reducer = Reducer::new(shared, commands, TaskTracker::new(), cancel.clone(), None);

@@ -79,7 +79,7 @@ pub(crate) async fn on_demand(
             ttls.ttl
         } else {
             let ttl = failure_ttl;
-            failure_ttl = (failure_ttl * 2).min(ttls.max_failure_ttl);
+            failure_ttl = failure_ttl.saturating_mul(2).min(ttls.max_failure_ttl);
             ttl
         };
         slot.refreshed(ttl);

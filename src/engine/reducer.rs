@@ -213,19 +213,19 @@ impl Reducer {
             permits: self.probe_permits.clone(),
         };
         let span = info_span!("dependency", dependency = %name, kind = spec.kind());
+        let supervisor = runner.clone();
         let slot = match spec.mode {
             Mode::Background { interval, jitter } => {
-                self.tracker.spawn(
-                    schedule::background(runner, interval, jitter, cancel.clone()).instrument(span),
-                );
+                let task = schedule::background(runner, interval, jitter, cancel.clone());
+                self.tracker
+                    .spawn(supervisor.supervise(task).instrument(span));
                 None
             }
             Mode::OnDemand(ttls) => {
                 let slot = Arc::new(OnDemandSlot::new());
-                self.tracker.spawn(
-                    on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone())
-                        .instrument(span),
-                );
+                let task = on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone());
+                self.tracker
+                    .spawn(supervisor.supervise(task).instrument(span));
                 Some(slot)
             }
         };
@@ -284,7 +284,11 @@ impl Reducer {
         }
         // Inside the run's span: the transition events below join the probe's trace.
         let _span = event.span.enter();
-        let outcome = event.outcome;
+        let Some(outcome) = event.outcome else {
+            // Its task is gone: nothing will probe it again until it is replaced.
+            self.expire_now(&event.dependency, "internal error: the probe task stopped");
+            return;
+        };
         if let Some(m) = &self.metrics {
             m.probe_finished(&event.dependency, &outcome);
         }
@@ -296,14 +300,10 @@ impl Reducer {
         } else {
             dep.last_failure = Some(outcome.finished_at);
         }
+        let stale_after = stale_timer(dep.spec.stale_after);
         match &dep.stale_key {
-            Some(key) => self.stale.reset(key, dep.spec.stale_after),
-            None => {
-                dep.stale_key = Some(
-                    self.stale
-                        .insert(event.dependency.clone(), dep.spec.stale_after),
-                )
-            }
+            Some(key) => self.stale.reset(key, stale_after),
+            None => dep.stale_key = Some(self.stale.insert(event.dependency.clone(), stale_after)),
         }
         let reason = outcome.verdict.reason().cloned();
         dep.last_outcome = Some(outcome);
@@ -327,22 +327,32 @@ impl Reducer {
     }
 
     fn expire(&mut self, name: Arc<str>) {
-        let Some(dep) = self.dependencies.get_mut(&name) else {
+        if let Some(dep) = self.dependencies.get_mut(&name) {
+            dep.stale_key = None;
+        }
+        self.expire_now(&name, "no recent outcome (stale)");
+    }
+
+    /// Makes a dependency Unknown at once (its outcome is stale, or its task stopped).
+    fn expire_now(&mut self, name: &Arc<str>, reason: &str) {
+        let Some(dep) = self.dependencies.get_mut(name) else {
             return;
         };
-        dep.stale_key = None;
+        if let Some(key) = dep.stale_key.take() {
+            self.stale.remove(&key);
+        }
         let before = dep.hysteresis.health();
         dep.hysteresis.expire();
         if before != Health::Unknown {
             transition(
                 Kind::Dependency,
-                &name,
+                name,
                 before,
                 Health::Unknown,
-                Some("no recent outcome (stale)"),
+                Some(reason),
                 self.metrics.as_deref(),
             );
-            refresh(&name, dep);
+            refresh(name, dep);
             self.dirty = true;
             self.rollup_needed = true;
         }
@@ -403,10 +413,10 @@ impl Reducer {
         let (instance, cancel, slot) = self.spawn(&key, &spec, probe);
         let mut dep = Dependency {
             hysteresis: old.hysteresis.with_thresholds(spec.fall, spec.rise),
-            stale_key: old
-                .last_outcome
-                .as_ref()
-                .map(|_| self.stale.insert(key.clone(), spec.stale_after)),
+            stale_key: old.last_outcome.as_ref().map(|_| {
+                self.stale
+                    .insert(key.clone(), stale_timer(spec.stale_after))
+            }),
             spec,
             instance,
             cancel,
@@ -575,6 +585,15 @@ impl Reducer {
         });
         self.shared.publish(snapshot);
     }
+}
+
+/// The stale timer for `stale_after`. Validation keeps it within [`MAX_DURATION`]; the cap is
+/// repeated here because `DelayQueue` panics beyond about two years, and a panic here would
+/// stop the reducer.
+///
+/// [`MAX_DURATION`]: crate::config::MAX_DURATION
+fn stale_timer(stale_after: Duration) -> Duration {
+    stale_after.min(crate::config::MAX_DURATION)
 }
 
 /// Rebuilds the published form of a dependency from its state.

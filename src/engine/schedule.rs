@@ -1,6 +1,7 @@
 //! Running probes: [`run_once`] wraps one probe run (timeout, panic, `degraded_after`, secret
 //! scrubbing), and [`background`] is the task that runs it every interval ± jitter.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,9 @@ use crate::{Outcome, Reason, Verdict};
 pub(crate) struct Event {
     pub(crate) dependency: Arc<str>,
     pub(crate) instance: u64,
-    pub(crate) outcome: Outcome,
+    /// `None`: the dependency's task stopped unexpectedly (it panicked outside a probe run);
+    /// the reducer makes the dependency Unknown rather than keep its last health for ever.
+    pub(crate) outcome: Option<Outcome>,
     /// The run's span: the reducer enters it to log transitions, so they join its trace.
     pub(crate) span: tracing::Span,
 }
@@ -53,6 +56,26 @@ pub(crate) struct Runner {
 pub(crate) const MAX_CONCURRENT_PROBES: usize = 1024;
 
 impl Runner {
+    /// Runs `task` (this dependency's background or on-demand loop); if it panics — a defect,
+    /// since probe runs catch their own panics — logs it and tells the reducer, so the
+    /// dependency goes Unknown instead of keeping its last health while nothing probes it.
+    pub(crate) async fn supervise(self, task: impl Future<Output = ()>) {
+        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+            tracing::error!(
+                dependency = %self.dependency,
+                panic = panic_message(&*panic),
+                "probe task stopped unexpectedly; the dependency is Unknown until it is replaced"
+            );
+            let event = Event {
+                dependency: self.dependency.clone(),
+                instance: self.instance,
+                outcome: None,
+                span: tracing::Span::none(),
+            };
+            let _ = self.events.send(event).await;
+        }
+    }
+
     /// Runs the probe once and reports the outcome; `None` when cancelled or the engine is gone.
     pub(crate) async fn run_and_report(&self, cancel: &CancellationToken) -> Option<Outcome> {
         let span = probe_span(&self.dependency, &self.spec);
@@ -68,7 +91,7 @@ impl Runner {
         let event = Event {
             dependency: self.dependency.clone(),
             instance: self.instance,
-            outcome: outcome.clone(),
+            outcome: Some(outcome.clone()),
             span,
         };
         tokio::select! {
@@ -76,6 +99,15 @@ impl Runner {
             sent = self.events.send(event) => sent.ok().map(|()| outcome),
         }
     }
+}
+
+/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// A root span per probe run (each run is its own trace; the dependency's traceparent joins it).

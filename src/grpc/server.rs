@@ -73,10 +73,14 @@ pub enum ServeError {
     /// Reflection could not load the descriptor set (a build defect).
     #[error("server reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The engine stopped on its own (see [`Handle::failed`]); the server drained and stopped
+    /// rather than answer from health that no longer changes.
+    #[error("the engine stopped unexpectedly: {0}")]
+    EngineFailed(String),
 }
 
-/// Serves health, detail and reflection on `listener` until `shutdown` resolves, then drains
-/// (see the module docs) and shuts the engine down.
+/// Serves health, detail and reflection on `listener` until `shutdown` resolves (or the engine
+/// fails, see [`Handle::failed`]), then drains (see the module docs) and shuts the engine down.
 pub async fn serve(
     listener: TcpListener,
     handle: Handle,
@@ -116,9 +120,11 @@ pub async fn serve(
     let server = accept(listener, TowerToHyperService::new(service), goaway.clone());
     tokio::pin!(server);
 
+    let mut failure = None;
     tokio::select! {
         () = &mut server => return Ok(()),
         () = shutdown => {}
+        why = handle.failed() => failure = Some(why),
     }
     info!(drain_delay = ?options.drain_delay, "shutdown: NOT_SERVING for every service, draining");
     let drain = async {
@@ -138,7 +144,10 @@ pub async fn serve(
         warn!(drain_timeout = ?options.drain_timeout, "in-flight RPCs outlived the drain timeout; closing them");
     }
     // Dropping `server` aborts every connection still open.
-    Ok(())
+    match failure {
+        Some(why) => Err(ServeError::EngineFailed(why)),
+        None => Ok(()),
+    }
 }
 
 /// Accepts connections until `goaway`, then waits for the open ones to finish: each is told
