@@ -229,9 +229,10 @@ async fn supervise(shared: Arc<Shared>, reducer: impl Future<Output = ()>) {
 #[derive(Debug)]
 pub(crate) struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
-    /// Per-service watch channels, including names not (or no longer) configured, whose
-    /// watchers see `None` until the service appears.
-    watchers: Mutex<HashMap<Arc<str>, watch::Sender<Option<ServiceHealth>>>>,
+    /// The snapshots whose [`Snapshot::revision`] changed.
+    changes: watch::Sender<Arc<Snapshot>>,
+    /// Per-service watch channels.
+    watchers: Mutex<Watchers>,
     /// Why the engine stopped on its own, once it has.
     failure: Mutex<Option<String>>,
     /// Cancelled when the engine stopped on its own.
@@ -242,7 +243,8 @@ impl Shared {
     pub(crate) fn new() -> Shared {
         Shared {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
-            watchers: Mutex::new(HashMap::new()),
+            changes: watch::channel(Arc::new(Snapshot::default())).0,
+            watchers: Mutex::new(Watchers::default()),
             failure: Mutex::new(None),
             failed: CancellationToken::new(),
         }
@@ -270,6 +272,7 @@ impl Shared {
             .collect();
         self.publish(Arc::new(Snapshot {
             generation: last.generation + 1,
+            revision: last.revision + 1,
             shutting_down: true,
             services,
             dependencies: last.dependencies.clone(),
@@ -278,16 +281,115 @@ impl Shared {
         self.failed.cancel();
     }
 
-    /// Publishes a snapshot, then tells each service's watchers if their value changed.
+    /// Publishes a snapshot, then tells each configured service's watchers if their value
+    /// changed: O(services), whatever the number of watched names. Channels of names that are
+    /// not configured hold `None` and can only change when the set of service names does, so
+    /// they are visited only then.
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
-        self.snapshot.send_replace(snapshot.clone());
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, tx) in watchers.iter() {
-            let now = snapshot.service(name).map(|s| s.status);
-            tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+        let previous = self.snapshot.send_replace(snapshot.clone());
+        if snapshot.revision != previous.revision {
+            self.changes.send_replace(snapshot.clone());
         }
-        // Channels for unconfigured names live only while someone watches them.
-        watchers.retain(|name, tx| snapshot.service(name).is_some() || tx.receiver_count() > 0);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let names_changed = previous.services.len() != snapshot.services.len()
+            || previous
+                .services
+                .iter()
+                .zip(&snapshot.services)
+                .any(|(a, b)| a.name != b.name);
+        if names_changed {
+            for (name, tx) in watchers.channels.iter() {
+                let now = snapshot.service(name).map(|s| s.status);
+                tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+            }
+            watchers.sweep(&snapshot);
+        } else {
+            for service in &snapshot.services {
+                if let Some(tx) = watchers.channels.get(&service.name) {
+                    let now = Some(service.status);
+                    tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+                }
+            }
+        }
+    }
+}
+
+/// The per-service watch channels, including names not (or no longer) configured, whose
+/// watchers see `None` until the service appears.
+///
+/// Opening a Watch is one hash lookup or insert; the channel of a name that is not configured
+/// goes away when its last [`ServiceWatch`] is dropped. A receiver cloned out of a
+/// `ServiceWatch` escapes that bookkeeping, so such channels are also swept whenever the map
+/// has doubled since the last sweep (amortised O(1) per insert) and when the service names
+/// change.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    channels: HashMap<Arc<str>, watch::Sender<Option<ServiceHealth>>>,
+    /// The map's size after the last sweep.
+    swept: usize,
+}
+
+impl Watchers {
+    /// Drops the channels of unconfigured names nobody watches.
+    fn sweep(&mut self, snapshot: &Snapshot) {
+        self.channels
+            .retain(|name, tx| snapshot.service(name).is_some() || tx.receiver_count() > 0);
+        self.swept = self.channels.len();
+    }
+}
+
+/// A receiver for one service's status (see [`Handle::watch_service`]); it dereferences to
+/// a [`watch::Receiver`]. Dropping it gives its channel back when nobody else watches the name.
+#[derive(Debug)]
+pub struct ServiceWatch {
+    // Declared before `guard`, so it is dropped first and the guard sees the right count.
+    rx: watch::Receiver<Option<ServiceHealth>>,
+    guard: WatchGuard,
+}
+
+impl ServiceWatch {
+    /// The receiver and the guard that gives the channel back when dropped: keep the guard
+    /// for as long as the receiver, and drop it after.
+    pub(crate) fn into_parts(self) -> (watch::Receiver<Option<ServiceHealth>>, WatchGuard) {
+        (self.rx, self.guard)
+    }
+}
+
+impl std::ops::Deref for ServiceWatch {
+    type Target = watch::Receiver<Option<ServiceHealth>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
+impl std::ops::DerefMut for ServiceWatch {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rx
+    }
+}
+
+/// Removes a watched name's channel, when dropped after the last receiver, unless the name is
+/// configured.
+#[derive(Debug)]
+pub(crate) struct WatchGuard {
+    shared: std::sync::Weak<Shared>,
+    name: Arc<str>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut watchers = shared.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let unused = watchers
+            .channels
+            .get(&self.name)
+            .is_some_and(|tx| tx.receiver_count() == 0);
+        if unused && shared.snapshot.borrow().service(&self.name).is_none() {
+            watchers.channels.remove(&self.name);
+        }
     }
 }
 
@@ -318,30 +420,44 @@ impl Handle {
         self.shared.snapshot.subscribe()
     }
 
+    /// A receiver that sees only snapshots that changed what watchers are told about (see
+    /// [`Snapshot::revision`]): it is not woken by publications that only update latencies and
+    /// counters. Receiving does not refresh on-demand dependencies.
+    pub fn subscribe_changes(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.shared.changes.subscribe()
+    }
+
     /// A receiver for one service's status: `None` while no service has that name. It is
     /// told only when the value changes, and holds just the latest value, so a reader that
     /// stops reading costs nothing and delays nobody.
-    pub fn watch_service(&self, name: &str) -> watch::Receiver<Option<ServiceHealth>> {
+    pub fn watch_service(&self, name: &str) -> ServiceWatch {
         let mut watchers = self
             .shared
             .watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = watchers.get(name) {
-            return tx.subscribe();
+        let (name, rx) = match watchers.channels.get_key_value(name) {
+            Some((name, tx)) => (name.clone(), tx.subscribe()),
+            None => {
+                // Read the snapshot under the lock: the reducer updates channels under it after
+                // each publication, so this channel cannot miss a change.
+                let snapshot = self.shared.snapshot.borrow().clone();
+                if watchers.channels.len() >= 2 * watchers.swept.max(512) {
+                    watchers.sweep(&snapshot);
+                }
+                let (tx, rx) = watch::channel(snapshot.service(name).map(|s| s.status));
+                let name: Arc<str> = Arc::from(name);
+                watchers.channels.insert(name.clone(), tx);
+                (name, rx)
+            }
+        };
+        ServiceWatch {
+            rx,
+            guard: WatchGuard {
+                shared: Arc::downgrade(&self.shared),
+                name,
+            },
         }
-        // Read the snapshot under the lock: the reducer updates channels under it after each
-        // publication, so this channel cannot miss a change.
-        let snapshot = self.shared.snapshot.borrow().clone();
-        let current = snapshot.service(name).map(|s| s.status);
-        if current.is_none() {
-            // Drop channels of unknown names nobody watches any more, so clients asking for
-            // random names cannot grow this map.
-            watchers.retain(|n, tx| snapshot.service(n).is_some() || tx.receiver_count() > 0);
-        }
-        let (tx, rx) = watch::channel(current);
-        watchers.insert(Arc::from(name), tx);
-        rx
     }
 
     /// Adds a dependency; fails if the name is taken or the spec is invalid.
@@ -471,7 +587,7 @@ mod tests {
                 Default::default(),
                 false,
             )));
-            watchers.insert(name, tx);
+            watchers.channels.insert(name, tx);
             rx
         };
         supervise(shared.clone(), async { panic!("reducer bug") }).await;

@@ -59,6 +59,7 @@
 //! `.await`, and the library installs no global state (no subscriber, no signal handler, no
 //! TLS provider: probes build their rustls configs with an explicit ring provider).
 
+mod auth;
 pub mod config;
 pub mod engine;
 pub mod grpc;

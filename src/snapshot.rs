@@ -13,6 +13,10 @@ use crate::{Health, Impact, Outcome};
 pub struct Snapshot {
     /// Increases with every publication.
     pub generation: u64,
+    /// Increases with every publication that changed something a watcher is told about: a
+    /// health, a reason, a service's status or deciding inputs, the configuration, shutdown.
+    /// Publications that only update latencies and counters keep it.
+    pub revision: u64,
     /// Shutdown began: every service is Unhealthy and not serving, for good.
     pub shutting_down: bool,
     /// Services, sorted by name.

@@ -98,6 +98,9 @@ pub(crate) struct Reducer {
     dirty: bool,
     /// Only details changed since the last publication: publish when the interval is up.
     details_dirty: bool,
+    /// A dependency's reason changed since the last publication (see [`Snapshot::revision`]).
+    reasons_changed: bool,
+    revision: u64,
     last_publish: Instant,
     /// A dependency's health changed: services must be rolled up again.
     rollup_needed: bool,
@@ -138,6 +141,8 @@ impl Reducer {
             cancel,
             dirty: true,
             details_dirty: false,
+            reasons_changed: false,
+            revision: 0,
             last_publish: Instant::now(),
             rollup_needed: true,
             rollup_span: tracing::Span::none(),
@@ -306,6 +311,10 @@ impl Reducer {
             None => dep.stale_key = Some(self.stale.insert(event.dependency.clone(), stale_after)),
         }
         let reason = outcome.verdict.reason().cloned();
+        let previous_reason = dep.last_outcome.as_ref().and_then(|o| o.verdict.reason());
+        if previous_reason != reason.as_ref() {
+            self.reasons_changed = true;
+        }
         dep.last_outcome = Some(outcome);
         refresh(&event.dependency, dep);
         self.details_dirty = true;
@@ -564,12 +573,17 @@ impl Reducer {
         if !self.dirty && !details_due {
             return;
         }
+        if self.dirty || self.reasons_changed {
+            self.revision += 1;
+        }
         self.dirty = false;
         self.details_dirty = false;
+        self.reasons_changed = false;
         self.last_publish = Instant::now();
         self.generation += 1;
         let snapshot = Arc::new(Snapshot {
             generation: self.generation,
+            revision: self.revision,
             shutting_down: self.shutting_down,
             services: self.services.values().map(|s| s.state.clone()).collect(),
             dependencies: self

@@ -1,10 +1,11 @@
 //! `healthgate.v1.Detail`: why each service has its status. Health is always in the body with
 //! status OK; the only errors are a missing or wrong bearer token.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -12,8 +13,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::detail::detail_server::{Detail, DetailServer};
 use super::pb::detail::{DetailRequest, DetailResponse};
-use crate::Handle;
 use crate::snapshot::Snapshot;
+use crate::{Handle, auth};
 
 /// The `healthgate.v1.Detail` implementation over an engine [`Handle`].
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub struct DetailService {
     handle: Handle,
     token: Option<Arc<str>>,
     streams_end: CancellationToken,
+    feeds: Arc<Feeds>,
 }
 
 impl std::fmt::Debug for DetailService {
@@ -43,6 +45,7 @@ impl DetailService {
             handle,
             token: token.map(Arc::from),
             streams_end,
+            feeds: Arc::default(),
         }
     }
 
@@ -61,18 +64,12 @@ impl DetailService {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(auth::bearer_token);
         match given {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(given) if auth::constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
             _ => Err(Status::unauthenticated("a valid bearer token is required")),
         }
     }
-}
-
-/// Compares without an early exit, so response timing does not reveal how much of a guessed
-/// token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A detail Watch stream.
@@ -99,12 +96,12 @@ impl Detail for DetailService {
         request: Request<DetailRequest>,
     ) -> Result<Response<DetailStream>, Status> {
         self.authorize(&request)?;
-        self.handle.snapshot();
-        let rx = self.handle.subscribe();
         let services = request.into_inner().services;
+        let rx = self
+            .feeds
+            .subscribe(&self.handle, services, &self.streams_end);
         Ok(Response::new(Box::pin(detail_stream(
             rx,
-            services,
             self.streams_end.clone(),
         ))))
     }
@@ -133,28 +130,94 @@ fn fingerprint(r: &DetailResponse) -> Vec<(String, i32, i32, String)> {
     out
 }
 
-fn detail_stream(
-    rx: watch::Receiver<Arc<Snapshot>>,
-    services: Vec<String>,
-    end: CancellationToken,
-) -> impl Stream<Item = Result<DetailResponse, Status>> + Send {
-    let state = (rx, services, end, None::<Vec<(String, i32, i32, String)>>);
-    futures_util::stream::unfold(state, |(mut rx, services, end, mut last)| async move {
+type Latest = watch::Sender<Arc<DetailResponse>>;
+
+/// The detail Watch feeds, one per distinct request (the set of service names asked for).
+///
+/// One task per feed computes the answer once per snapshot that changed what watchers are told
+/// about ([`Handle::subscribe_changes`]: health, reasons, services, configuration — not the
+/// latency-only publications) and sends it only when its fingerprint changed; every watcher of
+/// the same request shares it. So 1,000 idle watchers of one request cost one computation per
+/// real change, not 1,000 per publication, and nothing at all while nothing changes. A feed
+/// ends, and leaves the map, when its last watcher goes.
+#[derive(Debug, Default)]
+struct Feeds {
+    feeds: Mutex<HashMap<Arc<[String]>, Latest>>,
+}
+
+impl Feeds {
+    /// A receiver of the latest answer for `services`, starting a feed if there is none.
+    fn subscribe(
+        self: &Arc<Self>,
+        handle: &Handle,
+        mut services: Vec<String>,
+        end: &CancellationToken,
+    ) -> watch::Receiver<Arc<DetailResponse>> {
+        // The answer does not depend on the order or repetition of names.
+        services.sort_unstable();
+        services.dedup();
+        let key: Arc<[String]> = Arc::from(services);
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = feeds.get(&key) {
+            return tx.subscribe();
+        }
+        let mut changes = handle.subscribe_changes();
+        changes.mark_unchanged();
+        // The first answer from the latest snapshot (latencies included), computed once.
+        let first = convert::detail(&handle.snapshot(), &key);
+        let (tx, rx) = watch::channel(Arc::new(first));
+        feeds.insert(key.clone(), tx.clone());
+        tokio::spawn(self.clone().feed(key, tx, changes, end.clone()));
+        rx
+    }
+
+    async fn feed(
+        self: Arc<Self>,
+        services: Arc<[String]>,
+        tx: Latest,
+        mut changes: watch::Receiver<Arc<Snapshot>>,
+        end: CancellationToken,
+    ) {
+        let mut last = fingerprint(&tx.borrow());
         loop {
-            if end.is_cancelled() {
-                return None;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    // The engine is gone: keep the last answer until drain ends the streams.
+                    end.cancelled().await;
+                    break;
+                },
+                () = tx.closed() => {
+                    // Watchers subscribe under the lock, so under it this count is final.
+                    let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+                    if tx.receiver_count() == 0 {
+                        feeds.remove(&services);
+                        return;
+                    }
+                    continue; // a watcher joined since `closed` resolved
+                }
+                () = end.cancelled() => break,
             }
-            let snapshot = rx.borrow_and_update().clone();
+            let snapshot = changes.borrow_and_update().clone();
             let response = convert::detail(&snapshot, &services);
             let key = fingerprint(&response);
-            if last.as_ref() != Some(&key) {
-                last = Some(key);
-                return Some((Ok(response), (rx, services, end, last)));
-            }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { end.cancelled().await },
-                _ = end.cancelled() => {}
+            if key != last {
+                last = key;
+                tx.send_replace(Arc::new(response));
             }
         }
-    })
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if feeds.get(&services).is_some_and(|t| t.same_channel(&tx)) {
+            feeds.remove(&services);
+        }
+    }
+}
+
+/// A watcher's stream: the feed's latest answer at once, then each one it sends; ends on drain.
+fn detail_stream(
+    rx: watch::Receiver<Arc<DetailResponse>>,
+    end: CancellationToken,
+) -> impl Stream<Item = Result<DetailResponse, Status>> + Send {
+    tokio_stream::wrappers::WatchStream::new(rx)
+        .map(|response| Ok((*response).clone()))
+        .take_until(end.cancelled_owned())
 }

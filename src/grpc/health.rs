@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -18,6 +17,7 @@ use super::pb::health::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
 };
 use crate::Handle;
+use crate::engine::{ServiceWatch, WatchGuard};
 use crate::snapshot::ServiceHealth;
 
 /// The most names `List` returns; more is `RESOURCE_EXHAUSTED` (canonical proto).
@@ -132,6 +132,8 @@ impl Health for HealthService {
 /// open until then. Shared by [`HealthService`] and the fast path, so both send the same.
 pub(crate) struct WatchStatuses {
     changes: tokio_stream::wrappers::WatchStream<Option<ServiceHealth>>,
+    /// After `changes` (fields drop in order): gives the channel back once the receiver is gone.
+    _guard: WatchGuard,
     engine_gone: bool,
     end: Pin<Box<WaitForCancellationFutureOwned>>,
     last: Option<ServingStatus>,
@@ -139,12 +141,11 @@ pub(crate) struct WatchStatuses {
 }
 
 impl WatchStatuses {
-    pub(crate) fn new(
-        rx: watch::Receiver<Option<ServiceHealth>>,
-        end: CancellationToken,
-    ) -> WatchStatuses {
+    pub(crate) fn new(watch: ServiceWatch, end: CancellationToken) -> WatchStatuses {
+        let (rx, guard) = watch.into_parts();
         WatchStatuses {
             changes: tokio_stream::wrappers::WatchStream::new(rx),
+            _guard: guard,
             engine_gone: false,
             end: Box::pin(end.cancelled_owned()),
             last: None,

@@ -249,9 +249,10 @@ async fn detail_explains_why_with_health_in_the_body() {
     let mut request = tonic::Request::new(DetailRequest {
         services: vec!["strict".into()],
     });
+    // RFC 9110: the scheme is case-insensitive, followed by one or more spaces.
     request.metadata_mut().insert(
         "authorization",
-        "Bearer s3cret-token".parse().expect("ascii"),
+        "bearer   s3cret-token".parse().expect("ascii"),
     );
     let response = detail
         .get(request)
