@@ -172,6 +172,7 @@ fn parse(
         problems: unknown,
         env,
         base_dir,
+        target_template: None,
     };
     match v.config(raw) {
         Some(config) => Ok(config),

@@ -76,19 +76,20 @@ pub fn url_secrets(url: &Url) -> Vec<String> {
     }
     if let Some(query) = url.query() {
         for pair in query.split('&') {
-            if let Some((_, value)) = pair.split_once('=') {
-                out.push(value.to_owned());
-            }
+            // A part without `=` (`?s3cret`) is a value with no name.
+            let value = pair.split_once('=').map_or(pair, |(_, value)| value);
+            out.push(value.to_owned());
+            out.push(percent_decode(value));
         }
-        out.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
     }
     out
 }
 
-/// The URL as it may be shown: user info and every query value replaced, fragment dropped.
+/// The URL as it may be shown: user info and every query value replaced (a query part
+/// without `=` is a value), fragment dropped.
 ///
-/// `https://user:pw@host:8443/health?token=abc&v=1` becomes
-/// `https://[redacted]@host:8443/health?token=[redacted]&v=[redacted]`.
+/// `https://user:pw@host:8443/health?token=abc&v=1&key` becomes
+/// `https://[redacted]@host:8443/health?token=[redacted]&v=[redacted]&[redacted]`.
 pub fn redact_url(url: &Url) -> String {
     let mut out = format!("{}://", url.scheme());
     if !url.username().is_empty() || url.password().is_some() {
@@ -104,16 +105,52 @@ pub fn redact_url(url: &Url) -> String {
     out.push_str(url.path());
     if let Some(query) = url.query() {
         out.push('?');
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) => format!("{name}={REDACTED}"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&pairs.join("&"));
+        out.push_str(&redact_query(query));
     }
     out
+}
+
+/// A URL as written in the config, before `${NAME}` expansion, as it may be shown: the
+/// variables stay `${NAME}` (names are not secret, their values are, wherever they stand —
+/// host, port, path or query), and user info and query values are redacted as
+/// [`redact_url`] does. Works on text, because the template need not parse as a URL
+/// (`https://${HOST}:${PORT}/`).
+pub fn redact_url_template(template: &str) -> String {
+    let text = template
+        .split_once('#')
+        .map_or(template, |(before, _)| before);
+    let (text, query) = match text.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (text, None),
+    };
+    let mut out = match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{REDACTED}@{host}{path}"),
+                None => text.to_owned(),
+            }
+        }
+        None => text.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(&redact_query(query));
+    }
+    out
+}
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}={REDACTED}"),
+            None if pair.is_empty() => String::new(),
+            None => REDACTED.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn percent_decode(s: &str) -> String {
@@ -137,6 +174,26 @@ mod tests {
         let secrets = Secrets::new(url_secrets(&url));
         assert_eq!(secrets.scrub("pw was s3cr@t"), "pw was [redacted]");
         assert_eq!(secrets.scrub("raw s3cr%40t"), "raw [redacted]");
+    }
+
+    #[test]
+    fn query_parts_without_a_name_are_values() {
+        let url = Url::parse("https://h/x?s3cret-part&a=b").expect("valid url literal");
+        assert_eq!(redact_url(&url), "https://h/x?[redacted]&a=[redacted]");
+        assert!(url_secrets(&url).contains(&"s3cret-part".to_owned()));
+    }
+
+    #[test]
+    fn templates_keep_variable_names_and_redact_like_urls() {
+        assert_eq!(
+            redact_url_template("https://u:${PW}@${HOST}:${PORT}/${PATH}?k=${V}&${RAW}#f"),
+            "https://[redacted]@${HOST}:${PORT}/${PATH}?k=[redacted]&[redacted]"
+        );
+        assert_eq!(
+            redact_url_template("http://${HOST}:80/health"),
+            "http://${HOST}:80/health"
+        );
+        assert_eq!(redact_url_template("${URL}"), "${URL}");
     }
 
     #[test]

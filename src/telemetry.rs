@@ -56,6 +56,15 @@ pub(crate) fn init_logs(format: LogFormat) {
         .init();
 }
 
+/// The endpoint as it may be logged: user info and query values redacted (it can come from
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` with credentials in it).
+fn shown(endpoint: &str) -> String {
+    url::Url::parse(endpoint).map_or_else(
+        |_| "[unparseable endpoint]".to_owned(),
+        |url| healthgate::redact::redact_url(&url),
+    )
+}
+
 /// Installs logging and, when an endpoint is configured, OTLP trace export. Must run inside
 /// the Tokio runtime (the exporter's channel lives on it).
 pub(crate) fn init(
@@ -79,7 +88,7 @@ pub(crate) fn init(
         // Our queue drops and counts instead; retries would only hold exports longer.
         .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
         .build()
-        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+        .map_err(|e| format!("OTLP exporter for {}: {e}", shown(&endpoint)))?;
     let mut resource = Resource::builder();
     if let Some(name) = &config.service_name {
         resource = resource.with_service_name(name.clone());
@@ -118,7 +127,7 @@ pub(crate) fn init(
         .with(fmt_layer(format))
         .with(otel)
         .init();
-    tracing::info!(endpoint = %endpoint, "exporting traces over OTLP");
+    tracing::info!(endpoint = %shown(&endpoint), "exporting traces over OTLP");
     Ok(Telemetry {
         provider: Some((provider, config.export_timeout)),
     })

@@ -13,7 +13,7 @@ use url::Url;
 use super::TlsSpec;
 use super::error::Problem;
 use crate::probe::Probe;
-use crate::redact::{Secrets, redact_url};
+use crate::redact::{Secrets, redact_url, redact_url_template};
 
 /// Default time between probes.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 pub const MAX_STREAK: u32 = 1000;
 
 /// A validated dependency.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DependencySpec {
     /// What to probe.
     pub probe: ProbeSpec,
@@ -53,6 +53,29 @@ pub struct DependencySpec {
     pub stale_after: Duration,
     /// Values to scrub from anything printed about this dependency.
     pub secrets: Secrets,
+    /// The URL, target or address as written, before `${NAME}` expansion, when it used
+    /// environment variables: [`DependencySpec::target`] shows it (redacted) instead of the
+    /// expanded value, so a secret from the environment never appears in the target, whatever
+    /// its length or position. Set by config validation.
+    pub target_template: Option<String>,
+}
+
+impl fmt::Debug for DependencySpec {
+    /// The probe is shown as [`DependencySpec::target`]: the probe specs alone cannot know
+    /// which parts of their URL came from the environment.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DependencySpec")
+            .field("kind", &self.kind())
+            .field("target", &self.target())
+            .field("mode", &self.mode)
+            .field("timeout", &self.timeout)
+            .field("fall", &self.fall)
+            .field("rise", &self.rise)
+            .field("degraded_after", &self.degraded_after)
+            .field("stale_after", &self.stale_after)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When a dependency is probed.
@@ -272,6 +295,7 @@ impl DependencySpec {
             degraded_after: None,
             stale_after: Duration::ZERO,
             secrets: Secrets::default(),
+            target_template: None,
         };
         spec.stale_after = spec.default_stale_after();
         spec
@@ -327,12 +351,14 @@ impl DependencySpec {
         }
     }
 
-    /// What is probed, safe to show: URLs redacted, custom targets scrubbed.
+    /// What is probed, safe to show: URLs redacted, custom targets scrubbed, values from the
+    /// environment shown as their `${NAME}`.
     pub fn target(&self) -> String {
+        let template = self.target_template.as_deref();
         match &self.probe {
-            ProbeSpec::Http(s) => redact_url(&s.url),
+            ProbeSpec::Http(s) => template.map_or_else(|| redact_url(&s.url), redact_url_template),
             ProbeSpec::Grpc(s) => {
-                let target = redact_url(&s.target);
+                let target = template.map_or_else(|| redact_url(&s.target), redact_url_template);
                 let target = target.trim_end_matches('/');
                 if s.service.is_empty() {
                     target.to_owned()
@@ -340,7 +366,10 @@ impl DependencySpec {
                     format!("{target} service {:?}", s.service)
                 }
             }
-            ProbeSpec::Tcp(s) => self.secrets.scrub(&s.address).into_owned(),
+            ProbeSpec::Tcp(s) => match template {
+                Some(template) => template.to_owned(),
+                None => self.secrets.scrub(&s.address).into_owned(),
+            },
             ProbeSpec::Custom { target, .. } => self.secrets.scrub(target).into_owned(),
         }
     }

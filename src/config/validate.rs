@@ -27,6 +27,8 @@ pub(crate) struct Validator<'a> {
     pub(crate) env: &'a dyn Fn(&str) -> Option<String>,
     /// Relative TLS file paths are resolved against this directory (the config file's).
     pub(crate) base_dir: Option<&'a Path>,
+    /// The current dependency's target as written, when it used `${NAME}`.
+    pub(crate) target_template: Option<String>,
 }
 
 impl Validator<'_> {
@@ -116,9 +118,10 @@ impl Validator<'_> {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
                     t.otlp_endpoint = Some(endpoint.clone())
                 }
+                // Not echoed: it may carry user info.
                 _ => self.problem(
                     "telemetry.otlp_endpoint",
-                    format!("invalid endpoint {endpoint:?}: expected http(s)://host:port"),
+                    "invalid endpoint: expected http(s)://host:port",
                 ),
             }
         }
@@ -198,6 +201,7 @@ impl Validator<'_> {
     ) -> Option<DependencySpec> {
         let before = self.problems.len();
         let mut secrets = Vec::new();
+        self.target_template = None;
         let kind = raw.kind.as_deref();
         self.only_for(path, kind, raw);
         let probe = match kind {
@@ -296,6 +300,7 @@ impl Validator<'_> {
         spec.degraded_after = degraded_after;
         spec.stale_after = stale_after.unwrap_or_else(|| spec.default_stale_after());
         spec.secrets = Secrets::new(secrets);
+        spec.target_template = self.target_template.take();
         if timing_parsed {
             self.problems.extend(spec.check(path));
         }
@@ -382,7 +387,11 @@ impl Validator<'_> {
             );
             return None;
         };
+        let before = secrets.len();
         let text = self.expand(path, raw, secrets)?;
+        if secrets.len() > before {
+            self.target_template = Some(raw.to_owned());
+        }
         match Url::parse(&text) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
                 secrets.extend(url_secrets(&url));
@@ -701,14 +710,20 @@ impl Validator<'_> {
             return None;
         };
         let apath = format!("{path}.address");
+        let before = secrets.len();
+        let raw_address = address;
         let address = self.expand(&apath, address, secrets)?;
+        if secrets.len() > before {
+            self.target_template = Some(raw_address.to_owned());
+        }
         let valid = address.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !valid {
+            // The address as written: an expanded value is a secret.
             self.problem(
                 &apath,
-                format!("invalid address {address:?}: expected HOST:PORT"),
+                format!("invalid address {raw_address:?}: expected HOST:PORT"),
             );
             return None;
         }

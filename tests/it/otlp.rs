@@ -393,29 +393,84 @@ async fn the_standard_otel_variables_enable_export_without_a_telemetry_section()
 }
 
 #[tokio::test]
-async fn logs_at_debug_level_carry_no_secrets() {
+async fn logs_at_trace_level_carry_no_secrets() {
+    let (collector, collector_addr) = Collector::start().await;
     let dependency = HttpServer::start().await;
     dependency.set(crate::support::Answer {
         status: 503,
         ..Default::default()
     });
-    let env = [("RUST_LOG", "debug")];
-    let (mut child, _, _) = serve_with(&config(dependency.addr, ""), &env, Stdio::piped()).await;
+    // User info in the collector's endpoint, and `${ENV}` values in a URL's host, port, path
+    // and a query part without `=`.
+    let endpoint = format!("http://otel:CANARY-OTLP-6@{collector_addr}");
+    let port = dependency.addr.port().to_string();
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("CANARY_HOST", "127.0.0.1"),
+        ("CANARY_PORT", port.as_str()),
+        ("CANARY_PATH", "CANARY-PATH-7"),
+        ("CANARY_RAW", "CANARY-RAW-8"),
+    ];
+    let config = format!(
+        "{}\n[dependencies.from-env]\nkind = \"http\"\n\
+         url = \"http://${{CANARY_HOST}}:${{CANARY_PORT}}/${{CANARY_PATH}}?${{CANARY_RAW}}\"\n\
+         interval = \"100ms\"\ntimeout = \"50ms\"\njitter = 0.0\n",
+        config(dependency.addr, "")
+    );
+    let (mut child, addr, _) = serve_with(&config, &env, Stdio::piped()).await;
+    // Read as it comes: trace logs would fill the pipe and block the server.
     let mut stderr = child.stderr.take().expect("piped");
+    let logs = tokio::spawn(async move {
+        let mut logs = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs)
+            .await
+            .expect("read logs");
+        logs
+    });
+    collector.span_where(|s| s.name == "probe").await;
     // Several failing rounds (each probe logged at debug), the transition warnings, the drain.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    terminate(&mut child).await;
-    let mut logs = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs)
+    let detail = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"))
+        .args(["check", "--addr", &addr.to_string(), "--detail", "--json"])
+        .output()
         .await
-        .expect("read logs");
+        .expect("check runs");
+    terminate(&mut child).await;
+    let logs = logs.await.expect("reader");
     assert!(
-        logs.contains("probe finished") && logs.contains("health got worse"),
-        "debug logs were written:\n{logs}"
+        logs.contains("probe finished")
+            && logs.contains("health got worse")
+            && logs.contains("exporting traces over OTLP"),
+        "trace logs were written:\n{logs}"
     );
-    for canary in ["CANARY-PW-1", "CANARY-Q-2", "CANARY-H-3"] {
+    let detail = String::from_utf8_lossy(&detail.stdout);
+    assert!(
+        detail.contains("http://${CANARY_HOST}:${CANARY_PORT}/${CANARY_PATH}?[redacted]"),
+        "the target shows the variables: {detail}"
+    );
+    let spans = format!("{:?}", collector.spans.lock().expect("not poisoned"));
+    for canary in [
+        "CANARY-PW-1",
+        "CANARY-Q-2",
+        "CANARY-H-3",
+        "CANARY-OTLP-6",
+        "CANARY-PATH-7",
+        "CANARY-RAW-8",
+    ] {
         assert!(!logs.contains(canary), "{canary} leaked into the logs");
+        assert!(!detail.contains(canary), "{canary} leaked into the detail");
+        assert!(!spans.contains(canary), "{canary} leaked into the spans");
     }
+    // The values were used: the dependency saw the expanded path.
+    assert!(
+        dependency
+            .paths()
+            .iter()
+            .any(|p| p == "/CANARY-PATH-7?CANARY-RAW-8"),
+        "requests: {:?}",
+        dependency.paths()
+    );
 }
 
 #[tokio::test]

@@ -5,16 +5,30 @@ use healthgate::{Config, Engine};
 
 use crate::support::{Answer, HttpServer, closed_port, garbage_server, silent_server, state_where};
 
-const CANARIES: [&str; 5] = [
+const CANARIES: [&str; 9] = [
     "CANARY-PW-1",
     "CANARY-Q-2",
     "CANARY-H-3",
     "CANARY-ENV-4",
     "CANARY-MD-5",
+    "canary-host-6",
+    "CANARY-RAW-7",
+    "CANARY-ADDR-8",
+    "CANARY-PATH-9",
 ];
 
 fn env(name: &str) -> Option<String> {
-    (name == "API_KEY").then(|| "CANARY-ENV-4".to_owned())
+    let value = match name {
+        "API_KEY" => "CANARY-ENV-4",
+        // A host that cannot resolve: the DNS error's reason names it.
+        "SECRET_HOST" => "canary-host-6.invalid",
+        "RAW_QUERY" => "CANARY-RAW-7",
+        "BAD_ADDRESS" => "CANARY-ADDR-8",
+        "SECRET_PATH" => "CANARY-PATH-9",
+        "LOOPBACK" => "127.0.0.1",
+        _ => return None,
+    };
+    Some(value.to_owned())
 }
 
 fn assert_clean(what: &str, text: &str) {
@@ -48,18 +62,26 @@ async fn canary_secrets_never_appear_in_what_we_show() {
         "[dependencies.failing]\n{}\n[dependencies.ok]\n{}\n[dependencies.refused]\n{}\n\
          [dependencies.garbage]\n{}\n[dependencies.hung]\n{}\n\
          [dependencies.grpc]\nkind = \"grpc\"\ntarget = \"http://{refused}\"\n\
-         metadata = {{ authorization = \"Bearer CANARY-MD-5\" }}\ninterval = \"30s\"\njitter = 0.0\n",
+         metadata = {{ authorization = \"Bearer CANARY-MD-5\" }}\ninterval = \"30s\"\njitter = 0.0\n\
+         [dependencies.env-host]\nkind = \"http\"\n\
+         url = \"http://${{SECRET_HOST}}:{port}/${{SECRET_PATH}}?${{RAW_QUERY}}\"\n\
+         interval = \"30s\"\njitter = 0.0\n\
+         [dependencies.env-tcp]\nkind = \"tcp\"\naddress = \"${{LOOPBACK}}:{port}\"\n\
+         interval = \"30s\"\njitter = 0.0\n",
         secret_http(failing.addr.to_string()),
         secret_http(ok.addr.to_string()),
         secret_http(refused.to_string()),
         secret_http(garbage.to_string()),
         secret_http(hung.to_string()),
+        port = ok.addr.port(),
     );
     let config = Config::from_toml_with_env(&toml, &env).expect("valid");
     assert_clean("Config Debug", &format!("{config:?}"));
 
     let handle = Engine::from_config(&config).start().expect("starts");
-    for dep in ["failing", "ok", "refused", "garbage", "hung", "grpc"] {
+    for dep in [
+        "failing", "ok", "refused", "garbage", "hung", "grpc", "env-host", "env-tcp",
+    ] {
         state_where(&handle, dep, |d| d.last_outcome.is_some()).await;
     }
     let snapshot = handle.snapshot();
@@ -76,6 +98,28 @@ async fn canary_secrets_never_appear_in_what_we_show() {
     assert_eq!(
         &*snapshot.dependency("ok").expect("ok").target,
         format!("http://[redacted]@{}/health?token=[redacted]", ok.addr)
+    );
+    // Values from the environment show as their variables, wherever they stand.
+    assert_eq!(
+        &*snapshot.dependency("env-host").expect("env-host").target,
+        format!(
+            "http://${{SECRET_HOST}}:{}/${{SECRET_PATH}}?[redacted]",
+            ok.addr.port()
+        )
+    );
+    let env_tcp = snapshot.dependency("env-tcp").expect("env-tcp");
+    assert_eq!(
+        &*env_tcp.target,
+        format!("${{LOOPBACK}}:{}", ok.addr.port())
+    );
+    assert_eq!(
+        env_tcp.health,
+        healthgate::Health::Healthy,
+        "the address was used"
+    );
+    assert!(
+        reason_of(snapshot.dependency("env-host").expect("env-host")).starts_with("dns: "),
+        "the secret host was looked up"
     );
 
     // The secrets were really used: the healthy server received them.
@@ -95,4 +139,18 @@ async fn canary_secrets_never_appear_in_what_we_show() {
     let err = Config::from_toml_with_env(bad, &env).expect_err("invalid");
     assert_clean("config error", &err.to_string());
     assert_clean("config error Debug", &format!("{err:?}"));
+    // An expanded value that is invalid is reported by its variable, never by its value.
+    let bad = "[dependencies.x]\nkind = \"tcp\"\naddress = \"${BAD_ADDRESS}\"\n\
+               [telemetry]\notlp_endpoint = \"ftp://u:CANARY-PW-1@collector\"\n";
+    let err = Config::from_toml_with_env(bad, &env).expect_err("invalid");
+    assert!(err.to_string().contains("${BAD_ADDRESS}"), "{err}");
+    assert_clean("config error", &err.to_string());
+}
+
+fn reason_of(d: &healthgate::snapshot::DependencyState) -> String {
+    d.last_outcome
+        .as_ref()
+        .and_then(|o| o.verdict.reason())
+        .map(|r| r.to_string())
+        .unwrap_or_default()
 }

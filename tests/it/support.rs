@@ -46,6 +46,8 @@ pub(crate) struct HttpServer {
     answer: Arc<Mutex<Answer>>,
     pub(crate) requests: Arc<AtomicUsize>,
     pub(crate) last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    /// Path and query of the first requests received (at most 1,000).
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
@@ -55,6 +57,7 @@ impl HttpServer {
             answer: Arc::default(),
             requests: Arc::default(),
             last_headers: Arc::default(),
+            seen: Arc::default(),
         };
         let listener = TcpListener::bind(server.addr).await.expect("bind loopback");
         let server = HttpServer {
@@ -74,13 +77,28 @@ impl HttpServer {
         *self.answer.lock().expect("not poisoned") = answer;
     }
 
+    /// Path and query of the requests received so far.
+    pub(crate) fn paths(&self) -> Vec<String> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 }
 
-async fn answer(State(server): State<HttpServer>, headers: HeaderMap) -> impl IntoResponse {
+async fn answer(
+    State(server): State<HttpServer>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     server.requests.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut seen = server.seen.lock().expect("not poisoned");
+        if seen.len() < 1000 {
+            seen.push(uri.path_and_query().map_or("", |p| p.as_str()).to_owned());
+        }
+    }
     *server.last_headers.lock().expect("not poisoned") = Some(headers);
     let answer = server.answer.lock().expect("not poisoned").clone();
     if !answer.delay.is_zero() {
