@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::listener::Limits;
 use crate::redact;
 
 pub use dependency::{
@@ -47,6 +48,8 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceSpec>,
     /// The `[telemetry]` section.
     pub telemetry: TelemetryConfig,
+    /// The `[limits]` section: connection and stream bounds, for each listener.
+    pub limits: Limits,
 }
 
 /// The `[telemetry]` section: OTLP trace export. The standard `OTEL_*` variables apply where a

@@ -12,6 +12,10 @@ pub mod pb;
 mod server;
 
 pub use detail::{DetailService, DetailStream};
+
+/// The largest request message any of our RPCs accepts, decompressed (tonic's default is
+/// 4 MiB): requests are service names. A bigger one is `RESOURCE_EXHAUSTED`.
+pub const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
 pub use fast_check::{FastCheck, FastCheckLayer};
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
 pub(crate) use observe::code_name;

@@ -64,6 +64,8 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 mod health;
+pub mod http;
+pub mod listener;
 pub mod metrics;
 mod outcome;
 pub mod probe;

@@ -84,6 +84,26 @@ struct VersionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: String,
+    reason: String,
+}
+
+/// One listener's connection counters (see [`crate::listener`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: Gauge,
+    pub(crate) refused: Counter,
+    pub(crate) first_request_timeouts: Counter,
+    pub(crate) idle_closes: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: String,
 }
@@ -117,6 +137,9 @@ pub struct Metrics {
     service_transitions: Family<ServiceTransitionLabels, Counter>,
     grpc_requests: Family<RpcLabels, Counter>,
     watch_streams: Family<MethodLabels, Gauge>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    connections_closed: Family<ClosedLabels, Counter>,
     dropped_spans: Counter,
     /// Handles into `grpc_requests`, by (method index, code).
     rpc_counters: Box<[OnceLock<Counter>]>,
@@ -140,6 +163,9 @@ impl Metrics {
             service_transitions: Family::default(),
             grpc_requests: Family::default(),
             watch_streams: Family::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
             dropped_spans: Counter::default(),
             rpc_counters: (0..(KNOWN_METHODS.len() + 1) * CODES)
                 .map(|_| OnceLock::new())
@@ -173,6 +199,21 @@ impl Metrics {
             m.watch_streams.clone(),
         );
         registry.register(
+            "connections_open",
+            "Open client connections, by listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener had max_connections open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed by the server, by listener and reason (first_request_timeout, idle_timeout)",
+            m.connections_closed.clone(),
+        );
+        registry.register(
             "dropped_spans",
             "Trace spans dropped because the export queue was full or export failed",
             m.dropped_spans.clone(),
@@ -190,6 +231,27 @@ impl Metrics {
             build,
         );
         Metrics { registry, ..m }
+    }
+
+    /// The connection counters of listener `name` (`grpc`, `http`).
+    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
+        let listener = ListenerLabels {
+            listener: name.to_owned(),
+        };
+        let closed = |reason: &str| {
+            self.connections_closed
+                .get_or_create(&ClosedLabels {
+                    listener: name.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .clone()
+        };
+        ListenerMetrics {
+            open: self.connections_open.get_or_create(&listener).clone(),
+            refused: self.connections_refused.get_or_create(&listener).clone(),
+            first_request_timeouts: closed("first_request_timeout"),
+            idle_closes: closed("idle_timeout"),
+        }
     }
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use healthgate::grpc::{ServeOptions, serve};
+use healthgate::listener::Limits;
 use healthgate::metrics::Metrics;
 use healthgate::{Config, Engine};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::telemetry::{self, LogFormat};
 
@@ -85,6 +86,7 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
         "grpc listening on {}",
         listener.local_addr().unwrap_or(listen)
     );
+    let limits = fit_limits(config, 1 + usize::from(http.is_some()));
     let http_stop = CancellationToken::new();
     if let Some(http) = http {
         if let Ok(addr) = http.local_addr() {
@@ -92,17 +94,21 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
         }
         let app = healthgate::metrics::http_router(metrics.clone());
         let stop = http_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let metrics = Some(metrics.clone());
+        tokio::spawn(healthgate::http::serve(
+            http,
+            app,
+            limits,
+            metrics,
+            stop.cancelled_owned(),
+        ));
     }
     let options = ServeOptions {
         drain_delay: config.server.drain_delay,
         drain_timeout: config.server.drain_timeout,
         detail_token: config.server.detail_token.clone(),
         metrics: Some(metrics),
+        limits,
     };
     let result = serve(listener, handle, options, shutdown_signal()).await;
     http_stop.cancel();
@@ -114,6 +120,32 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             ExitCode::from(1)
         }
     }
+}
+
+/// The configured limits, with `max_connections` lowered to fit the file descriptor limit
+/// (said in the log when it is).
+fn fit_limits(config: &Config, listeners: usize) -> Limits {
+    let fd_limit = healthgate::listener::fd_limit();
+    let (limits, lowered) =
+        config
+            .limits
+            .fit_fd_limit(fd_limit, listeners, config.dependencies.len());
+    if lowered {
+        warn!(
+            fd_limit = fd_limit.unwrap_or_default(),
+            configured = config.limits.max_connections,
+            max_connections = limits.max_connections,
+            "max_connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+    }
+    info!(
+        max_connections = limits.max_connections,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        first_request_timeout = ?limits.first_request_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        "connection limits, per listener"
+    );
+    limits
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -20,6 +20,16 @@ pub(crate) struct RawConfig {
     pub(crate) services: BTreeMap<String, RawService>,
     #[serde(default)]
     pub(crate) telemetry: RawTelemetry,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLimits {
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_concurrent_streams: Option<i64>,
+    pub(crate) first_request_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

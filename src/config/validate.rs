@@ -15,6 +15,7 @@ use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
 use super::{Config, ServerConfig, TelemetryConfig, TlsSpec, env, tls};
+use crate::listener::Limits;
 use crate::redact::{Secrets, url_secrets};
 use crate::{Health, Impact};
 
@@ -64,11 +65,13 @@ impl Validator<'_> {
             self.problems.extend(spec.check(name, &exists));
         }
         let telemetry = self.telemetry(&raw.telemetry);
+        let limits = self.limits(&raw.limits);
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),
             dependencies,
             services,
             telemetry,
+            limits,
         })
     }
 
@@ -149,6 +152,64 @@ impl Validator<'_> {
             }
         }
         t
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(n) = raw.max_connections {
+            match usize::try_from(n) {
+                Ok(n) if (1..=1_000_000).contains(&n) => limits.max_connections = n,
+                _ => self.problem(
+                    "limits.max_connections",
+                    format!("{n} must be between 1 and 1000000"),
+                ),
+            }
+        }
+        if let Some(n) = raw.max_concurrent_streams {
+            match u32::try_from(n) {
+                Ok(n) if (1..=10_000).contains(&n) => limits.max_concurrent_streams = n,
+                _ => self.problem(
+                    "limits.max_concurrent_streams",
+                    format!("{n} must be between 1 and 10000"),
+                ),
+            }
+        }
+        let ranged = |v: &mut Self, key: &str, raw: Option<&str>, min: Duration, max: Duration| {
+            let d = v.duration(key, raw)?;
+            if (min..=max).contains(&d) {
+                Some(d)
+            } else {
+                v.problem(
+                    key,
+                    format!(
+                        "{} must be between {} and {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(d) = ranged(
+            self,
+            "limits.first_request_timeout",
+            raw.first_request_timeout.as_deref(),
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        ) {
+            limits.first_request_timeout = d;
+        }
+        if let Some(d) = ranged(
+            self,
+            "limits.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 60 * 60),
+        ) {
+            limits.idle_timeout = d;
+        }
+        limits
     }
 
     fn duration(&mut self, path: &str, raw: Option<&str>) -> Option<Duration> {

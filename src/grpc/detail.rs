@@ -52,6 +52,7 @@ impl DetailService {
     /// The tonic server: gzip accepted, and used for responses when the client accepts it.
     pub fn into_server(self) -> DetailServer<DetailService> {
         DetailServer::new(self)
+            .max_decoding_message_size(super::MAX_REQUEST_MESSAGE)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }

@@ -40,7 +40,7 @@ const PATH: &str = "/grpc.health.v1.Health/Check";
 const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 
 /// Check requests are a service name; anything bigger is not one.
-const MAX_REQUEST: usize = 16 * 1024;
+const MAX_REQUEST: usize = super::MAX_REQUEST_MESSAGE;
 
 // Header names built once: a lookup or insert by `&str` parses and validates the name first.
 const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");

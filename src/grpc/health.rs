@@ -46,7 +46,9 @@ impl HealthService {
     /// The tonic server: accepts gzip-compressed requests, answers uncompressed (a status
     /// message is two bytes; compressing it only costs).
     pub fn into_server(self) -> HealthServer<HealthService> {
-        HealthServer::new(self).accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        HealthServer::new(self)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(super::MAX_REQUEST_MESSAGE)
     }
 }
 

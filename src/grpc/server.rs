@@ -6,7 +6,6 @@
 //! RPCs get up to `drain_timeout`; then everything still open is dropped. A Watch client that
 //! never cancels therefore cannot hold exit beyond `drain_delay + drain_timeout`.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,32 +13,18 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tower_layer::Layer;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::fast_check::FastCheckLayer;
-use super::observe::{ObserveLayer, ObservedBody};
+use super::observe::ObserveLayer;
 use super::{DetailService, HealthService, pb};
 use crate::Handle;
+use crate::listener::{self, Limits};
 use crate::metrics::Metrics;
-
-/// TCP keep-alive to notice dead peers holding Watch streams: first probe after 30 s of
-/// silence, then every 10 s, given up after 3 unanswered (about a minute in all). The kernel
-/// does this at no cost per request; HTTP/2 pings would read the clock and take a lock on every
-/// frame received (hyper's ping recorder), about 3 % of a Check.
-const KEEP_ALIVE_TIME: Duration = Duration::from_secs(30);
-#[cfg(target_os = "linux")]
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-#[cfg(target_os = "linux")]
-const KEEP_ALIVE_RETRIES: u32 = 3;
-
-/// How long to pause accepting after an error such as running out of file descriptors.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// How the server drains and who may read details.
 #[derive(Clone, Default)]
@@ -50,8 +35,10 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// When set, the Detail service requires `authorization: Bearer TOKEN`.
     pub detail_token: Option<String>,
-    /// Where RPCs and open Watch streams are counted.
+    /// Where RPCs, open Watch streams and connections are counted.
     pub metrics: Option<Arc<Metrics>>,
+    /// Connection and stream limits.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -59,6 +46,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("drain_delay", &self.drain_delay)
             .field("drain_timeout", &self.drain_timeout)
+            .field("limits", &self.limits)
             .field(
                 "detail_token",
                 &self.detail_token.as_ref().map(|_| "[redacted]"),
@@ -91,10 +79,14 @@ pub async fn serve(
     let goaway = CancellationToken::new();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
-    let reflection_v1 = reflection.build_v1()?;
+    let reflection_v1 = reflection
+        .build_v1()?
+        .max_decoding_message_size(super::MAX_REQUEST_MESSAGE);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
-    let reflection_v1alpha = reflection.build_v1alpha()?;
+    let reflection_v1alpha = reflection
+        .build_v1alpha()?
+        .max_decoding_message_size(super::MAX_REQUEST_MESSAGE);
     let routes = Routes::new(HealthService::new(handle.clone(), streams_end.clone()).into_server())
         .add_service(
             DetailService::new(
@@ -117,7 +109,22 @@ pub async fn serve(
             .with_watch(streams_end.clone())
             .layer(routes),
     );
-    let server = accept(listener, TowerToHyperService::new(service), goaway.clone());
+    let mut http = http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .max_concurrent_streams(options.limits.max_concurrent_streams)
+        .initial_stream_window_size(listener::STREAM_WINDOW)
+        .initial_connection_window_size(listener::CONNECTION_WINDOW)
+        .max_header_list_size(listener::MAX_HEADER_LIST_SIZE)
+        .max_send_buf_size(listener::MAX_SEND_BUFFER);
+    let server = listener::accept(
+        listener,
+        "grpc",
+        options.limits,
+        options.metrics.clone(),
+        TowerToHyperService::new(service),
+        move |stream, service| http.serve_connection(TokioIo::new(stream), service),
+        goaway.clone(),
+    );
     tokio::pin!(server);
 
     let mut failure = None;
@@ -148,77 +155,4 @@ pub async fn serve(
         Some(why) => Err(ServeError::EngineFailed(why)),
         None => Ok(()),
     }
-}
-
-/// Accepts connections until `goaway`, then waits for the open ones to finish: each is told
-/// GOAWAY and ends when its last stream has. Dropping this future aborts them all.
-///
-/// Connections are served by hyper directly rather than by `tonic::transport::Server`, whose
-/// per-request wrapping (a boxed clone of the service stack, a boxed request body and response
-/// body, connect info in the extensions, its timeout layer) cost about as much CPU as
-/// answering a Check does (BENCHMARKS.md). The HTTP/2 settings are tonic's defaults (no limit
-/// on concurrent streams, HTTP/2 only); dead peers are noticed by TCP keep-alive. `grpc-timeout` is not enforced by the server: every unary RPC here answers at
-/// once, and a client whose deadline passes on a Watch resets the stream itself.
-async fn accept<S>(listener: TcpListener, service: S, goaway: CancellationToken)
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ObservedBody<tonic::body::Body>>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut http = http2::Builder::new(TokioExecutor::new());
-    http.timer(TokioTimer::new()).max_concurrent_streams(None);
-    let keepalive = TcpKeepalive::new().with_time(KEEP_ALIVE_TIME);
-    #[cfg(target_os = "linux")]
-    let keepalive = keepalive
-        .with_interval(KEEP_ALIVE_INTERVAL)
-        .with_retries(KEEP_ALIVE_RETRIES);
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, _peer) = tokio::select! {
-            () = goaway.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors or memory: the error repeats until something
-                    // closes, so pause rather than spin.
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        // Without it a response written in two parts waits for the client's delayed ACK
-        // (~40 ms).
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY");
-        }
-        if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-            debug!(error = %e, "TCP keep-alive");
-        }
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
-        let goaway = goaway.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = goaway.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    // Stop listening at once: new clients are refused rather than left waiting.
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }

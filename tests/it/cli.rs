@@ -304,7 +304,7 @@ async fn check_watch_prints_each_status_until_the_stream_ends() {
         drain_delay: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(1),
         detail_token: None,
-        metrics: None,
+        ..ServeOptions::default()
     };
     let mut front = Front::start(handle.clone(), options).await;
     let mut child = Command::new(BIN)

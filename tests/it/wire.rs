@@ -251,7 +251,7 @@ async fn drain_goes_not_serving_keeps_serving_then_ends_streams_within_the_timeo
             drain_delay,
             drain_timeout,
             detail_token: None,
-            metrics: None,
+            ..ServeOptions::default()
         },
     )
     .await;

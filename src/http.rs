@@ -1,0 +1,86 @@
+//! The HTTP front's server: an axum router (today `/metrics`) served on `[server] http_listen`
+//! over HTTP/1.1 and h2c, under the same connection limits as the gRPC front
+//! ([`crate::listener`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::{self, Connection, Limits};
+use crate::metrics::Metrics;
+
+/// The HTTP/1 read buffer per connection, which bounds a request head.
+pub const MAX_HTTP1_BUFFER: usize = 32 * 1024;
+
+/// Serves `router` on `listener` under `limits` until `shutdown` resolves; then open
+/// connections are closed gracefully (in-flight requests finish) and this returns when they
+/// have. Connections are counted in `metrics` as listener `http`.
+///
+/// On HTTP/1 a request head must arrive within `limits.first_request_timeout` — also for
+/// each later request on a kept-alive connection (hyper's header read timeout), so an idle
+/// HTTP/1 connection is closed after that time.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.first_request_timeout)
+        .max_buf_size(MAX_HTTP1_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(listener::STREAM_WINDOW)
+        .initial_connection_window_size(listener::CONNECTION_WINDOW)
+        .max_header_list_size(listener::MAX_HEADER_LIST_SIZE)
+        .max_send_buf_size(listener::MAX_SEND_BUFFER);
+    let goaway = CancellationToken::new();
+    let server = listener::accept(
+        listener,
+        "http",
+        limits,
+        metrics,
+        TowerToHyperService::new(router),
+        move |stream, service| {
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned()
+        },
+        goaway.clone(),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        () = &mut server => return,
+        () = shutdown => {}
+    }
+    goaway.cancel();
+    server.await;
+}
+
+impl<I, S, E, B> Connection for auto::Connection<'static, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self);
+    }
+}
