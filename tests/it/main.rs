@@ -6,6 +6,7 @@ mod cli;
 mod config_file;
 mod engine;
 mod front;
+mod limits;
 mod metrics;
 mod otlp;
 mod probe_grpc;
