@@ -30,7 +30,8 @@ use crate::redact;
 pub use dependency::{
     BodyCondition, BodyMatcher, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
-    JsonSelector, MAX_DURATION, MAX_STREAK, Mode, OnDemand, ProbeSpec, StatusSet, TcpSpec,
+    JsonSelector, MAX_DURATION, MAX_STALE_AFTER, MAX_STREAK, Mode, OnDemand, ProbeSpec, StatusSet,
+    TcpSpec,
 };
 pub(crate) use error::key as path_key;
 pub use error::{ConfigError, Problem};

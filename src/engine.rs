@@ -566,6 +566,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_watched_unknown_name_goes_with_its_last_watcher_and_a_known_one_stays() {
+        let handle = Engine::builder().start().expect("starts");
+        let channels = |h: &Handle| {
+            h.shared
+                .watchers
+                .lock()
+                .expect("not poisoned")
+                .channels
+                .len()
+        };
+        let a = handle.watch_service("nobody");
+        let b = handle.watch_service("nobody");
+        let overall = handle.watch_service("");
+        assert_eq!(channels(&handle), 2);
+        drop(a);
+        assert_eq!(channels(&handle), 2, "one watcher of the name is left");
+        drop(b);
+        assert_eq!(channels(&handle), 1, "gone with its last watcher");
+        drop(overall);
+        assert_eq!(channels(&handle), 1, "a configured name keeps its channel");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn a_panicking_reducer_fails_every_service_and_says_so() {
         let shared = Arc::new(Shared::new());
         let name: Arc<str> = Arc::from("readiness");

@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// checking and reach the limits of the runtime's timers (tokio's timer wheel holds about two
 /// years), so validation refuses them instead of letting them fail later.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The longest `stale_after` a dependency can have: set by hand it is at most
+/// [`MAX_DURATION`] like every setting; the default (three periods and a timeout) can reach
+/// this.
+pub const MAX_STALE_AFTER: Duration = Duration::from_secs(4 * 365 * 24 * 60 * 60);
 /// The largest `fall` and `rise`.
 pub const MAX_STREAK: u32 = 1000;
 
@@ -382,13 +386,13 @@ impl DependencySpec {
         }
     }
 
-    /// `3 × period + timeout`, at most [`MAX_DURATION`]: three missed runs in a row make a
-    /// dependency Unknown.
+    /// `3 × period + timeout`: three missed runs in a row make a dependency Unknown. The only
+    /// duration that may exceed [`MAX_DURATION`] (up to [`MAX_STALE_AFTER`]).
     pub fn default_stale_after(&self) -> Duration {
         self.period()
             .saturating_mul(3)
             .saturating_add(self.timeout)
-            .min(MAX_DURATION)
+            .min(MAX_STALE_AFTER)
     }
 
     /// The cross-field rules, for config validation and runtime changes alike. `path` prefixes
@@ -402,6 +406,12 @@ impl DependencySpec {
             if value > MAX_DURATION {
                 problem(format!("{key} ({}) must be at most 365days", f(value)));
             }
+        }
+        if self.stale_after > MAX_STALE_AFTER {
+            problem(format!(
+                "stale_after ({}) must be at most 1460days",
+                f(self.stale_after)
+            ));
         }
         if self.timeout.is_zero() {
             problem("timeout must be greater than 0".into());
@@ -462,7 +472,8 @@ impl DependencySpec {
 
     /// Every duration setting with its key, for the range check.
     fn durations(&self) -> Vec<(&'static str, Duration)> {
-        let mut out = vec![("timeout", self.timeout), ("stale_after", self.stale_after)];
+        // `stale_after` has its own, larger bound: its default is a sum.
+        let mut out = vec![("timeout", self.timeout)];
         match &self.mode {
             Mode::Background { interval, .. } => out.push(("interval", *interval)),
             Mode::OnDemand(o) => out.extend([

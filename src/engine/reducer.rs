@@ -68,6 +68,8 @@ struct Dependency {
     last_success: Option<SystemTime>,
     last_failure: Option<SystemTime>,
     stale_key: Option<delay_queue::Key>,
+    /// When the last outcome goes stale (the timer may fire earlier, see [`stale_timer`]).
+    stale_at: Instant,
     slot: Option<Arc<OnDemandSlot>>,
     /// The published form, rebuilt whenever something in it changes.
     state: Arc<DependencyState>,
@@ -171,6 +173,7 @@ impl Reducer {
             last_success: None,
             last_failure: None,
             stale_key: None,
+            stale_at: Instant::now(),
             slot,
         };
         refresh(&name, &mut dep);
@@ -305,6 +308,7 @@ impl Reducer {
         } else {
             dep.last_failure = Some(outcome.finished_at);
         }
+        dep.stale_at = Instant::now() + dep.spec.stale_after;
         let stale_after = stale_timer(dep.spec.stale_after);
         match &dep.stale_key {
             Some(key) => self.stale.reset(key, stale_after),
@@ -336,8 +340,15 @@ impl Reducer {
     }
 
     fn expire(&mut self, name: Arc<str>) {
-        if let Some(dep) = self.dependencies.get_mut(&name) {
-            dep.stale_key = None;
+        let Some(dep) = self.dependencies.get_mut(&name) else {
+            return;
+        };
+        dep.stale_key = None;
+        let left = dep.stale_at.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            // A capped timer fired early: wait for the rest.
+            dep.stale_key = Some(self.stale.insert(name, stale_timer(left)));
+            return;
         }
         self.expire_now(&name, "no recent outcome (stale)");
     }
@@ -426,6 +437,7 @@ impl Reducer {
                 self.stale
                     .insert(key.clone(), stale_timer(spec.stale_after))
             }),
+            stale_at: Instant::now() + spec.stale_after,
             spec,
             instance,
             cancel,
@@ -601,9 +613,10 @@ impl Reducer {
     }
 }
 
-/// The stale timer for `stale_after`. Validation keeps it within [`MAX_DURATION`]; the cap is
-/// repeated here because `DelayQueue` panics beyond about two years, and a panic here would
-/// stop the reducer.
+/// The stale timer for `stale_after`: at most [`MAX_DURATION`], because tokio's `DelayQueue`
+/// panics beyond about two years (a panic here would stop the reducer). A default
+/// `stale_after` can be longer (three periods of up to a year each); such a timer fires
+/// early and is set again for the rest ([`Reducer::expire`]).
 ///
 /// [`MAX_DURATION`]: crate::config::MAX_DURATION
 fn stale_timer(stale_after: Duration) -> Duration {

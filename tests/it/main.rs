@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod config_file;
+mod config_props;
 mod engine;
 mod front;
 mod limits;
