@@ -6,6 +6,8 @@
 #   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
 #   SECTIONS="fanout scale" bench/run.sh   # only some sections (check fanout scale cold)
+#   BASELINE=path/to/healthgate bench/run.sh  # an earlier build joins the check and fan-out
+#                                 # sections as "healthgate-baseline" (before/after, same run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,7 @@ RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario
 SECTIONS=${SECTIONS:-check fanout scale cold}
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
+BASELINE=${BASELINE:-}      # an earlier healthgate binary to compare with, same run
 work=target/bench
 mkdir -p "$work"
 
@@ -122,13 +125,16 @@ kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 if section check; then
 echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$results"
 servers=(healthgate tonic-health grpc-go h2-floor)
+[ -n "$BASELINE" ] && servers+=(healthgate-baseline)
 for round in $(seq "$ROUNDS"); do
   echo "== round $round"
   # Rotate the order each round so no server always runs first (or last).
-  rotated=("${servers[@]:$(((round - 1) % 4))}" "${servers[@]:0:$(((round - 1) % 4))}")
+  n=${#servers[@]}
+  rotated=("${servers[@]:$(((round - 1) % n))}" "${servers[@]:0:$(((round - 1) % n))}")
   for server in "${rotated[@]}"; do
     case $server in
       healthgate) read -r pid addr < <(start "$server" 0 "$hg" serve --config "$work/healthy.toml") ;;
+      healthgate-baseline) read -r pid addr < <(start "$server" 0 "$BASELINE" serve --config "$work/healthy.toml") ;;
       tonic-health) read -r pid addr < <(start "$server" 0 "$ex/tonic_health_peer" 127.0.0.1:0) ;;
       grpc-go) read -r pid addr < <(start "$server" 0 "$work/grpc-go-health" 127.0.0.1:0) ;;
       h2-floor) read -r pid addr < <(start "$server" 0 "$ex/h2_floor" 127.0.0.1:0) ;;
@@ -165,18 +171,22 @@ echo "round,watchers,server,converged,flips,bytes_per_watcher,cpu_us_per_msg,fir
 # fall = 3: a probe that times out while the client's core is busy opening 10,000 streams must
 # not flip the service by itself.
 fanout_servers=(healthgate tonic-health grpc-go)
+[ -n "$BASELINE" ] && fanout_servers+=(healthgate-baseline)
 for round in $(seq "$ROUNDS"); do
   echo "== round $round"
   for watchers in 1000 10000; do
-    rotated=("${fanout_servers[@]:$(((round - 1) % 3))}" "${fanout_servers[@]:0:$(((round - 1) % 3))}")
+    n=${#fanout_servers[@]}
+    rotated=("${fanout_servers[@]:$(((round - 1) % n))}" "${fanout_servers[@]:0:$(((round - 1) % n))}")
     for server in "${rotated[@]}"; do
       dep_pid=
       case $server in
-        healthgate)
+        healthgate|healthgate-baseline)
+          bin=$hg
+          [ "$server" = healthgate-baseline ] && bin=$BASELINE
           read -r dep_pid dep_addr < <(start dep-signal 1 "$ex/bench_dependency" 127.0.0.1:0 signal)
           printf '[server]\ngrpc_listen = "127.0.0.1:0"\ndrain_delay = "0s"\n\n[dependencies.flip]\nkind = "http"\nurl = "http://%s/flip"\ninterval = "20ms"\ntimeout = "19ms"\njitter = 0.0\nfall = 3\nrise = 1\n' \
             "$dep_addr" >"$work/fanout.toml"
-          read -r pid addr < <(start "$server" 0 "$hg" serve --config "$work/fanout.toml")
+          read -r pid addr < <(start "$server" 0 "$bin" serve --config "$work/fanout.toml")
           flipper=$dep_pid ;;
         tonic-health) read -r pid addr < <(start "$server" 0 "$ex/tonic_health_peer" 127.0.0.1:0); flipper=$pid ;;
         grpc-go) read -r pid addr < <(start "$server" 0 "$work/grpc-go-health" 127.0.0.1:0); flipper=$pid ;;

@@ -64,6 +64,11 @@ if runs:
     target("p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
     flap = med("overall", "healthgate-flapping", "p99_us") / med("overall", "healthgate", "p99_us")
     checks.append(("p99 with dependencies flapping vs healthy (reported)", flap, "-", "-"))
+    if ("overall", "healthgate-baseline") in runs:
+        # This build against an earlier one (BASELINE=…), same run: must not regress by > 5 %.
+        for scenario in ["overall", "named"]:
+            now = med(scenario, "healthgate", "rps") / med(scenario, "healthgate-baseline", "rps")
+            target(f"{scenario}: Check/s vs baseline build", now, ">= 0.95", now >= 0.95)
     if ("overall", "healthgate-pool") in runs:
         pool = med("overall", "healthgate", "rps") / med("overall", "healthgate-pool", "rps")
         checks.append(("one thread vs 2-worker pool: Check/s (reported)", pool, "-", "-"))
@@ -95,6 +100,12 @@ if fanout:
         mem = median(r["bytes_per_watcher"] for r in hg)
         best_mem = min(median(r["bytes_per_watcher"] for r in p) for p in peers)
         target(f"W={w}: bytes per watcher vs best peer", mem / best_mem, "<= 1.00", mem <= best_mem)
+        base = fanout.get((w, "healthgate-baseline"), [])
+        if base:
+            ratio = cpu / median(r["cpu_us_per_msg"] for r in base)
+            target(f"W={w}: CPU per message vs baseline build", ratio, "<= 1.05", ratio <= 1.05)
+            ratio = mem / median(r["bytes_per_watcher"] for r in base)
+            target(f"W={w}: bytes per watcher vs baseline build", ratio, "<= 1.05", ratio <= 1.05)
 
 # Engine scale.
 scale = defaultdict(list)

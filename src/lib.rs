@@ -52,7 +52,10 @@
 //! | [`engine`] | [`Engine`] / [`Handle`]; probe tasks, on-demand cache, hysteresis, rollup, reducer |
 //! | [`snapshot`] | the immutable published view |
 //! | [`grpc`] | the gRPC front: `grpc.health.v1`, `healthgate.v1.Detail`, reflection, drain; the only module that touches generated types |
+//! | [`listener`] | accepting connections under [`listener::Limits`]: the connection cap, first-request deadline, idle timeout, HTTP/2 bounds |
+//! | [`http`] | the HTTP front's server (today `/metrics`), under the same limits |
 //! | [`redact`] | keeping secrets out of everything printed |
+//! | `auth` | bearer tokens (RFC 9110) compared in constant time |
 //!
 //! Data flows one way: probe tasks send outcomes to a single reducer task, which owns all state
 //! and publishes `Arc<Snapshot>`s and per-service watch values. Nothing holds a lock across

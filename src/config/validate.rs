@@ -142,37 +142,21 @@ impl Validator<'_> {
         if let Some(d) = self.duration("telemetry.export_timeout", raw.export_timeout.as_deref()) {
             t.export_timeout = d;
         }
-        if let Some(n) = raw.queue_size {
-            match usize::try_from(n) {
-                Ok(n) if (1..=1_000_000).contains(&n) => t.queue_size = n,
-                _ => self.problem(
-                    "telemetry.queue_size",
-                    format!("{n} must be between 1 and 1000000"),
-                ),
-            }
+        if let Some(n) = self.number("telemetry.queue_size", raw.queue_size, 1, 1_000_000) {
+            t.queue_size = n;
         }
         t
     }
 
     fn limits(&mut self, raw: &RawLimits) -> Limits {
         let mut limits = Limits::default();
-        if let Some(n) = raw.max_connections {
-            match usize::try_from(n) {
-                Ok(n) if (1..=1_000_000).contains(&n) => limits.max_connections = n,
-                _ => self.problem(
-                    "limits.max_connections",
-                    format!("{n} must be between 1 and 1000000"),
-                ),
-            }
+        let key = "limits.max_connections";
+        if let Some(n) = self.number(key, raw.max_connections, 1, 1_000_000) {
+            limits.max_connections = n;
         }
-        if let Some(n) = raw.max_concurrent_streams {
-            match u32::try_from(n) {
-                Ok(n) if (1..=10_000).contains(&n) => limits.max_concurrent_streams = n,
-                _ => self.problem(
-                    "limits.max_concurrent_streams",
-                    format!("{n} must be between 1 and 10000"),
-                ),
-            }
+        let key = "limits.max_concurrent_streams";
+        if let Some(n) = self.number(key, raw.max_concurrent_streams, 1, 10_000) {
+            limits.max_concurrent_streams = n;
         }
         let ranged = |v: &mut Self, key: &str, raw: Option<&str>, min: Duration, max: Duration| {
             let d = v.duration(key, raw)?;
@@ -230,10 +214,14 @@ impl Validator<'_> {
         }
     }
 
-    fn count(&mut self, path: &str, raw: Option<i64>, min: u32, max: u32) -> Option<u32> {
+    /// An integer setting within `min..=max` (the range is stated in the problem).
+    fn number<T>(&mut self, path: &str, raw: Option<i64>, min: T, max: T) -> Option<T>
+    where
+        T: TryFrom<i64> + PartialOrd + std::fmt::Display,
+    {
         let raw = raw?;
-        match u32::try_from(raw) {
-            Ok(v) if (min..=max).contains(&v) => Some(v),
+        match T::try_from(raw) {
+            Ok(v) if min <= v && v <= max => Some(v),
             _ => {
                 self.problem(path, format!("{raw} must be between {min} and {max}"));
                 None
@@ -300,13 +288,13 @@ impl Validator<'_> {
             d(&raw.degraded_after, &defaults.degraded_after).as_deref(),
         );
         let stale_after = self.duration(&format!("{path}.stale_after"), raw.stale_after.as_deref());
-        let fall = self.count(
+        let fall = self.number(
             &format!("{path}.fall"),
             raw.fall.or(defaults.fall),
             1,
             MAX_STREAK,
         );
-        let rise = self.count(
+        let rise = self.number(
             &format!("{path}.rise"),
             raw.rise.or(defaults.rise),
             1,

@@ -5,6 +5,13 @@
 //! it); then Watch streams end after their final `NOT_SERVING` and GOAWAY is sent; in-flight
 //! RPCs get up to `drain_timeout`; then everything still open is dropped. A Watch client that
 //! never cancels therefore cannot hold exit beyond `drain_delay + drain_timeout`.
+//!
+//! Connections are served by hyper directly rather than by `tonic::transport::Server`, whose
+//! per-request wrapping (a boxed clone of the service stack, boxed bodies, connect info, its
+//! timeout layer) cost about as much CPU as answering a Check (BENCHMARKS.md), under the
+//! limits of [`crate::listener`]. `grpc-timeout` is not enforced by the server: every unary
+//! RPC here answers at once, and a client whose deadline passes on a Watch resets the stream
+//! itself.
 
 use std::future::Future;
 use std::sync::Arc;
