@@ -19,6 +19,7 @@ NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
 RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
 SECTIONS=${SECTIONS:-check fanout scale cold}
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
+WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
 BASELINE=${BASELINE:-}      # an earlier healthgate binary to compare with, same run
 work=target/bench
@@ -174,7 +175,7 @@ fanout_servers=(healthgate tonic-health grpc-go)
 [ -n "$BASELINE" ] && fanout_servers+=(healthgate-baseline)
 for round in $(seq "$ROUNDS"); do
   echo "== round $round"
-  for watchers in 1000 10000; do
+  for watchers in $WATCHERS; do
     n=${#fanout_servers[@]}
     rotated=("${fanout_servers[@]:$(((round - 1) % n))}" "${fanout_servers[@]:0:$(((round - 1) % n))}")
     for server in "${rotated[@]}"; do

@@ -384,6 +384,30 @@ async fn silent_connections_are_closed_by_the_deadline_and_the_newest_past_the_c
         started.elapsed()
     );
     drop(n);
+    // And the same cap: the 21st HTTP connection is closed at once, not at the deadline.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(served.http).await.expect("connect"));
+    }
+    let mut newest = TcpStream::connect(served.http).await.expect("connect");
+    tokio::time::timeout(
+        Duration::from_millis(900),
+        newest.read_to_end(&mut Vec::new()),
+    )
+    .await
+    .expect("refused at once, not closed by the deadline")
+    .ok();
+    for mut tcp in silent {
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut Vec::new()))
+            .await
+            .expect("closed by the server");
+    }
+    assert!(
+        served
+            .metric("healthgate_connections_refused_total{listener=\"http\"}")
+            .await
+            >= 1.0
+    );
     served.stop().await;
 }
 
