@@ -183,8 +183,12 @@ impl Feeds {
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() {
-                    // The engine is gone: keep the last answer until drain ends the streams.
-                    end.cancelled().await;
+                    // The engine is gone: keep the last answer until drain ends the streams
+                    // or the last watcher leaves.
+                    tokio::select! {
+                        () = end.cancelled() => {}
+                        () = tx.closed() => {}
+                    }
                     break;
                 },
                 () = tx.closed() => {
