@@ -548,12 +548,13 @@ impl Reducer {
             if status != svc.state.status || deciding != svc.state.deciding {
                 if status.health != svc.state.status.health && !self.shutting_down {
                     let from = svc.state.status.health;
+                    let why = deciding_reasons(&deciding, deps);
                     transition(
                         Kind::Service,
                         name,
                         from,
                         health,
-                        None,
+                        Some(&why),
                         self.metrics.as_deref(),
                     );
                 }
@@ -670,6 +671,27 @@ enum Kind {
     Service,
 }
 
+/// Why a service has its health: each deciding dependency with its reason,
+/// `orders-api: HTTP 503; db: unknown` (empty when nothing decides, i.e. healthy).
+fn deciding_reasons(deciding: &[Arc<str>], deps: &BTreeMap<Arc<str>, Dependency>) -> String {
+    deciding
+        .iter()
+        .map(|name| {
+            let why = match deps.get(name) {
+                Some(d) if d.hysteresis.health() == Health::Unknown => "unknown".to_owned(),
+                Some(d) => d
+                    .last_outcome
+                    .as_ref()
+                    .and_then(|o| o.verdict.reason())
+                    .map_or_else(|| d.hysteresis.health().to_string(), |r| r.to_string()),
+                None => "unknown".to_owned(),
+            };
+            format!("{name}: {why}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A health transition: logged once (warn when worse, info when better) and counted.
 fn transition(
     kind: Kind,
@@ -679,15 +701,22 @@ fn transition(
     reason: Option<&str>,
     metrics: Option<&Metrics>,
 ) {
-    let what = match kind {
-        Kind::Dependency => "dependency",
-        Kind::Service => "service",
-    };
     let reason = reason.unwrap_or("");
-    if to > from {
-        warn!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got worse");
-    } else {
-        info!(kind = what, name = ?name, from = %from, to = %to, reason = %reason, "health got better");
+    // The same field names as every other log line, so a query by `dependency=` or `service=`
+    // finds the transitions too (a service name quoted: the overall service is `""`).
+    match (kind, to > from) {
+        (Kind::Dependency, true) => {
+            warn!(dependency = %name, from = %from, to = %to, reason = %reason, "health got worse")
+        }
+        (Kind::Dependency, false) => {
+            info!(dependency = %name, from = %from, to = %to, reason = %reason, "health got better")
+        }
+        (Kind::Service, true) => {
+            warn!(service = ?name, from = %from, to = %to, reason = %reason, "health got worse")
+        }
+        (Kind::Service, false) => {
+            info!(service = ?name, from = %from, to = %to, reason = %reason, "health got better")
+        }
     }
     match (kind, metrics) {
         (Kind::Dependency, Some(m)) => m.dependency_transition(name, to),

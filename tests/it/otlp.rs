@@ -444,6 +444,23 @@ async fn logs_at_trace_level_carry_no_secrets() {
             && logs.contains("exporting traces over OTLP"),
         "trace logs were written:\n{logs}"
     );
+    // Transitions carry the fields every other line uses, and a service says why.
+    let worse: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("health got worse"))
+        .collect();
+    assert!(
+        worse
+            .iter()
+            .any(|l| l.contains("dependency=api") && l.contains("reason=HTTP 503")),
+        "{worse:?}"
+    );
+    assert!(
+        worse
+            .iter()
+            .any(|l| l.contains("service=\"\"") && l.contains("api: HTTP 503")),
+        "{worse:?}"
+    );
     let detail = String::from_utf8_lossy(&detail.stdout);
     assert!(
         detail.contains("http://${CANARY_HOST}:${CANARY_PORT}/${CANARY_PATH}?[redacted]"),
