@@ -274,7 +274,7 @@ async fn demo_shows_healthy_degraded_and_unhealthy_and_recovers() {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if event["kind"] == "dependency" && event["name"] == "\"orders-api\"" {
+            if event["dependency"] == "orders-api" && event["to"].is_string() {
                 seen.push(event["to"].as_str().unwrap_or_default().to_owned());
             }
             let after = |state: &str, then: &str| {
