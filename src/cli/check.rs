@@ -2,18 +2,20 @@
 //! 1 bad arguments, 2 connection failure, 3 RPC failure including an unknown service, 4 not
 //! serving), plus several `--service`s, `--watch`, and `--detail` (a table, or `--json`).
 
+mod render;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use healthgate::config::TlsSpec;
 use healthgate::grpc::client::{ClientOptions, ConnectError, connect};
+use healthgate::grpc::pb::detail::DetailRequest;
 use healthgate::grpc::pb::detail::detail_client::DetailClient;
-use healthgate::grpc::pb::detail::{DetailRequest, DetailResponse, Health as PbHealth};
 use healthgate::grpc::pb::health::HealthCheckRequest;
 use healthgate::grpc::pb::health::health_check_response::ServingStatus;
 use healthgate::grpc::pb::health::health_client::HealthClient;
-use serde_json::json;
+use render::{detail_json, detail_table};
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
@@ -313,126 +315,6 @@ async fn print_detail(channel: Channel, args: &CheckArgs, mut metadata: Metadata
             status.message()
         ),
     }
-}
-
-fn health_name(h: i32) -> &'static str {
-    match PbHealth::try_from(h) {
-        Ok(PbHealth::Healthy) => "healthy",
-        Ok(PbHealth::Degraded) => "degraded",
-        Ok(PbHealth::Unhealthy) => "unhealthy",
-        _ => "unknown",
-    }
-}
-
-fn status_name(s: i32) -> &'static str {
-    ServingStatus::try_from(s).map_or("UNKNOWN", |s| s.as_str_name())
-}
-
-fn rfc3339(t: &prost_types::Timestamp) -> String {
-    let at = UNIX_EPOCH
-        + Duration::new(
-            u64::try_from(t.seconds).unwrap_or(0),
-            u32::try_from(t.nanos).unwrap_or(0),
-        );
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-fn latency_ms(d: &prost_types::Duration) -> f64 {
-    d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6
-}
-
-/// The `--detail --json` object (DESIGN.md §8).
-fn detail_json(r: &DetailResponse) -> serde_json::Value {
-    let services: Vec<_> = r
-        .services
-        .iter()
-        .map(|s| json!({ "name": s.name, "health": health_name(s.health), "serving_status": status_name(s.serving_status), "deciding": s.deciding }))
-        .collect();
-    let dependencies: Vec<_> = r
-        .dependencies
-        .iter()
-        .map(|d| {
-            let outcome = d.last_outcome.as_ref();
-            json!({
-                "name": d.name,
-                "kind": d.kind,
-                "target": d.target,
-                "health": health_name(d.health),
-                "latency_ms": outcome.and_then(|o| o.latency.as_ref()).map(latency_ms),
-                "reason": outcome.map(|o| o.reason.as_str()).filter(|r| !r.is_empty()),
-                "checked_at": outcome.and_then(|o| o.finished_at.as_ref()).map(rfc3339),
-                "consecutive_successes": d.consecutive_successes,
-                "consecutive_failures": d.consecutive_failures,
-            })
-        })
-        .collect();
-    json!({ "generation": r.generation, "shutting_down": r.shutting_down, "services": services, "dependencies": dependencies })
-}
-
-fn detail_table(r: &DetailResponse) -> String {
-    let mut rows = vec![[
-        "SERVICE".to_owned(),
-        "HEALTH".into(),
-        "STATUS".into(),
-        "DECIDED BY".into(),
-    ]];
-    for s in &r.services {
-        rows.push([
-            format!("{:?}", s.name),
-            health_name(s.health).into(),
-            status_name(s.serving_status).into(),
-            s.deciding.join(", "),
-        ]);
-    }
-    let mut out = table(&rows);
-    out.push('\n');
-    let mut rows = vec![[
-        "DEPENDENCY".to_owned(),
-        "KIND".into(),
-        "HEALTH".into(),
-        "LATENCY".into(),
-        "REASON".into(),
-        "TARGET".into(),
-    ]];
-    for d in &r.dependencies {
-        let outcome = d.last_outcome.as_ref();
-        let latency = outcome
-            .and_then(|o| o.latency.as_ref())
-            .map(|l| format!("{:.1}ms", latency_ms(l)))
-            .unwrap_or_else(|| "-".into());
-        let reason = outcome
-            .map(|o| o.reason.clone())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "-".into());
-        rows.push([
-            d.name.clone(),
-            d.kind.clone(),
-            health_name(d.health).into(),
-            latency,
-            reason,
-            d.target.clone(),
-        ]);
-    }
-    out.push_str(&table(&rows));
-    out
-}
-
-/// Left-aligned columns separated by two spaces.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn tls_spec(args: &CheckArgs) -> Result<Option<TlsSpec>, String> {
