@@ -18,5 +18,4 @@ pub use detail::{DetailService, DetailStream};
 pub const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
 pub use fast_check::{FastCheck, FastCheckLayer};
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
-pub(crate) use observe::code_name;
 pub use server::{ServeError, ServeOptions, serve};

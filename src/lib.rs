@@ -56,6 +56,7 @@
 //! | [`http`] | the HTTP front's server (today `/metrics`), under the same limits |
 //! | [`redact`] | keeping secrets out of everything printed |
 //! | `auth` | bearer tokens (RFC 9110) compared in constant time |
+//! | `grpc_code` | gRPC status codes by canonical name, for reasons, labels and spans |
 //!
 //! Data flows one way: probe tasks send outcomes to a single reducer task, which owns all state
 //! and publishes `Arc<Snapshot>`s and per-service watch values. Nothing holds a lock across
@@ -66,6 +67,7 @@ mod auth;
 pub mod config;
 pub mod engine;
 pub mod grpc;
+mod grpc_code;
 mod health;
 pub mod http;
 pub mod listener;

@@ -374,7 +374,7 @@ impl Metrics {
         slot.get_or_init(|| {
             let labels = RpcLabels {
                 method: method_label(method).to_owned(),
-                code: crate::grpc::code_name(code).to_owned(),
+                code: crate::grpc_code::code_name(code).to_owned(),
             };
             self.grpc_requests.get_or_create_owned(&labels)
         })

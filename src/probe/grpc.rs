@@ -108,7 +108,7 @@ fn status_reason(status: &tonic::Status) -> String {
             Some(cause) => format!("unavailable: {cause}"),
             None => "unavailable".to_owned(),
         },
-        code => format!("grpc status {}", crate::grpc::code_name(code)),
+        code => format!("grpc status {}", crate::grpc_code::code_name(code)),
     }
 }
 
