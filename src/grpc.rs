@@ -11,7 +11,7 @@ mod observe;
 pub mod pb;
 mod server;
 
-pub use detail::{DetailService, DetailStream};
+pub use detail::{DetailService, DetailStream, MAX_DETAIL_FEEDS};
 
 /// The largest request message any of our RPCs accepts, decompressed (tonic's default is
 /// 4 MiB): requests are service names. A bigger one is `RESOURCE_EXHAUSTED`.

@@ -100,7 +100,7 @@ impl Detail for DetailService {
         let services = request.into_inner().services;
         let rx = self
             .feeds
-            .subscribe(&self.handle, services, &self.streams_end);
+            .subscribe(&self.handle, services, &self.streams_end)?;
         Ok(Response::new(Box::pin(detail_stream(
             rx,
             self.streams_end.clone(),
@@ -133,6 +133,10 @@ fn fingerprint(r: &DetailResponse) -> Vec<(String, i32, i32, String)> {
 
 type Latest = watch::Sender<Arc<DetailResponse>>;
 
+/// The most distinct Detail.Watch requests (sets of service names) open at once; the newest
+/// past it is `RESOURCE_EXHAUSTED`. Watchers of a request already open always get in.
+pub const MAX_DETAIL_FEEDS: usize = 64;
+
 /// The detail Watch feeds, one per distinct request (the set of service names asked for).
 ///
 /// One task per feed computes the answer once per snapshot that changed what watchers are told
@@ -153,14 +157,22 @@ impl Feeds {
         handle: &Handle,
         mut services: Vec<String>,
         end: &CancellationToken,
-    ) -> watch::Receiver<Arc<DetailResponse>> {
+    ) -> Result<watch::Receiver<Arc<DetailResponse>>, Status> {
         // The answer does not depend on the order or repetition of names.
         services.sort_unstable();
         services.dedup();
         let key: Arc<[String]> = Arc::from(services);
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = feeds.get(&key) {
-            return tx.subscribe();
+            return Ok(tx.subscribe());
+        }
+        // Each distinct request is a feed that recomputes on every change: without a cap,
+        // watchers asking for distinct name lists would bring back the cost per watcher.
+        if feeds.len() >= MAX_DETAIL_FEEDS {
+            return Err(Status::resource_exhausted(format!(
+                "more than {MAX_DETAIL_FEEDS} distinct Detail.Watch requests are open; \
+                 watch all services or a common list"
+            )));
         }
         let mut changes = handle.subscribe_changes();
         changes.mark_unchanged();
@@ -169,7 +181,7 @@ impl Feeds {
         let (tx, rx) = watch::channel(Arc::new(first));
         feeds.insert(key.clone(), tx.clone());
         tokio::spawn(self.clone().feed(key, tx, changes, end.clone()));
-        rx
+        Ok(rx)
     }
 
     async fn feed(

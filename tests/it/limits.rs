@@ -672,3 +672,47 @@ async fn watch_on_tens_of_thousands_of_distinct_unknown_names_is_linear_and_chec
     drop((streams, clients));
     served.stop().await;
 }
+
+#[tokio::test]
+async fn distinct_detail_watch_requests_past_the_cap_are_refused_and_shared_ones_get_in() {
+    use healthgate::grpc::pb::detail::DetailRequest;
+    use healthgate::grpc::pb::detail::detail_client::DetailClient;
+    use healthgate::grpc::{MAX_DETAIL_FEEDS, ServeOptions};
+
+    let switch = crate::support::Switch::new();
+    let handle = healthgate::Engine::builder()
+        .dependency("db", switch.spec())
+        .start()
+        .expect("starts");
+    let front = crate::support::Front::start(handle.clone(), ServeOptions::default()).await;
+    let client = DetailClient::new(front.channel().await);
+    let watch = |services: Vec<String>| {
+        let mut client = client.clone();
+        async move { client.watch(DetailRequest { services }).await }
+    };
+    let mut open = Vec::new();
+    for i in 0..MAX_DETAIL_FEEDS {
+        open.push(watch(vec![format!("s{i}")]).await.expect("under the cap"));
+    }
+    let refused = watch(vec!["one-too-many".into()])
+        .await
+        .expect_err("past the cap");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // A request already open shares its feed, whatever the order or repetition of names.
+    let mut shared = watch(vec!["s0".into(), "s0".into()])
+        .await
+        .expect("shared")
+        .into_inner();
+    assert!(shared.message().await.expect("stream").is_some());
+    // A feed goes with its last watcher, and its slot is free again.
+    drop(open.pop());
+    tokio::time::timeout(PATIENCE, async {
+        while watch(vec!["newcomer".into()]).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a slot came free");
+    drop((open, shared));
+    handle.shutdown().await;
+}
