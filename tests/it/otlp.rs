@@ -418,7 +418,7 @@ async fn logs_at_trace_level_carry_no_secrets() {
          interval = \"100ms\"\ntimeout = \"50ms\"\njitter = 0.0\n",
         config(dependency.addr, "")
     );
-    let (mut child, addr, _) = serve_with(&config, &env, Stdio::piped()).await;
+    let (mut child, addr, http) = serve_with(&config, &env, Stdio::piped()).await;
     // Read as it comes: trace logs would fill the pipe and block the server.
     let mut stderr = child.stderr.take().expect("piped");
     let logs = tokio::spawn(async move {
@@ -436,6 +436,8 @@ async fn logs_at_trace_level_carry_no_secrets() {
         .output()
         .await
         .expect("check runs");
+    let metrics = crate::support::get_metrics(http.expect("http_listen is set")).await;
+    assert!(metrics.contains("dependency=\"from-env\""), "{metrics}");
     terminate(&mut child).await;
     let logs = logs.await.expect("reader");
     assert!(
@@ -478,6 +480,10 @@ async fn logs_at_trace_level_carry_no_secrets() {
         assert!(!logs.contains(canary), "{canary} leaked into the logs");
         assert!(!detail.contains(canary), "{canary} leaked into the detail");
         assert!(!spans.contains(canary), "{canary} leaked into the spans");
+        assert!(
+            !metrics.contains(canary),
+            "{canary} leaked into the metrics"
+        );
     }
     // The values were used: the dependency saw the expanded path.
     assert!(
