@@ -11,9 +11,9 @@
 mod dependency;
 mod env;
 mod error;
+pub(crate) mod limits;
 mod raw;
 mod service;
-mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -24,19 +24,23 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::listener::Limits;
 use crate::redact;
 
+pub use crate::probe::grpc::GrpcSpec;
+pub use crate::probe::http::{
+    BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
+    StatusSet,
+};
+pub use crate::probe::tcp::TcpSpec;
+pub use crate::tls::TlsSpec;
 pub use dependency::{
-    BodyCondition, BodyMatcher, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec, GrpcSpec, HttpSpec,
-    JsonSelector, MAX_DURATION, MAX_STALE_AFTER, MAX_STREAK, Mode, OnDemand, ProbeSpec, StatusSet,
-    TcpSpec,
+    DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec,
+    MAX_DURATION, MAX_STALE_AFTER, MAX_STREAK, Mode, OnDemand, ProbeSpec,
 };
 pub(crate) use error::key as path_key;
 pub use error::{ConfigError, Problem};
+pub use limits::Limits;
 pub use service::{DegradedPolicy, LIVENESS, Quorum, ServiceSpec};
-pub use tls::TlsSpec;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod factory;
 pub(crate) mod hysteresis;
 pub(crate) mod on_demand;
 mod reducer;

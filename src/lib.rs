@@ -72,10 +72,12 @@ mod health;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+mod net_error;
 mod outcome;
 pub mod probe;
 pub mod redact;
 pub mod snapshot;
+mod tls;
 mod trace_context;
 
 pub use config::Config;

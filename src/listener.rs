@@ -39,6 +39,11 @@ use tracing::{debug, warn};
 
 use crate::metrics::{ListenerMetrics, Metrics};
 
+pub use crate::config::limits::{
+    DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS, FD_RESERVE, Limits, fd_limit,
+};
+
 /// TCP keep-alive to notice dead peers holding Watch streams: first probe after 30 s of
 /// silence, then every 10 s, given up after 3 unanswered (about a minute in all). The kernel
 /// does this at no cost per request; HTTP/2 pings would read the clock and take a lock on every
@@ -52,18 +57,6 @@ const KEEP_ALIVE_RETRIES: u32 = 3;
 /// How long to pause accepting after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Default for [`Limits::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default for [`Limits::max_concurrent_streams`]. RFC 9113 recommends no fewer than 100;
-/// nginx uses 128.
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Default for [`Limits::first_request_timeout`]: well within a probe's patience (the
-/// kubelet's default period is 10 s), so connections that never speak cannot keep slots.
-pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default for [`Limits::idle_timeout`]: longer than any health checker's interval, so their
-/// connections are reused rather than churned.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Receive window per HTTP/2 stream, advertised in SETTINGS: what a client may send on one
 /// stream before the server reads it. Requests here are a few bytes (a service name).
 pub const STREAM_WINDOW: u32 = 64 * 1024;
@@ -74,76 +67,6 @@ pub const CONNECTION_WINDOW: u32 = 256 * 1024;
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Response bytes buffered per HTTP/2 stream beyond what the client's window lets through.
 pub const MAX_SEND_BUFFER: usize = 64 * 1024;
-/// Descriptors kept free for everything that is not a client connection (probes' sockets are
-/// counted separately, see [`Limits::fit_fd_limit`]): log files, the resolver, OTLP, stdio.
-pub const FD_RESERVE: u64 = 64;
-
-/// The bounds of one listener; see the module docs for what a client sees at each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Open connections at most; the newest beyond it is closed at once.
-    pub max_connections: usize,
-    /// Concurrent streams per HTTP/2 connection, advertised in SETTINGS.
-    pub max_concurrent_streams: u32,
-    /// A new connection must start its first request within this.
-    pub first_request_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub idle_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
-}
-
-impl Limits {
-    /// These limits with `max_connections` lowered, if needed, so that `listeners` listeners
-    /// at their cap, `dependencies` probes (two descriptors each: a kept connection and one
-    /// being opened) and [`FD_RESERVE`] fit under `fd_limit` (the process's soft
-    /// `RLIMIT_NOFILE`). Returns the limits and whether the cap was lowered. At least 8
-    /// connections per listener are kept, whatever the limit.
-    pub fn fit_fd_limit(
-        self,
-        fd_limit: Option<u64>,
-        listeners: usize,
-        dependencies: usize,
-    ) -> (Limits, bool) {
-        let Some(fd_limit) = fd_limit else {
-            return (self, false);
-        };
-        let used = FD_RESERVE.saturating_add(2u64.saturating_mul(dependencies as u64));
-        let budget = fd_limit.saturating_sub(used) / listeners.max(1) as u64;
-        let budget = usize::try_from(budget).unwrap_or(usize::MAX).max(8);
-        if budget < self.max_connections {
-            let limits = Limits {
-                max_connections: budget,
-                ..self
-            };
-            (limits, true)
-        } else {
-            (self, false)
-        }
-    }
-}
-
-/// The soft limit on open file descriptors (`RLIMIT_NOFILE`), read from `/proc/self/limits`;
-/// `None` where that cannot be read or says "unlimited".
-pub fn fd_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Counts requests in flight on one connection, and requests started.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {

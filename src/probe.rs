@@ -6,22 +6,20 @@
 //! errors (`reason`), never from URLs, header values or bodies.
 
 pub(crate) mod grpc;
-mod http;
-mod reason;
-mod tcp;
-mod tls;
+pub(crate) mod http;
+pub(crate) mod tcp;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Verdict;
-use crate::config::{DependencySpec, ProbeSpec, TlsSpec};
 
-/// A short reason for a network error (its TLS or I/O cause), never quoting URLs.
-pub(crate) use reason::describe as describe_error;
+/// Timeouts inside a probe's libraries (tonic's deadline, connect timeouts) are set this much
+/// beyond the probe's timeout, so that a run taking too long is always ended — and worded,
+/// `timed out after …` — by the engine, in one place, rather than by whichever library timer
+/// fires a moment earlier.
+pub(crate) const OWN_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 
 /// The future a probe returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
@@ -76,89 +74,6 @@ pub trait Probe: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build {kind} probe: {reason}")]
 pub struct BuildError {
-    kind: &'static str,
-    reason: String,
-}
-
-/// Builds probes, sharing one HTTP client (and connection pool) per distinct TLS setting.
-#[derive(Debug, Default)]
-pub(crate) struct ProbeFactory {
-    http_clients: HashMap<http::ClientKey, Arc<http::Client>>,
-}
-
-impl ProbeFactory {
-    pub(crate) fn build(&mut self, spec: &DependencySpec) -> Result<Arc<dyn Probe>, BuildError> {
-        let kind = spec.kind();
-        let fail = |reason: String| BuildError { kind, reason };
-        Ok(match &spec.probe {
-            ProbeSpec::Http(s) => {
-                let key = http::client_key(s);
-                let client = match self.http_clients.get(&key) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = Arc::new(http::Client::new(key.as_ref()).map_err(fail)?);
-                        self.http_clients.insert(key, c.clone());
-                        c
-                    }
-                };
-                warn_insecure(&s.tls);
-                Arc::new(http::HttpProbe::new((**s).clone(), client))
-            }
-            ProbeSpec::Grpc(s) => {
-                warn_insecure(&s.tls);
-                Arc::new(grpc::GrpcProbe::new(s, spec.timeout).map_err(fail)?)
-            }
-            ProbeSpec::Tcp(s) => Arc::new(tcp::TcpProbe::new(s.address.clone())),
-            ProbeSpec::Custom { probe, .. } => probe.clone(),
-        })
-    }
-}
-
-fn warn_insecure(tls: &TlsSpec) {
-    if tls.insecure {
-        tracing::warn!(
-            "TLS certificate verification is disabled for a dependency (tls.insecure = true)"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Config;
-
-    #[tokio::test]
-    async fn http_probes_share_a_client_per_tls_setting() {
-        let config = Config::from_toml_with_env(
-            r#"
-[dependencies.a]
-kind = "http"
-url = "http://127.0.0.1:1/a"
-[dependencies.b]
-kind = "http"
-url = "http://127.0.0.1:2/b"
-[dependencies.c]
-kind = "http"
-url = "http://127.0.0.1:3/c"
-follow_redirects = true
-[dependencies.d]
-kind = "http"
-url = "https://127.0.0.1:4/d"
-tls = { insecure = true }
-[dependencies.e]
-kind = "http"
-url = "https://127.0.0.1:5/e"
-tls = { insecure = true }
-"#,
-            &|_| None,
-        )
-        .expect("valid");
-        let mut factory = ProbeFactory::default();
-        for spec in config.dependencies.values() {
-            factory.build(spec).expect("builds");
-        }
-        // a, b and c share a plain client (redirects are per probe); d+e share an insecure
-        // TLS client.
-        assert_eq!(factory.http_clients.len(), 2);
-    }
+    pub(crate) kind: &'static str,
+    pub(crate) reason: String,
 }

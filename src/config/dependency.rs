@@ -2,17 +2,14 @@
 //! outcomes turn into health.
 
 use std::fmt;
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderMap;
-use tonic::metadata::MetadataMap;
-use url::Url;
-
-use super::TlsSpec;
 use super::error::Problem;
 use crate::probe::Probe;
+use crate::probe::grpc::GrpcSpec;
+use crate::probe::http::HttpSpec;
+use crate::probe::tcp::TcpSpec;
 use crate::redact::{Secrets, redact_url, redact_url_template};
 
 /// Default time between probes.
@@ -25,8 +22,6 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_RISE: u32 = 2;
 /// Default jitter: each wait is the interval ± this fraction of it.
 pub const DEFAULT_JITTER: f64 = 0.1;
-/// Default body read cap for HTTP probes.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// The longest duration any setting may have (365 days). Longer values mean nothing for health
 /// checking and reach the limits of the runtime's timers (tokio's timer wheel holds about two
 /// years), so validation refuses them instead of letting them fail later.
@@ -136,151 +131,6 @@ impl fmt::Debug for ProbeSpec {
             }
         }
     }
-}
-
-/// An HTTP probe.
-#[derive(Clone)]
-pub struct HttpSpec {
-    /// The URL requested (may carry credentials: never print it, use [`redact_url`]).
-    pub url: Url,
-    /// The request method.
-    pub method: http::Method,
-    /// Request headers; secret values are marked sensitive.
-    pub headers: HeaderMap,
-    /// Statuses that count as success.
-    pub expected_statuses: StatusSet,
-    /// Statuses that count as degraded (checked before `expected_statuses`).
-    pub degraded_statuses: StatusSet,
-    /// Conditions on the response body, checked in order.
-    pub body: Vec<BodyCondition>,
-    /// The most body bytes read; the body is streamed and never buffered beyond this.
-    pub max_body_bytes: usize,
-    /// Follow same-origin redirects (never to another origin).
-    pub follow_redirects: bool,
-    /// TLS settings for `https://` URLs.
-    pub tls: TlsSpec,
-}
-
-impl fmt::Debug for HttpSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if v.is_sensitive() {
-                        "[redacted]"
-                    } else {
-                        v.to_str().unwrap_or("[binary]")
-                    },
-                )
-            })
-            .collect();
-        f.debug_struct("HttpSpec")
-            .field("url", &redact_url(&self.url))
-            .field("method", &self.method)
-            .field("headers", &headers)
-            .field("expected_statuses", &self.expected_statuses)
-            .field("degraded_statuses", &self.degraded_statuses)
-            .field("body", &self.body)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("follow_redirects", &self.follow_redirects)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-/// A set of HTTP status codes, as inclusive ranges.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StatusSet(pub Vec<RangeInclusive<u16>>);
-
-impl StatusSet {
-    /// 200–299, the default expected statuses.
-    pub fn success() -> StatusSet {
-        StatusSet(vec![200..=299])
-    }
-
-    /// Whether `status` is in the set.
-    pub fn contains(&self, status: u16) -> bool {
-        self.0.iter().any(|r| r.contains(&status))
-    }
-}
-
-/// One condition on an HTTP response body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BodyCondition {
-    /// What must hold.
-    pub matcher: BodyMatcher,
-    /// What a mismatch means: Unhealthy (default) or Degraded.
-    pub on_mismatch: crate::Health,
-}
-
-/// What a body condition checks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BodyMatcher {
-    /// The body contains this text.
-    Contains(String),
-    /// The body is JSON and the selected value equals `equals`.
-    Json {
-        /// Where the value is.
-        selector: JsonSelector,
-        /// What it must equal.
-        equals: serde_json::Value,
-    },
-}
-
-/// Where a value sits in a JSON body.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JsonSelector {
-    /// An RFC 6901 JSON pointer, e.g. `/status`.
-    Pointer(String),
-    /// An RFC 9535 JSONPath, e.g. `$.checks[0].status`; it must select exactly one value.
-    Path(serde_json_path::JsonPath),
-}
-
-/// A gRPC health probe.
-#[derive(Clone)]
-pub struct GrpcSpec {
-    /// The server, `http://host:port` or `https://host:port`.
-    pub target: Url,
-    /// The service name sent in `HealthCheckRequest` (`""` for the whole server).
-    pub service: String,
-    /// Overrides `:authority` (and the TLS server name unless `tls.server_name` is set).
-    pub authority: Option<String>,
-    /// Request metadata; secret values are redacted wherever shown.
-    pub metadata: MetadataMap,
-    /// Keys of `metadata` whose values are secret.
-    pub secret_metadata: Vec<String>,
-    /// TLS settings for `https://` targets.
-    pub tls: TlsSpec,
-}
-
-impl fmt::Debug for GrpcSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<&str> = self
-            .metadata
-            .keys()
-            .map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
-                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
-            })
-            .collect();
-        f.debug_struct("GrpcSpec")
-            .field("target", &redact_url(&self.target))
-            .field("service", &self.service)
-            .field("authority", &self.authority)
-            .field("metadata_keys", &keys)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-/// A TCP connect probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpSpec {
-    /// `host:port`.
-    pub address: String,
 }
 
 impl DependencySpec {

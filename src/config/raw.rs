@@ -85,6 +85,8 @@ pub(crate) struct RawDependency {
     pub(crate) body: Option<Vec<RawBodyCondition>>,
     pub(crate) max_body_bytes: Option<i64>,
     pub(crate) follow_redirects: Option<bool>,
+    pub(crate) http_version: Option<String>,
+    pub(crate) keep_alive: Option<bool>,
     // grpc
     pub(crate) target: Option<String>,
     pub(crate) service: Option<String>,

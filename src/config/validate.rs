@@ -14,9 +14,15 @@ use super::dependency::*;
 use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
-use super::{Config, ServerConfig, TelemetryConfig, TlsSpec, env, tls};
-use crate::listener::Limits;
+use super::{Config, Limits, ServerConfig, TelemetryConfig, env};
+use crate::probe::grpc::GrpcSpec;
+use crate::probe::http::{
+    BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
+    StatusSet,
+};
+use crate::probe::tcp::TcpSpec;
 use crate::redact::{Secrets, url_secrets};
+use crate::tls::{self, TlsSpec};
 use crate::{Health, Impact};
 
 /// Headers whose values are always secret.
@@ -371,6 +377,8 @@ impl Validator<'_> {
             ("body", raw.body.is_some()),
             ("max_body_bytes", raw.max_body_bytes.is_some()),
             ("follow_redirects", raw.follow_redirects.is_some()),
+            ("http_version", raw.http_version.is_some()),
+            ("keep_alive", raw.keep_alive.is_some()),
         ];
         let grpc = [
             ("target", raw.target.is_some()),
@@ -521,6 +529,18 @@ impl Validator<'_> {
                 DEFAULT_MAX_BODY_BYTES
             }
         };
+        let version = match raw.http_version.as_deref() {
+            None | Some("auto") => HttpVersion::Auto,
+            Some("1.1") => HttpVersion::Http1,
+            Some("2") => HttpVersion::Http2,
+            Some(other) => {
+                self.problem(
+                    format!("{path}.http_version"),
+                    format!("unknown version {other:?}: expected \"auto\", \"1.1\" or \"2\""),
+                );
+                HttpVersion::Auto
+            }
+        };
         let tls = self.tls(&format!("{path}.tls"), raw.tls.as_ref());
         let url = url?;
         if raw.tls.is_some() && url.scheme() != "https" {
@@ -536,6 +556,8 @@ impl Validator<'_> {
             max_body_bytes,
             follow_redirects: raw.follow_redirects.unwrap_or(false),
             tls: tls?,
+            version,
+            keep_alive: raw.keep_alive.unwrap_or(true),
         })
     }
 

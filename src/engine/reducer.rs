@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::factory::ProbeFactory;
 use super::hysteresis::Hysteresis;
 use super::on_demand::{self, OnDemandSlot};
 use super::rollup::{self, Rolled};
@@ -28,7 +29,7 @@ use super::schedule::{self, Event, Runner};
 use super::{ChangeError, Shared};
 use crate::config::{DependencySpec, Mode, ServiceSpec};
 use crate::metrics::Metrics;
-use crate::probe::{Probe, ProbeFactory};
+use crate::probe::Probe;
 use crate::snapshot::{DependencyState, ServiceHealth, ServiceState, Snapshot, Thresholds};
 use crate::{Health, Outcome};
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::TlsSpec;
-use crate::probe::grpc::with_tls;
+use crate::net_error;
+use crate::tls::{self, TlsSpec};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -61,12 +61,13 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, ConnectError> {
             .map_err(|e| ConnectError::Invalid(format!("invalid user agent: {e}")))?;
     }
     if let Some(tls) = &options.tls {
-        endpoint = with_tls(endpoint, tls, None).map_err(ConnectError::Invalid)?;
+        let name = tls.server_name.as_deref();
+        endpoint = tls::tonic_endpoint(endpoint, tls, name).map_err(ConnectError::Invalid)?;
     }
     match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
         Err(_) => Err(ConnectError::Timeout(options.connect_timeout)),
         Ok(Err(e)) => {
-            let reason = crate::probe::describe_error(&e).unwrap_or_else(|| e.to_string());
+            let reason = net_error::describe(&e).unwrap_or_else(|| e.to_string());
             Err(ConnectError::Failed(reason))
         }
         Ok(Ok(channel)) => Ok(channel),

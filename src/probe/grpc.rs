@@ -1,27 +1,61 @@
 //! The gRPC probe: calls the dependency's own `grpc.health.v1.Health/Check` over a channel kept
 //! open (and reconnected by tonic) for the dependency's lifetime.
 
-use std::sync::Arc;
+use std::fmt;
 use std::time::Duration;
 
 use tonic::Code;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use url::Url;
 
-use super::{Probe, ProbeContext, ProbeFuture, reason, tls};
-use crate::Verdict;
-use crate::config::{GrpcSpec, TlsSpec};
-
-/// tonic's connect timeout and request deadline are set this much beyond the probe's timeout, so that a run taking
-/// too long is always ended — and worded, `timed out after …` — by the engine, in one place,
-/// rather than by whichever of tonic's timers fires a moment earlier.
-const OWN_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
+use super::{OWN_TIMEOUT_MARGIN, Probe, ProbeContext, ProbeFuture};
+use crate::redact::redact_url;
+use crate::tls::{self, TlsSpec};
+use crate::{Verdict, net_error};
 
 /// HTTP/2 pings on the kept channel, so a dead connection is noticed between probes.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// A gRPC health probe.
+#[derive(Clone)]
+pub struct GrpcSpec {
+    /// The server, `http://host:port` or `https://host:port`.
+    pub target: Url,
+    /// The service name sent in `HealthCheckRequest` (`""` for the whole server).
+    pub service: String,
+    /// Overrides `:authority` (and the TLS server name unless `tls.server_name` is set).
+    pub authority: Option<String>,
+    /// Request metadata; secret values are redacted wherever shown.
+    pub metadata: MetadataMap,
+    /// Keys of `metadata` whose values are secret.
+    pub secret_metadata: Vec<String>,
+    /// TLS settings for `https://` targets.
+    pub tls: TlsSpec,
+}
+
+impl fmt::Debug for GrpcSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self
+            .metadata
+            .keys()
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
+            })
+            .collect();
+        f.debug_struct("GrpcSpec")
+            .field("target", &redact_url(&self.target))
+            .field("service", &self.service)
+            .field("authority", &self.authority)
+            .field("metadata_keys", &keys)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct GrpcProbe {
@@ -48,14 +82,27 @@ impl GrpcProbe {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE)
             .keep_alive_while_idle(true);
-        if let Some(authority) = &spec.authority {
+        // The `:authority`: as configured, else `tls.server_name` (the name the dependency is
+        // addressed by, see crate::tls), else the target's host.
+        let server_name = spec.tls.server_name.as_deref();
+        let authority = match (&spec.authority, server_name) {
+            (Some(authority), _) => Some(authority.clone()),
+            (None, Some(name)) if spec.target.scheme() == "https" => Some(format!("{name}:{port}")),
+            _ => None,
+        };
+        if let Some(authority) = &authority {
             let origin: Uri = format!("{}://{authority}", spec.target.scheme())
                 .parse()
                 .map_err(|e| format!("invalid authority: {e}"))?;
             endpoint = endpoint.origin(origin);
         }
         if spec.target.scheme() == "https" {
-            endpoint = with_tls(endpoint, &spec.tls, spec.authority.as_deref())?;
+            // Verified and sent as SNI: `server_name`, else the configured authority's host.
+            let name = server_name.or_else(|| {
+                let a = spec.authority.as_deref()?;
+                Some(a.rsplit_once(':').map_or(a, |(host, _)| host))
+            });
+            endpoint = tls::tonic_endpoint(endpoint, &spec.tls, name)?;
         }
         Ok(GrpcProbe {
             client: HealthClient::new(endpoint.connect_lazy()),
@@ -104,42 +151,10 @@ fn status_reason(status: &tonic::Status) -> String {
         Code::NotFound => "service unknown".to_owned(),
         Code::Unimplemented => "no health service".to_owned(),
         Code::DeadlineExceeded => "timed out".to_owned(),
-        Code::Unavailable => match reason::describe(status) {
+        Code::Unavailable => match net_error::describe(status) {
             Some(cause) => format!("unavailable: {cause}"),
             None => "unavailable".to_owned(),
         },
         code => format!("grpc status {}", crate::grpc_code::code_name(code)),
     }
-}
-
-pub(crate) fn with_tls(
-    endpoint: Endpoint,
-    spec: &TlsSpec,
-    authority: Option<&str>,
-) -> Result<Endpoint, String> {
-    let mut config = ClientTlsConfig::new();
-    // The certificate is checked against tls.server_name, else the authority's host.
-    let name = spec
-        .server_name
-        .as_deref()
-        .or_else(|| authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h)));
-    if let Some(name) = name {
-        config = config.domain_name(name);
-    }
-    if let Some((cert, key)) = &spec.identity_pem {
-        config = config.identity(Identity::from_pem(cert, key));
-    }
-    let endpoint = if spec.insecure {
-        endpoint.tls_config_with_verifier(
-            config,
-            Arc::new(tls::Unverified::accept_any(&tls::provider())),
-        )
-    } else {
-        config = match &spec.ca_pem {
-            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
-            None => config.with_native_roots(),
-        };
-        endpoint.tls_config(config)
-    };
-    endpoint.map_err(|e| reason::describe(&e).unwrap_or_else(|| e.to_string()))
 }

@@ -1,31 +1,24 @@
 //! The HTTP probe: one request, status and body checked, body read as a stream and never
-//! buffered beyond `max_body_bytes`. Requests go through our own HTTP/1.1 client (`client`,
-//! `wire`), which keeps an idle keep-alive connection down to its socket.
+//! buffered beyond `max_body_bytes`. Its spec is beside it (`spec`); requests go through
+//! reqwest (`client`), HTTP/1.1 or HTTP/2.
 
 mod client;
-mod wire;
+mod spec;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-pub(crate) use client::Client;
+pub(crate) use client::{Client, ClientKey};
 use http::{HeaderValue, Method};
+pub use spec::{
+    BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
+    StatusSet,
+};
 
 use super::{Probe, ProbeContext, ProbeFuture};
-use crate::config::{BodyCondition, BodyMatcher, HttpSpec, JsonSelector, TlsSpec};
 use crate::{Health, Verdict};
 
 /// The most redirects followed (same origin only) when `follow_redirects = true`.
 const MAX_REDIRECTS: usize = 5;
-
-/// What makes two HTTP probes able to share a client (and its connections): the TLS settings,
-/// `None` for plain HTTP.
-pub(crate) type ClientKey = Option<TlsSpec>;
-
-/// The client key for a spec.
-pub(crate) fn client_key(spec: &HttpSpec) -> ClientKey {
-    (spec.url.scheme() == "https").then(|| spec.tls.clone())
-}
 
 /// Probes one URL.
 #[derive(Debug)]
@@ -39,7 +32,7 @@ impl HttpProbe {
         HttpProbe { spec, client }
     }
 
-    async fn run(&self, timeout: Duration) -> Verdict {
+    async fn run(&self) -> Verdict {
         let mut headers = self.spec.headers.clone();
         if let Some((parent, state)) = crate::trace_context::current() {
             for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
@@ -53,7 +46,7 @@ impl HttpProbe {
         let mut url = self.spec.url.clone();
         let mut redirects = 0;
         let response = loop {
-            let sent = self.client.send(&method, &url, &headers, cap, timeout);
+            let sent = self.client.send(&method, &url, &headers, cap);
             let response = match sent.await {
                 Ok(r) => r,
                 Err(failure) => return Verdict::unhealthy(failure.0),
@@ -99,8 +92,9 @@ impl HttpProbe {
 }
 
 impl Probe for HttpProbe {
-    fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_> {
-        Box::pin(self.run(ctx.timeout))
+    fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+        // The engine enforces the timeout; the client's connect timeout is set from it.
+        Box::pin(self.run())
     }
 }
 
@@ -168,7 +162,6 @@ fn json_mismatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StatusSet;
 
     fn body(text: &str) -> Body {
         Body {

@@ -1,5 +1,5 @@
-//! The TCP probe: healthy when a connection opens. Also the connect step the HTTP probe uses
-//! ([`connect`]): resolve, then each address in turn with a share of the timeout.
+//! The TCP probe: healthy when a connection opens: resolve, then each address in turn with a
+//! share of the timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,8 +7,15 @@ use std::time::Duration;
 
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use super::{Probe, ProbeContext, ProbeFuture, reason};
-use crate::Verdict;
+use super::{Probe, ProbeContext, ProbeFuture};
+use crate::{Verdict, net_error};
+
+/// A TCP connect probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSpec {
+    /// `host:port`.
+    pub address: String,
+}
 
 /// Connects to `host:port` and closes the connection at once.
 #[derive(Debug)]
@@ -35,20 +42,17 @@ impl Probe for TcpProbe {
 
 /// A TCP connection to `target` (resolved here; IP literals need no lookup), or a short reason
 /// why not (`dns: …`, `connection refused`, …) that never quotes the target.
-pub(super) async fn connect(
-    target: impl ToSocketAddrs,
-    timeout: Duration,
-) -> Result<TcpStream, String> {
+async fn connect(target: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
         .await
-        .map_err(|e| format!("dns: {}", reason::describe_io(&e)))?
+        .map_err(|e| format!("dns: {}", net_error::describe_io(&e)))?
         .collect();
     if addrs.is_empty() {
         return Err("dns: no addresses".to_owned());
     }
     connect_any(&addrs, timeout)
         .await
-        .map_err(|e| reason::describe_io(&e))
+        .map_err(|e| net_error::describe_io(&e))
 }
 
 /// Connects to the first of `addrs` that accepts. With several addresses each attempt gets an

@@ -356,3 +356,43 @@ async fn serve_runs_on_one_thread_unless_worker_threads_asks_for_more() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--worker-threads"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn http_probes_ignore_proxy_environment_variables() {
+    let dependency = crate::support::HttpServer::start().await;
+    let proxy = format!("http://{}", closed_port().await);
+    let file = write(
+        "proxied.toml",
+        &format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\n[dependencies.api]\nkind = \"http\"\nurl = \"{}\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n",
+            dependency.url("/health")
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", &file])
+        .env_remove("HEALTHGATE_WORKER_THREADS")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("ALL_PROXY", &proxy)
+        .env("all_proxy", &proxy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    // Through the (closed) proxy no request would ever arrive.
+    tokio::time::timeout(PATIENCE, async {
+        while dependency
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the dependency was probed directly");
+    terminate(&mut child).await;
+}

@@ -12,6 +12,7 @@ mod metrics;
 mod otlp;
 mod probe_grpc;
 mod probe_http;
+mod probe_http2;
 mod probe_tcp;
 mod secrets;
 mod tls;

@@ -102,7 +102,7 @@ async fn refused_connection_and_garbage_are_unhealthy_with_a_reason() {
     let outcome = probe_once(&http(&url, "")).await;
     assert_eq!(
         outcome.verdict,
-        Verdict::unhealthy("invalid HTTP response: invalid HTTP version")
+        Verdict::unhealthy("invalid HTTP response: invalid HTTP version parsed")
     );
 }
 
@@ -265,4 +265,27 @@ async fn configured_method_and_headers_are_sent() {
             .expect("ascii")
             .starts_with("healthgate/")
     );
+}
+
+#[tokio::test]
+async fn url_user_info_is_sent_as_basic_credentials() {
+    let server = HttpServer::start().await;
+    let url = format!("http://probe:s%20cret@{}/health", server.addr);
+    assert_eq!(probe_once(&http(&url, "")).await.verdict, Verdict::Healthy);
+    let headers = server
+        .last_headers
+        .lock()
+        .expect("not poisoned")
+        .clone()
+        .expect("request seen");
+    // base64("probe:s cret")
+    assert_eq!(headers["authorization"], "Basic cHJvYmU6cyBjcmV0");
+
+    // A configured Authorization header wins over the URL's user info.
+    let dep = http(&url, "headers = { Authorization = \"Bearer t0ken\" }");
+    assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
+    let headers = server.last_headers.lock().expect("not poisoned").clone();
+    let sent = headers.expect("request seen");
+    assert_eq!(sent.get_all("authorization").iter().count(), 1);
+    assert_eq!(sent["authorization"], "Bearer t0ken");
 }

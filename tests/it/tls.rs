@@ -53,6 +53,8 @@ pub(crate) fn pki() -> Pki {
     std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
     std::fs::write(dir.join("client.pem"), client_cert.pem()).expect("write");
     std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), server_cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write");
     Pki {
         dir,
         ca: ca.der().clone(),
@@ -65,6 +67,15 @@ pub(crate) fn pki() -> Pki {
 impl Pki {
     pub(crate) fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    pub(crate) fn server_cert(&self) -> CertificateDer<'static> {
+        self.server_cert.clone()
+    }
+
+    /// The server's private key, PKCS#8 DER.
+    pub(crate) fn server_key(&self) -> Vec<u8> {
+        self.server_key.clone()
     }
 }
 

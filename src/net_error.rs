@@ -1,9 +1,10 @@
-//! Turning errors into short, safe reasons.
+//! Turning network errors into short, safe reasons (the floor: probes, the gRPC client and TLS
+//! setup use it).
 //!
 //! A network library's top-level error may quote the endpoint (credentials and all), so we never
 //! print it: we walk its source chain for the I/O or TLS cause, or the innermost library
-//! message, none of which quote the URL. The HTTP probe builds its reasons itself from I/O
-//! errors (`describe_io`) and its own parse errors.
+//! message, none of which quote the URL. Probes that meet I/O errors directly describe them with
+//! `describe_io`.
 
 use std::error::Error;
 use std::io;

@@ -1,12 +1,22 @@
-//! [`TlsSpec`]: how a probe verifies the dependency's certificate and proves its own identity.
-//! Key material is read and parsed during validation, so a bad file is a config error, not a
-//! probe failure at 3 a.m.
+//! TLS, in one room: [`TlsSpec`] (how a client verifies a server's certificate and proves its
+//! own identity), PEM parsing for validation, and the client configurations built from a spec
+//! for the HTTP probe (rustls), the gRPC probe and the `check` command (tonic). Key material is
+//! read and parsed during validation, so a bad file is a config error, not a probe failure at
+//! 3 a.m.
+//!
+//! `server_name` means the same on every path: it is the name the dependency is addressed by —
+//! sent as SNI, verified in the certificate, and the request's authority (`Host`, `:authority`,
+//! unless a gRPC `authority` is set) — while the URL or target says where to connect.
+
+mod client;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub(crate) use client::{client_config, tonic_endpoint, unused_client_config};
 
 /// TLS settings for an `https://` HTTP or gRPC dependency.
 ///

@@ -1,5 +1,6 @@
-//! rustls client configuration for probes, built with an explicit ring provider so the library
-//! never depends on (or installs) a process-wide default.
+//! Client TLS configurations from a [`TlsSpec`]: rustls for the HTTP probe, tonic's for gRPC
+//! channels. Built with an explicit ring provider, so the library never depends on (or
+//! installs) a process-wide default.
 
 use std::sync::Arc;
 
@@ -9,13 +10,15 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::TlsSpec;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+use super::TlsSpec;
+
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The rustls config for `spec`, offering the `alpn` protocols.
+/// The rustls config for `spec`, offering the `alpn` protocols (HTTP probe).
 pub(crate) fn client_config(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -24,20 +27,11 @@ pub(crate) fn client_config(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<ClientConf
     let verifier: Arc<dyn ServerCertVerifier> = match spec {
         spec if spec.insecure => Arc::new(Unverified::accept_any(&provider)),
         spec => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots(spec)?),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
-            match spec.server_name.as_deref() {
-                Some(name) => Arc::new(RenamedServer {
-                    inner: webpki,
-                    name: ServerName::try_from(name.to_owned())
-                        .map_err(|e| format!("invalid tls.server_name: {e}"))?,
-                }),
-                None => webpki,
-            }
+            // The name verified is the one the connection is made for: the HTTP probe puts
+            // `server_name` in the request URL, so rustls checks (and sends as SNI) that name.
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(spec)?), provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?
         }
     };
     let builder = builder
@@ -51,6 +45,16 @@ pub(crate) fn client_config(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<ClientConf
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// A configuration for clients that never make a TLS connection (the HTTP probe's plain-HTTP
+/// clients, which reqwest still builds a TLS connector for): no trust anchors at all.
+pub(crate) fn unused_client_config() -> Result<ClientConfig, String> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
 }
 
 /// The trust anchors: the configured CA, or the system's roots.
@@ -71,12 +75,12 @@ fn roots(spec: &TlsSpec) -> Result<RootCertStore, String> {
 /// A verifier that does not look at the certificate chain, for `tls.insecure = true`. The
 /// handshake signature is still checked against the presented key.
 #[derive(Debug)]
-pub(crate) struct Unverified {
+struct Unverified {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Unverified {
-    pub(crate) fn accept_any(provider: &CryptoProvider) -> Unverified {
+    fn accept_any(provider: &CryptoProvider) -> Unverified {
         Unverified {
             algorithms: provider.signature_verification_algorithms,
         }
@@ -118,46 +122,29 @@ impl ServerCertVerifier for Unverified {
     }
 }
 
-/// Verifies the certificate against a configured name instead of the URL's host (for
-/// dependencies addressed by IP whose certificate names a host).
-#[derive(Debug)]
-struct RenamedServer {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for RenamedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+/// `endpoint` with TLS from `spec` (gRPC probe and the `check` command). The certificate is
+/// verified against, and SNI set to, `name` when given (`tls.server_name`, or the host of a
+/// gRPC `authority`), else the endpoint's host.
+pub(crate) fn tonic_endpoint(
+    endpoint: Endpoint,
+    spec: &TlsSpec,
+    name: Option<&str>,
+) -> Result<Endpoint, String> {
+    let mut config = ClientTlsConfig::new();
+    if let Some(name) = name {
+        config = config.domain_name(name);
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+    if let Some((cert, key)) = &spec.identity_pem {
+        config = config.identity(Identity::from_pem(cert, key));
     }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    let endpoint = if spec.insecure {
+        endpoint.tls_config_with_verifier(config, Arc::new(Unverified::accept_any(&provider())))
+    } else {
+        config = match &spec.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        endpoint.tls_config(config)
+    };
+    endpoint.map_err(|e| crate::net_error::describe(&e).unwrap_or_else(|| e.to_string()))
 }
