@@ -5,7 +5,7 @@
 //! wildcard address), so each has its own connection, as dependencies on different hosts
 //! would — writes a config probing each one every second (default jitter), runs
 //! `COMMAND ARGS… serve --config FILE` (e.g. `taskset -c 0 target/release/healthgate`), lets it
-//! warm up for 10 s, then measures it for SECONDS: CPU share of one core, RSS at the start and
+//! warm up for 10 s (`WARM_UP_SECONDS` to change it), then measures it for SECONDS: CPU share of one core, RSS at the start and
 //! the end of the window, open file descriptors (keep-alive connections) at the end, and every
 //! dependency's interval between probe arrivals. Prints one `key=value` line.
 
@@ -25,7 +25,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const WARM_UP: Duration = Duration::from_secs(10);
+/// Seconds between start and the measured window, unless `WARM_UP_SECONDS` says otherwise.
+const WARM_UP_DEFAULT: u64 = 10;
 
 /// (dependency index, microseconds since the benchmark started) per probe request.
 type Arrivals = Arc<Mutex<Vec<(u32, u64)>>>;
@@ -121,7 +122,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .ok_or("the server printed no listening line")?;
     let listening_ms = spawned.elapsed().as_secs_f64() * 1000.0;
 
-    tokio::time::sleep(WARM_UP.saturating_sub(spawned.elapsed())).await;
+    let warm_up = std::env::var("WARM_UP_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(WARM_UP_DEFAULT);
+    tokio::time::sleep(Duration::from_secs(warm_up).saturating_sub(spawned.elapsed())).await;
     let window_start = started.elapsed().as_micros() as u64;
     let (ticks0, rss0) = (cpu_ticks(pid)?, rss_kib(pid)?);
     let t0 = Instant::now();

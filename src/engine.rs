@@ -11,12 +11,16 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod change;
+mod dependency;
 mod factory;
 pub(crate) mod hysteresis;
 pub(crate) mod on_demand;
+mod publication;
 mod reducer;
 pub(crate) mod rollup;
 mod schedule;
+mod transition;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -33,7 +37,9 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{ServiceHealth, ServiceState, Snapshot};
-use reducer::{Command, Reducer};
+pub use change::ChangeError;
+use change::{Command, list};
+use reducer::Reducer;
 
 /// Entry points for building an engine.
 #[derive(Debug)]
@@ -161,62 +167,6 @@ pub enum StartError {
         #[source]
         source: BuildError,
     },
-}
-
-/// A runtime change was rejected; nothing changed.
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    /// The spec breaks the rules; every problem is listed.
-    #[error("invalid change to {name:?}: {}", list(.problems))]
-    Invalid {
-        /// The dependency or service.
-        name: String,
-        /// What is wrong.
-        problems: Vec<Problem>,
-    },
-    /// Adding a dependency whose name is taken.
-    #[error("dependency {0:?} already exists")]
-    DuplicateDependency(String),
-    /// Replacing or removing a dependency that does not exist.
-    #[error("no dependency named {0:?}")]
-    UnknownDependency(String),
-    /// Removing a service that does not exist.
-    #[error("no service named {0:?}")]
-    UnknownService(String),
-    /// Removing a dependency that services still rely on.
-    #[error("dependency {dependency:?} is used by services {services:?}")]
-    DependencyInUse {
-        /// The dependency.
-        dependency: String,
-        /// The services that list it.
-        services: Vec<String>,
-    },
-    /// The probe could not be built.
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    /// Shutdown began; nothing changes any more.
-    #[error("the engine is shutting down")]
-    ShuttingDown,
-}
-
-impl ChangeError {
-    pub(crate) fn invalid(name: &str, mut problems: Vec<Problem>) -> ChangeError {
-        if problems.is_empty() {
-            problems.push(Problem::new("", "a name must not be empty"));
-        }
-        ChangeError::Invalid {
-            name: name.to_owned(),
-            problems,
-        }
-    }
-}
-
-fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Runs the reducer; if it panics (a defect), the engine fails loudly: see [`Shared::fail`].

@@ -72,7 +72,8 @@ impl Publisher {
     /// Publishes a new snapshot, as after a batch that changed something; returns its
     /// generation.
     pub fn publish(&mut self) -> u64 {
-        self.reducer.publish_now();
+        self.reducer.throttle.changed();
+        self.reducer.publish();
         self.snapshots.borrow_and_update().generation
     }
 }

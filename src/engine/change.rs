@@ -1,0 +1,242 @@
+//! Runtime changes: the commands a [`Handle`](super::Handle) sends the reducer, the checks
+//! that decide whether one may apply (pure, so a rejected change provably changes nothing),
+//! and [`ChangeError`].
+
+use tokio::sync::oneshot;
+
+use crate::config::{DependencySpec, Problem, ServiceSpec, path_key};
+use crate::probe::BuildError;
+
+/// A runtime change, with where to send its result.
+#[derive(Debug)]
+pub(crate) enum Command {
+    PutDependency {
+        name: String,
+        spec: DependencySpec,
+        replace: bool,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    RemoveDependency {
+        name: String,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    PutService {
+        name: String,
+        spec: ServiceSpec,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    RemoveService {
+        name: String,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Whether `spec` may be put under `name`: a valid spec, a non-empty name, and (with
+/// `replace`) a dependency that `exists`, else (without) one that does not.
+pub(crate) fn check_put_dependency(
+    name: &str,
+    spec: &DependencySpec,
+    exists: bool,
+    replace: bool,
+) -> Result<(), ChangeError> {
+    let problems = spec.check(&format!("dependencies.{}", path_key(name)));
+    if name.is_empty() || !problems.is_empty() {
+        return Err(ChangeError::invalid(name, problems));
+    }
+    match (exists, replace) {
+        (true, false) => Err(ChangeError::DuplicateDependency(name.to_owned())),
+        (false, true) => Err(ChangeError::UnknownDependency(name.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the dependency `name` may be removed: it exists and no service (of `services`,
+/// each with the dependencies it references) relies on it.
+pub(crate) fn check_remove_dependency<'a>(
+    name: &str,
+    exists: bool,
+    services: impl Iterator<Item = (&'a str, Vec<&'a str>)>,
+) -> Result<(), ChangeError> {
+    if !exists {
+        return Err(ChangeError::UnknownDependency(name.to_owned()));
+    }
+    let users: Vec<String> = services
+        .filter(|(_, deps)| deps.contains(&name))
+        .map(|(service, _)| service.to_owned())
+        .collect();
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(ChangeError::DependencyInUse {
+            dependency: name.to_owned(),
+            services: users,
+        })
+    }
+}
+
+/// Whether `spec` may be set as service `name`: every dependency it names exists.
+pub(crate) fn check_put_service(
+    name: &str,
+    spec: &ServiceSpec,
+    dependency_exists: &dyn Fn(&str) -> bool,
+) -> Result<(), ChangeError> {
+    let problems = spec.check(name, dependency_exists);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ChangeError::invalid(name, problems))
+    }
+}
+
+/// Whether service `name` may be removed: it exists and is not the overall service `""`.
+pub(crate) fn check_remove_service(name: &str, exists: bool) -> Result<(), ChangeError> {
+    if name.is_empty() {
+        return Err(ChangeError::invalid(
+            "",
+            vec![Problem::new(
+                "services.\"\"",
+                "the overall service \"\" cannot be removed",
+            )],
+        ));
+    }
+    if !exists {
+        return Err(ChangeError::UnknownService(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// A runtime change was rejected; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The spec breaks the rules; every problem is listed.
+    #[error("invalid change to {name:?}: {}", list(.problems))]
+    Invalid {
+        /// The dependency or service.
+        name: String,
+        /// What is wrong.
+        problems: Vec<Problem>,
+    },
+    /// Adding a dependency whose name is taken.
+    #[error("dependency {0:?} already exists")]
+    DuplicateDependency(String),
+    /// Replacing or removing a dependency that does not exist.
+    #[error("no dependency named {0:?}")]
+    UnknownDependency(String),
+    /// Removing a service that does not exist.
+    #[error("no service named {0:?}")]
+    UnknownService(String),
+    /// Removing a dependency that services still rely on.
+    #[error("dependency {dependency:?} is used by services {services:?}")]
+    DependencyInUse {
+        /// The dependency.
+        dependency: String,
+        /// The services that list it.
+        services: Vec<String>,
+    },
+    /// The probe could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Shutdown began; nothing changes any more.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl ChangeError {
+    pub(crate) fn invalid(name: &str, mut problems: Vec<Problem>) -> ChangeError {
+        if problems.is_empty() {
+            problems.push(Problem::new("", "a name must not be empty"));
+        }
+        ChangeError::Invalid {
+            name: name.to_owned(),
+            problems,
+        }
+    }
+}
+
+pub(crate) fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Impact;
+    use crate::probe::{Probe, ProbeContext, ProbeFuture};
+
+    #[derive(Debug)]
+    struct Idle;
+
+    impl Probe for Idle {
+        fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+            Box::pin(async { crate::Verdict::Healthy })
+        }
+    }
+
+    fn spec() -> DependencySpec {
+        DependencySpec::custom(Arc::new(Idle), "idle").every(Duration::from_secs(5), 0.0)
+    }
+
+    #[test]
+    fn putting_a_dependency_needs_a_valid_spec_and_the_right_existence() {
+        assert!(check_put_dependency("db", &spec(), false, false).is_ok());
+        assert!(check_put_dependency("db", &spec(), true, true).is_ok());
+        assert!(matches!(
+            check_put_dependency("db", &spec(), true, false),
+            Err(ChangeError::DuplicateDependency(n)) if n == "db"
+        ));
+        assert!(matches!(
+            check_put_dependency("db", &spec(), false, true),
+            Err(ChangeError::UnknownDependency(_))
+        ));
+        let err = check_put_dependency("", &spec(), false, false).expect_err("empty name");
+        assert!(
+            err.to_string().contains("a name must not be empty"),
+            "{err}"
+        );
+        let mut slow = spec();
+        slow.timeout = Duration::from_secs(10);
+        let err = check_put_dependency("db", &slow, false, false).expect_err("timeout > interval");
+        assert!(err.to_string().contains("dependencies.db"), "{err}");
+    }
+
+    #[test]
+    fn a_dependency_in_use_cannot_be_removed_and_the_users_are_named() {
+        let services =
+            || [("checkout", vec!["db", "cache"]), ("search", vec!["index"])].into_iter();
+        assert!(check_remove_dependency("index", true, [].into_iter()).is_ok());
+        match check_remove_dependency("db", true, services()) {
+            Err(ChangeError::DependencyInUse { services, .. }) => {
+                assert_eq!(services, ["checkout"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_remove_dependency("gone", false, services()),
+            Err(ChangeError::UnknownDependency(_))
+        ));
+    }
+
+    #[test]
+    fn services_need_known_dependencies_and_the_overall_one_stays() {
+        let spec = ServiceSpec::with_all(["db".to_owned()], Impact::Critical);
+        assert!(check_put_service("checkout", &spec, &|d| d == "db").is_ok());
+        assert!(check_put_service("checkout", &spec, &|_| false).is_err());
+        assert!(check_remove_service("checkout", true).is_ok());
+        assert!(matches!(
+            check_remove_service("checkout", false),
+            Err(ChangeError::UnknownService(_))
+        ));
+        let err = check_remove_service("", true).expect_err("overall service");
+        assert!(err.to_string().contains("cannot be removed"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! One dependency as the reducer holds it: its spec, its probe task's identity, its hysteresis
+//! and history, and how an outcome or an expiry changes them. The reducer owns the stale
+//! timers; this type says when the next one is due.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::delay_queue;
+
+use super::hysteresis::Hysteresis;
+use super::on_demand::OnDemandSlot;
+use crate::config::{DependencySpec, MAX_DURATION, Mode};
+use crate::snapshot::{DependencyState, Thresholds};
+use crate::{Health, Outcome};
+
+/// The probe task a dependency has: its instance number (outcomes of an older instance are
+/// ignored), its cancellation, and its on-demand slot.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) instance: u64,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) slot: Option<Arc<OnDemandSlot>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Dependency {
+    pub(crate) spec: Arc<DependencySpec>,
+    pub(crate) task: Task,
+    hysteresis: Hysteresis,
+    last_outcome: Option<Outcome>,
+    last_success: Option<SystemTime>,
+    last_failure: Option<SystemTime>,
+    /// The reducer's stale timer for this dependency, if one is set.
+    pub(crate) stale_key: Option<delay_queue::Key>,
+    /// When the last outcome goes stale (the timer may fire earlier, see [`stale_timer`]).
+    stale_at: Instant,
+    /// The published form, rebuilt whenever something in it changes.
+    state: Arc<DependencyState>,
+}
+
+/// What applying an outcome changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub(crate) before: Health,
+    pub(crate) after: Health,
+    /// The reason differs from the previous outcome's.
+    pub(crate) reason_changed: bool,
+}
+
+impl Dependency {
+    /// A new dependency, Unknown until its first outcome.
+    pub(crate) fn new(name: &Arc<str>, spec: Arc<DependencySpec>, task: Task) -> Dependency {
+        Dependency {
+            state: Arc::new(initial_state(name, &spec)),
+            hysteresis: Hysteresis::new(spec.fall, spec.rise),
+            spec,
+            task,
+            last_outcome: None,
+            last_success: None,
+            last_failure: None,
+            stale_key: None,
+            stale_at: Instant::now(),
+        }
+    }
+
+    /// This dependency with new settings and a new task, keeping what is known (health,
+    /// counts, last outcome) so services do not flap through Unknown; the new thresholds apply
+    /// from the next outcome. The stale timer is the caller's to set again.
+    pub(crate) fn replaced(self, name: &Arc<str>, spec: Arc<DependencySpec>, task: Task) -> Self {
+        let mut dep = Dependency {
+            hysteresis: self.hysteresis.with_thresholds(spec.fall, spec.rise),
+            stale_key: None,
+            stale_at: Instant::now() + spec.stale_after,
+            spec,
+            task,
+            ..self
+        };
+        dep.refresh(name);
+        dep
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        self.hysteresis.health()
+    }
+
+    pub(crate) fn has_outcome(&self) -> bool {
+        self.last_outcome.is_some()
+    }
+
+    pub(crate) fn state(&self) -> &Arc<DependencyState> {
+        &self.state
+    }
+
+    /// Applies one probe outcome; the last outcome goes stale `stale_after` from now.
+    pub(crate) fn apply(&mut self, name: &Arc<str>, outcome: Outcome) -> Applied {
+        let before = self.hysteresis.health();
+        let after = self.hysteresis.observe(outcome.health());
+        if outcome.is_success() {
+            self.last_success = Some(outcome.finished_at);
+        } else {
+            self.last_failure = Some(outcome.finished_at);
+        }
+        self.stale_at = Instant::now() + self.spec.stale_after;
+        let previous = self.last_outcome.as_ref().and_then(|o| o.verdict.reason());
+        let reason_changed = previous != outcome.verdict.reason();
+        self.last_outcome = Some(outcome);
+        self.refresh(name);
+        Applied {
+            before,
+            after,
+            reason_changed,
+        }
+    }
+
+    /// How long until the last outcome is stale, from now (zero when it is).
+    pub(crate) fn stale_in(&self) -> Duration {
+        self.stale_at.saturating_duration_since(Instant::now())
+    }
+
+    /// Makes the dependency Unknown; returns its health before, if that was not Unknown.
+    pub(crate) fn expire(&mut self, name: &Arc<str>) -> Option<Health> {
+        let before = self.hysteresis.health();
+        self.hysteresis.expire();
+        if before == Health::Unknown {
+            return None;
+        }
+        self.refresh(name);
+        Some(before)
+    }
+
+    /// Why the dependency has its health, for a service transition's reason: its last reason,
+    /// or its health when there is none.
+    pub(crate) fn why(&self) -> String {
+        if self.hysteresis.health() == Health::Unknown {
+            return "unknown".to_owned();
+        }
+        self.last_outcome
+            .as_ref()
+            .and_then(|o| o.verdict.reason())
+            .map_or_else(|| self.hysteresis.health().to_string(), |r| r.to_string())
+    }
+
+    /// Rebuilds the published form from the state.
+    fn refresh(&mut self, name: &Arc<str>) {
+        let state = DependencyState {
+            health: self.hysteresis.health(),
+            last_outcome: self.last_outcome.clone(),
+            consecutive_successes: self.hysteresis.consecutive_successes(),
+            consecutive_failures: self.hysteresis.consecutive_failures(),
+            last_success: self.last_success,
+            last_failure: self.last_failure,
+            ..initial_state(name, &self.spec)
+        };
+        self.state = Arc::new(state);
+    }
+}
+
+/// The stale timer for `stale_after`: at most [`MAX_DURATION`], because tokio's `DelayQueue`
+/// panics beyond about two years (a panic there would stop the reducer). A default
+/// `stale_after` can be longer (three periods of up to a year each); such a timer fires early
+/// and is set again for the rest ([`Dependency::stale_in`]).
+pub(crate) fn stale_timer(stale_after: Duration) -> Duration {
+    stale_after.min(MAX_DURATION)
+}
+
+fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
+    let (mode, period) = match spec.mode {
+        Mode::Background { interval, .. } => ("background", interval),
+        Mode::OnDemand(o) => ("on_demand", o.ttl),
+    };
+    DependencyState {
+        name: name.clone(),
+        kind: spec.kind(),
+        target: Arc::from(spec.target()),
+        health: Health::Unknown,
+        last_outcome: None,
+        consecutive_successes: 0,
+        consecutive_failures: 0,
+        last_success: None,
+        last_failure: None,
+        thresholds: Thresholds {
+            mode,
+            period,
+            timeout: spec.timeout,
+            fall: spec.fall,
+            rise: spec.rise,
+            degraded_after: spec.degraded_after,
+            stale_after: spec.stale_after,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Verdict;
+    use crate::probe::{Probe, ProbeContext, ProbeFuture};
+
+    #[derive(Debug)]
+    struct Never;
+
+    impl Probe for Never {
+        fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn dependency(fall: u32, rise: u32) -> (Arc<str>, Dependency) {
+        let mut spec =
+            DependencySpec::custom(Arc::new(Never), "never").every(Duration::from_secs(5), 0.0);
+        spec.fall = fall;
+        spec.rise = rise;
+        let task = Task {
+            instance: 1,
+            cancel: CancellationToken::new(),
+            slot: None,
+        };
+        let name: Arc<str> = Arc::from("db");
+        let dep = Dependency::new(&name, Arc::new(spec), task);
+        (name, dep)
+    }
+
+    fn outcome(verdict: Verdict) -> Outcome {
+        Outcome {
+            verdict,
+            latency: Duration::from_millis(3),
+            finished_at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_move_health_through_hysteresis_and_into_the_published_state() {
+        let (name, mut dep) = dependency(2, 1);
+        assert_eq!(dep.state().health, Health::Unknown);
+        let applied = dep.apply(&name, outcome(Verdict::Healthy));
+        assert_eq!(
+            (applied.before, applied.after),
+            (Health::Unknown, Health::Healthy)
+        );
+        assert_eq!(dep.state().consecutive_successes, 1);
+        assert!(dep.state().last_success.is_some() && dep.state().last_failure.is_none());
+
+        // fall = 2: one failure is not enough, and the reason is new.
+        let applied = dep.apply(&name, outcome(Verdict::unhealthy("HTTP 503")));
+        assert_eq!(applied.after, Health::Healthy);
+        assert!(applied.reason_changed);
+        assert_eq!(dep.why(), "HTTP 503");
+        let applied = dep.apply(&name, outcome(Verdict::unhealthy("HTTP 503")));
+        assert_eq!(applied.after, Health::Unhealthy);
+        assert!(!applied.reason_changed, "same reason as before");
+        assert_eq!(dep.state().health, Health::Unhealthy);
+        assert_eq!(dep.state().consecutive_failures, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_goes_stale_after_stale_after_and_expiry_makes_it_unknown() {
+        let (name, mut dep) = dependency(1, 1);
+        dep.apply(&name, outcome(Verdict::Healthy));
+        assert_eq!(dep.stale_in(), dep.spec.stale_after);
+        tokio::time::advance(dep.spec.stale_after).await;
+        assert_eq!(dep.stale_in(), Duration::ZERO);
+        assert_eq!(dep.expire(&name), Some(Health::Healthy));
+        assert_eq!(dep.state().health, Health::Unknown);
+        assert_eq!(dep.why(), "unknown");
+        assert_eq!(dep.expire(&name), None, "already unknown: no transition");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_dependency_keeps_its_health_and_takes_the_new_thresholds() {
+        let (name, mut dep) = dependency(1, 1);
+        dep.apply(&name, outcome(Verdict::Healthy));
+        let mut spec = (*dep.spec).clone();
+        spec.fall = 3;
+        let task = Task {
+            instance: 2,
+            cancel: CancellationToken::new(),
+            slot: None,
+        };
+        let mut dep = dep.replaced(&name, Arc::new(spec), task);
+        assert_eq!(dep.health(), Health::Healthy);
+        assert!(dep.has_outcome());
+        assert_eq!(dep.state().thresholds.fall, 3);
+        for _ in 0..2 {
+            assert_eq!(
+                dep.apply(&name, outcome(Verdict::unhealthy("down"))).after,
+                Health::Healthy
+            );
+        }
+        assert_eq!(
+            dep.apply(&name, outcome(Verdict::unhealthy("down"))).after,
+            Health::Unhealthy
+        );
+    }
+
+    #[test]
+    fn stale_timers_are_capped_at_the_longest_duration() {
+        assert_eq!(
+            stale_timer(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(stale_timer(MAX_DURATION * 3), MAX_DURATION);
+    }
+}
