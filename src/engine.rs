@@ -20,6 +20,7 @@ mod publication;
 mod reducer;
 pub(crate) mod rollup;
 mod schedule;
+mod service;
 mod transition;
 
 use std::collections::{BTreeMap, HashMap};

@@ -6,23 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::time::delay_queue;
 
 use super::hysteresis::Hysteresis;
-use super::on_demand::OnDemandSlot;
+use super::schedule::Task;
 use crate::config::{DependencySpec, MAX_DURATION, Mode};
 use crate::snapshot::{DependencyState, Thresholds};
 use crate::{Health, Outcome};
-
-/// The probe task a dependency has: its instance number (outcomes of an older instance are
-/// ignored), its cancellation, and its on-demand slot.
-#[derive(Debug)]
-pub(crate) struct Task {
-    pub(crate) instance: u64,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) slot: Option<Arc<OnDemandSlot>>,
-}
 
 #[derive(Debug)]
 pub(crate) struct Dependency {
@@ -197,6 +187,7 @@ mod tests {
     use super::*;
     use crate::Verdict;
     use crate::probe::{Probe, ProbeContext, ProbeFuture};
+    use tokio_util::sync::CancellationToken;
 
     #[derive(Debug)]
     struct Never;

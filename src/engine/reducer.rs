@@ -12,47 +12,37 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
-use tracing::{Instrument, info, info_span};
+use tracing::info;
 
 use super::Shared;
 use super::change::{self, ChangeError, Command};
-use super::dependency::{Dependency, Task, stale_timer};
+use super::dependency::{Dependency, stale_timer};
 use super::factory::ProbeFactory;
-use super::on_demand::{self, OnDemandSlot};
 use super::publication::Throttle;
-use super::rollup::{self, Rolled};
-use super::schedule::{self, Event, Runner};
-use super::transition::{Kind, deciding_reasons, transition};
+use super::schedule::{Event, Spawner};
+use super::service::Service;
+use super::transition::{Kind, transition};
 use crate::Health;
-use crate::config::{DependencySpec, Mode, ServiceSpec};
+use crate::config::{DependencySpec, ServiceSpec};
 use crate::metrics::Metrics;
 use crate::probe::{BuildError, Probe};
-use crate::snapshot::{ServiceHealth, ServiceState, Snapshot};
-
-struct Service {
-    spec: ServiceSpec,
-    state: Arc<ServiceState>,
-}
+use crate::snapshot::Snapshot;
 
 pub(crate) struct Reducer {
     shared: Arc<Shared>,
     dependencies: BTreeMap<Arc<str>, Dependency>,
     services: BTreeMap<Arc<str>, Service>,
     factory: ProbeFactory,
-    next_instance: u64,
     shutting_down: bool,
     stale: DelayQueue<Arc<str>>,
-    events_tx: mpsc::Sender<Event>,
-    /// Shared by every probe run: see [`schedule::MAX_CONCURRENT_PROBES`].
-    probe_permits: Arc<Semaphore>,
+    spawner: Spawner,
     events: mpsc::Receiver<Event>,
     commands: mpsc::Receiver<Command>,
-    tracker: TaskTracker,
     cancel: CancellationToken,
     pub(crate) throttle: Throttle,
     /// A dependency's health changed: services must be rolled up again.
@@ -79,14 +69,11 @@ impl Reducer {
             dependencies: BTreeMap::new(),
             services: BTreeMap::new(),
             factory: ProbeFactory::default(),
-            next_instance: 0,
             shutting_down: false,
             stale: DelayQueue::new(),
-            events_tx,
-            probe_permits: Arc::new(Semaphore::new(schedule::MAX_CONCURRENT_PROBES)),
+            spawner: Spawner::new(tracker, cancel.clone(), events_tx),
             events,
             commands,
-            tracker,
             cancel,
             throttle: Throttle::new(),
             rollup_needed: true,
@@ -104,7 +91,7 @@ impl Reducer {
     ) {
         let name: Arc<str> = Arc::from(name);
         let spec = Arc::new(spec);
-        let task = self.spawn(&name, &spec, probe);
+        let task = self.spawner.spawn(&name, &spec, probe);
         self.dependencies
             .insert(name.clone(), Dependency::new(&name, spec, task));
         self.throttle.changed();
@@ -112,15 +99,8 @@ impl Reducer {
     }
 
     pub(crate) fn insert_service(&mut self, name: &str, spec: ServiceSpec) {
-        let name: Arc<str> = Arc::from(name);
-        let state = Arc::new(ServiceState {
-            name: name.clone(),
-            status: ServiceHealth::new(Health::Unknown, spec.degraded, self.shutting_down),
-            degraded: spec.degraded,
-            deciding: Vec::new(),
-            inputs: rollup::inputs(&spec),
-        });
-        self.services.insert(name, Service { spec, state });
+        let service = Service::new(Arc::from(name), spec, self.shutting_down);
+        self.services.insert(Arc::from(name), service);
         self.throttle.changed();
         self.rollup_needed = true;
     }
@@ -130,47 +110,6 @@ impl Reducer {
         spec: &DependencySpec,
     ) -> Result<Arc<dyn Probe>, BuildError> {
         self.factory.build(spec)
-    }
-
-    /// Starts the dependency's probe task.
-    fn spawn(
-        &mut self,
-        name: &Arc<str>,
-        spec: &Arc<DependencySpec>,
-        probe: Arc<dyn Probe>,
-    ) -> Task {
-        self.next_instance += 1;
-        let cancel = self.cancel.child_token();
-        let runner = Runner {
-            dependency: name.clone(),
-            instance: self.next_instance,
-            probe,
-            spec: spec.clone(),
-            events: self.events_tx.clone(),
-            permits: self.probe_permits.clone(),
-        };
-        let span = info_span!("dependency", dependency = %name, kind = spec.kind());
-        let supervisor = runner.clone();
-        let slot = match spec.mode {
-            Mode::Background { interval, jitter } => {
-                let task = schedule::background(runner, interval, jitter, cancel.clone());
-                self.tracker
-                    .spawn(supervisor.supervise(task).instrument(span));
-                None
-            }
-            Mode::OnDemand(ttls) => {
-                let slot = Arc::new(OnDemandSlot::new());
-                let task = on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone());
-                self.tracker
-                    .spawn(supervisor.supervise(task).instrument(span));
-                Some(slot)
-            }
-        };
-        Task {
-            instance: self.next_instance,
-            cancel,
-            slot,
-        }
     }
 
     /// The reducer task: applies commands, outcomes and expiries until shutdown.
@@ -333,7 +272,7 @@ impl Reducer {
         }
         let key: Arc<str> = Arc::from(name.as_str());
         let spec = Arc::new(spec);
-        let task = self.spawn(&key, &spec, probe);
+        let task = self.spawner.spawn(&key, &spec, probe);
         let mut dep = old.replaced(&key, spec, task);
         if dep.has_outcome() {
             dep.stale_key = Some(
@@ -403,37 +342,9 @@ impl Reducer {
     fn roll_up(&mut self) {
         let span = std::mem::replace(&mut self.rollup_span, tracing::Span::none());
         let _entered = span.enter();
-        let deps = &self.dependencies;
-        let health_of = |d: &str| deps.get(d).map_or(Health::Unknown, Dependency::health);
-        for (name, svc) in &mut self.services {
-            let Rolled { health, deciding } = if self.shutting_down {
-                Rolled {
-                    health: Health::Unhealthy,
-                    deciding: Vec::new(),
-                }
-            } else {
-                rollup::rollup(&svc.spec, &health_of)
-            };
-            let status = ServiceHealth::new(health, svc.spec.degraded, self.shutting_down);
-            if status != svc.state.status || deciding != svc.state.deciding {
-                if status.health != svc.state.status.health && !self.shutting_down {
-                    let from = svc.state.status.health;
-                    let why = deciding_reasons(&deciding, deps);
-                    transition(
-                        Kind::Service,
-                        name,
-                        from,
-                        health,
-                        Some(&why),
-                        self.metrics.as_deref(),
-                    );
-                }
-                svc.state = Arc::new(ServiceState {
-                    status,
-                    deciding,
-                    ..(*svc.state).clone()
-                });
-            }
+        for service in self.services.values_mut() {
+            let metrics = self.metrics.as_deref();
+            service.roll_up(&self.dependencies, self.shutting_down, metrics);
         }
         self.rollup_needed = false;
     }

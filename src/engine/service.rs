@@ -1,0 +1,74 @@
+//! One service as the reducer holds it: its spec and its published state, and how a rollup of
+//! its dependencies' health changes that state (logging the transition when its health moves).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::dependency::Dependency;
+use super::rollup::{self, Rolled};
+use super::transition::{Kind, deciding_reasons, transition};
+use crate::Health;
+use crate::config::ServiceSpec;
+use crate::metrics::Metrics;
+use crate::snapshot::{ServiceHealth, ServiceState};
+
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) spec: ServiceSpec,
+    pub(crate) state: Arc<ServiceState>,
+}
+
+impl Service {
+    /// A new service, Unknown until its first rollup.
+    pub(crate) fn new(name: Arc<str>, spec: ServiceSpec, shutting_down: bool) -> Service {
+        let state = Arc::new(ServiceState {
+            name,
+            status: ServiceHealth::new(Health::Unknown, spec.degraded, shutting_down),
+            degraded: spec.degraded,
+            deciding: Vec::new(),
+            inputs: rollup::inputs(&spec),
+        });
+        Service { spec, state }
+    }
+
+    /// Rolls the service up from `deps` (Unhealthy for everyone once shutting down), and
+    /// rebuilds its state if the status or the deciding dependencies changed. A change of
+    /// health outside shutdown is a transition, logged with the deciding reasons.
+    pub(crate) fn roll_up(
+        &mut self,
+        deps: &BTreeMap<Arc<str>, Dependency>,
+        shutting_down: bool,
+        metrics: Option<&Metrics>,
+    ) {
+        let health_of = |d: &str| deps.get(d).map_or(Health::Unknown, Dependency::health);
+        let Rolled { health, deciding } = if shutting_down {
+            Rolled {
+                health: Health::Unhealthy,
+                deciding: Vec::new(),
+            }
+        } else {
+            rollup::rollup(&self.spec, &health_of)
+        };
+        let status = ServiceHealth::new(health, self.spec.degraded, shutting_down);
+        if status == self.state.status && deciding == self.state.deciding {
+            return;
+        }
+        let from = self.state.status.health;
+        if status.health != from && !shutting_down {
+            let why = deciding_reasons(&deciding, deps);
+            transition(
+                Kind::Service,
+                &self.state.name,
+                from,
+                health,
+                Some(&why),
+                metrics,
+            );
+        }
+        self.state = Arc::new(ServiceState {
+            status,
+            deciding,
+            ..(*self.state).clone()
+        });
+    }
+}
