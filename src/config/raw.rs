@@ -99,6 +99,43 @@ pub(crate) struct RawDependency {
     pub(crate) tls: Option<RawTls>,
 }
 
+/// The probe kinds a config can name.
+pub(crate) const KINDS: [&str; 3] = ["http", "grpc", "tcp"];
+
+impl RawDependency {
+    /// Every key that belongs to one probe kind, with that kind and whether it is set: the one
+    /// list validation checks kinds against (keep it beside the fields above).
+    pub(crate) fn kind_keys(&self) -> [(&'static str, &'static str, bool); 17] {
+        [
+            ("http", "url", self.url.is_some()),
+            ("http", "method", self.method.is_some()),
+            ("http", "headers", self.headers.is_some()),
+            ("http", "secret_headers", self.secret_headers.is_some()),
+            (
+                "http",
+                "expected_statuses",
+                self.expected_statuses.is_some(),
+            ),
+            (
+                "http",
+                "degraded_statuses",
+                self.degraded_statuses.is_some(),
+            ),
+            ("http", "body", self.body.is_some()),
+            ("http", "max_body_bytes", self.max_body_bytes.is_some()),
+            ("http", "follow_redirects", self.follow_redirects.is_some()),
+            ("http", "http_version", self.http_version.is_some()),
+            ("http", "keep_alive", self.keep_alive.is_some()),
+            ("grpc", "target", self.target.is_some()),
+            ("grpc", "service", self.service.is_some()),
+            ("grpc", "authority", self.authority.is_some()),
+            ("grpc", "metadata", self.metadata.is_some()),
+            ("grpc", "secret_metadata", self.secret_metadata.is_some()),
+            ("tcp", "address", self.address.is_some()),
+        ]
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawBodyCondition {
     pub(crate) contains: Option<String>,

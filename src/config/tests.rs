@@ -149,6 +149,31 @@ fn kind_specific_keys_are_rejected_on_other_kinds() {
 }
 
 #[test]
+fn http_version_and_keep_alive_are_checked_and_belong_to_http() {
+    let ok = parse(
+        "[dependencies.x]\nkind = \"http\"\nurl = \"http://a/\"\nhttp_version = \"2\"\nkeep_alive = false\n",
+    )
+    .expect("valid");
+    let ProbeSpec::Http(spec) = &ok.dependencies["x"].probe else {
+        panic!("an http dependency")
+    };
+    assert_eq!((spec.version, spec.keep_alive), (HttpVersion::Http2, false));
+    let err =
+        parse("[dependencies.x]\nkind = \"http\"\nurl = \"http://a/\"\nhttp_version = \"3\"\n")
+            .expect_err("unknown version");
+    assert_eq!(
+        messages(&err),
+        ["dependencies.x.http_version: unknown version \"3\": expected \"auto\", \"1.1\" or \"2\""]
+    );
+    let err = parse("[dependencies.x]\nkind = \"tcp\"\naddress = \"a:1\"\nkeep_alive = false\n")
+        .expect_err("http key on tcp");
+    assert_eq!(
+        messages(&err),
+        ["dependencies.x.keep_alive: only valid for kind = \"http\""]
+    );
+}
+
+#[test]
 fn liveness_must_not_depend_on_dependencies() {
     let err = parse(
         "[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\n[services.liveness]\ndependencies = { db = \"critical\" }\n",

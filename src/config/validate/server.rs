@@ -1,0 +1,126 @@
+//! The `[server]`, `[telemetry]` and `[limits]` sections.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn server(&mut self, raw: &RawServer) -> Option<ServerConfig> {
+        let mut server = ServerConfig::default();
+        if let Some(listen) = &raw.grpc_listen {
+            match listen.parse::<SocketAddr>() {
+                Ok(addr) => server.grpc_listen = addr,
+                Err(_) => self.problem(
+                    "server.grpc_listen",
+                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:50051\""),
+                ),
+            }
+        }
+        if let Some(listen) = &raw.http_listen {
+            match listen.parse::<SocketAddr>() {
+                Ok(addr) => server.http_listen = Some(addr),
+                Err(_) => self.problem(
+                    "server.http_listen",
+                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:9464\""),
+                ),
+            }
+        }
+        if let Some(d) = self.duration("server.drain_delay", raw.drain_delay.as_deref()) {
+            server.drain_delay = d;
+        }
+        if let Some(d) = self.duration("server.drain_timeout", raw.drain_timeout.as_deref()) {
+            server.drain_timeout = d;
+        }
+        if let Some(token) = &raw.detail_token {
+            let token = self.expand("server.detail_token", token, &mut Vec::new())?;
+            if token.is_empty() {
+                self.problem(
+                    "server.detail_token",
+                    "must not be empty (omit it to allow anyone)",
+                );
+            }
+            server.detail_token = Some(token);
+        }
+        Some(server)
+    }
+
+    pub(super) fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
+        let mut t = TelemetryConfig::default();
+        if let Some(endpoint) = &raw.otlp_endpoint {
+            match Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    t.otlp_endpoint = Some(endpoint.clone())
+                }
+                // Not echoed: it may carry user info.
+                _ => self.problem(
+                    "telemetry.otlp_endpoint",
+                    "invalid endpoint: expected http(s)://host:port",
+                ),
+            }
+        }
+        t.service_name = raw.service_name.clone();
+        if let Some(ratio) = raw.sample_ratio {
+            if (0.0..=1.0).contains(&ratio) {
+                t.sample_ratio = Some(ratio);
+            } else {
+                self.problem(
+                    "telemetry.sample_ratio",
+                    format!("{ratio} must be between 0 and 1"),
+                );
+            }
+        }
+        if let Some(d) = self.duration("telemetry.export_timeout", raw.export_timeout.as_deref()) {
+            t.export_timeout = d;
+        }
+        if let Some(n) = self.number("telemetry.queue_size", raw.queue_size, 1, 1_000_000) {
+            t.queue_size = n;
+        }
+        t
+    }
+
+    pub(super) fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let mut limits = Limits::default();
+        let key = "limits.max_connections";
+        if let Some(n) = self.number(key, raw.max_connections, 1, 1_000_000) {
+            limits.max_connections = n;
+        }
+        let key = "limits.max_concurrent_streams";
+        if let Some(n) = self.number(key, raw.max_concurrent_streams, 1, 10_000) {
+            limits.max_concurrent_streams = n;
+        }
+        let ranged = |v: &mut Self, key: &str, raw: Option<&str>, min: Duration, max: Duration| {
+            let d = v.duration(key, raw)?;
+            if (min..=max).contains(&d) {
+                Some(d)
+            } else {
+                v.problem(
+                    key,
+                    format!(
+                        "{} must be between {} and {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(d) = ranged(
+            self,
+            "limits.first_request_timeout",
+            raw.first_request_timeout.as_deref(),
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        ) {
+            limits.first_request_timeout = d;
+        }
+        if let Some(d) = ranged(
+            self,
+            "limits.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 60 * 60),
+        ) {
+            limits.idle_timeout = d;
+        }
+        limits
+    }
+}
