@@ -7,6 +7,7 @@ mod convert;
 mod detail;
 mod fast_check;
 mod health;
+mod metrics;
 mod observe;
 pub mod pb;
 mod server;

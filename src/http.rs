@@ -11,6 +11,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod metrics;
+
+pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};
+
 use crate::listener::{self, Connection, Limits};
 use crate::metrics::Metrics;
 

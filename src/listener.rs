@@ -37,7 +37,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::metrics::{ListenerMetrics, Metrics};
+mod metrics;
+
+use crate::metrics::Metrics;
+use metrics::ListenerMetrics;
 
 pub use crate::config::limits::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -196,7 +199,7 @@ pub(crate) async fn accept<S, C>(
     S: Clone,
     C: Connection + 'static,
 {
-    let metrics = metrics.map(|m| m.listener(name));
+    let metrics = metrics.map(|m| ListenerMetrics::new(&m, name));
     let keepalive = TcpKeepalive::new().with_time(KEEP_ALIVE_TIME);
     #[cfg(target_os = "linux")]
     let keepalive = keepalive

@@ -1,5 +1,9 @@
 //! Prometheus metrics, in an explicit registry the embedder owns (no globals).
 //!
+//! This room owns the registry and the engine's instruments (probe durations, transitions, the
+//! health gauges, dropped spans); each front registers its own in the same registry
+//! ([`Metrics::instruments`]: `grpc/metrics.rs`, `listener/metrics.rs`), and `http` serves it.
+//!
 //! Labels are names only — dependency, service, RPC method, and fixed value sets (outcome,
 //! state, gRPC code) — so cardinality is bounded by the configuration, never by traffic: RPC
 //! paths outside the known set are counted as `other`. Series of removed dependencies and
@@ -10,8 +14,9 @@
 //! dependencies, refreshing them on every publication cost more than the probing) and can
 //! never disagree with what Check answers.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
@@ -25,26 +30,6 @@ use tokio::sync::watch;
 
 use crate::snapshot::Snapshot;
 use crate::{Health, Outcome};
-
-/// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The content type of [`Metrics::encode_classic`]'s output.
-pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// RPC methods counted by name; anything else is `other`.
-const KNOWN_METHODS: [&str; 7] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.health.v1.Health/List",
-    "/healthgate.v1.Detail/Get",
-    "/healthgate.v1.Detail/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// gRPC status codes, 0 to 16.
-const CODES: usize = 17;
 
 const OUTCOMES: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 const STATES: [Health; 4] = [
@@ -73,39 +58,8 @@ struct ServiceTransitionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcLabels {
-    method: String,
-    code: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClosedLabels {
-    listener: String,
-    reason: String,
-}
-
-/// One listener's connection counters (see [`crate::listener`]).
-#[derive(Debug, Clone)]
-pub(crate) struct ListenerMetrics {
-    pub(crate) open: Gauge,
-    pub(crate) refused: Counter,
-    pub(crate) first_request_timeouts: Counter,
-    pub(crate) idle_closes: Counter,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    method: String,
 }
 
 type DurationFamily = Family<ProbeLabels, Histogram, fn() -> Histogram>;
@@ -129,20 +83,16 @@ fn level(h: Health) -> i64 {
 /// healthgate's metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
     /// The health gauges, from the attached engine's snapshots.
     gauges: Arc<HealthGauges>,
     probe_duration: DurationFamily,
     dependency_transitions: Family<DependencyTransitionLabels, Counter>,
     service_transitions: Family<ServiceTransitionLabels, Counter>,
-    grpc_requests: Family<RpcLabels, Counter>,
-    watch_streams: Family<MethodLabels, Gauge>,
-    connections_open: Family<ListenerLabels, Gauge>,
-    connections_refused: Family<ListenerLabels, Counter>,
-    connections_closed: Family<ClosedLabels, Counter>,
     dropped_spans: Counter,
-    /// Handles into `grpc_requests`, by (method index, code).
-    rpc_counters: Box<[OnceLock<Counter>]>,
+    /// The registry, locked to register a front's instruments and to encode a scrape.
+    registry: Mutex<Registry>,
+    /// Instruments registered by the fronts (see [`Metrics::instruments`]), by type.
+    instruments: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Default for Metrics {
@@ -156,20 +106,13 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("healthgate");
         let m = Metrics {
-            registry: Registry::default(),
+            registry: Mutex::new(Registry::default()),
+            instruments: Mutex::default(),
             gauges: Arc::default(),
             probe_duration: DurationFamily::new_with_constructor(probe_buckets),
             dependency_transitions: Family::default(),
             service_transitions: Family::default(),
-            grpc_requests: Family::default(),
-            watch_streams: Family::default(),
-            connections_open: Family::default(),
-            connections_refused: Family::default(),
-            connections_closed: Family::default(),
             dropped_spans: Counter::default(),
-            rpc_counters: (0..(KNOWN_METHODS.len() + 1) * CODES)
-                .map(|_| OnceLock::new())
-                .collect(),
         };
         registry.register_collector(Box::new(m.gauges.clone()));
         registry.register_with_unit(
@@ -189,31 +132,6 @@ impl Metrics {
             m.service_transitions.clone(),
         );
         registry.register(
-            "grpc_requests",
-            "gRPC requests served, by method and status code",
-            m.grpc_requests.clone(),
-        );
-        registry.register(
-            "watch_streams",
-            "Open Watch streams, by method",
-            m.watch_streams.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Open client connections, by listener",
-            m.connections_open.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections closed at once because the listener had max_connections open",
-            m.connections_refused.clone(),
-        );
-        registry.register(
-            "connections_closed",
-            "Connections closed by the server, by listener and reason (first_request_timeout, idle_timeout)",
-            m.connections_closed.clone(),
-        );
-        registry.register(
             "dropped_spans",
             "Trace spans dropped because the export queue was full or export failed",
             m.dropped_spans.clone(),
@@ -230,71 +148,37 @@ impl Metrics {
             "Build information; the value is always 1",
             build,
         );
-        Metrics { registry, ..m }
-    }
-
-    /// The connection counters of listener `name` (`grpc`, `http`).
-    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
-        let listener = ListenerLabels {
-            listener: name.to_owned(),
-        };
-        let closed = |reason: &str| {
-            self.connections_closed
-                .get_or_create(&ClosedLabels {
-                    listener: name.to_owned(),
-                    reason: reason.to_owned(),
-                })
-                .clone()
-        };
-        ListenerMetrics {
-            open: self.connections_open.get_or_create(&listener).clone(),
-            refused: self.connections_refused.get_or_create(&listener).clone(),
-            first_request_timeouts: closed("first_request_timeout"),
-            idle_closes: closed("idle_timeout"),
+        Metrics {
+            registry: Mutex::new(registry),
+            ..m
         }
     }
 
-    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    /// The instruments of type `T` — a front's own (RPC counters, connection counters) —
+    /// registered by `register` the first time they are asked for, the same ones after that.
+    /// So each room owns its instruments, and two fronts on one registry share them.
+    pub(crate) fn instruments<T: Any + Send + Sync>(
+        &self,
+        register: impl FnOnce(&mut Registry) -> T,
+    ) -> Arc<T> {
+        let mut instruments = self.instruments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = instruments.get(&TypeId::of::<T>())
+            && let Ok(found) = found.clone().downcast::<T>()
+        {
+            return found;
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let made = Arc::new(register(&mut registry));
+        instruments.insert(TypeId::of::<T>(), made.clone());
+        made
+    }
+
+    /// The metrics in the OpenMetrics text format (`crate::http::CONTENT_TYPE`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
-    /// The metrics in the classic Prometheus text format (0.0.4, [`CLASSIC_CONTENT_TYPE`]), for
-    /// scrapers and tools that do not speak OpenMetrics (`promtool check metrics`, curl).
-    ///
-    /// The two differ here only in that OpenMetrics names a counter family without `_total`
-    /// (its samples carry it) and has `# UNIT` and `# EOF` lines.
-    pub fn encode_classic(&self) -> String {
-        let open = self.encode();
-        let counters: BTreeSet<&str> = open
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-            .collect();
-        let mut out = String::with_capacity(open.len());
-        for line in open.lines() {
-            if line.starts_with("# UNIT ") || line == "# EOF" {
-                continue;
-            }
-            let meta = ["# HELP ", "# TYPE "]
-                .iter()
-                .find_map(|p| Some((*p, line.strip_prefix(p)?)));
-            match meta {
-                Some((prefix, rest)) => {
-                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                    let name = if counters.contains(name) {
-                        format!("{name}_total")
-                    } else {
-                        name.to_owned()
-                    };
-                    out.push_str(&format!("{prefix}{name} {tail}"));
-                }
-                None => out.push_str(line),
-            }
-            out.push('\n');
-        }
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 
@@ -362,37 +246,6 @@ impl Metrics {
             });
         }
     }
-
-    /// Counts a finished RPC. Allocation-free after the first call per (method, code): the
-    /// counter handles live in a fixed table, since both label sets are fixed.
-    pub(crate) fn rpc_finished(&self, method: &str, code: tonic::Code) {
-        let m = KNOWN_METHODS
-            .iter()
-            .position(|k| *k == method)
-            .unwrap_or(KNOWN_METHODS.len());
-        let slot = &self.rpc_counters[m * CODES + code as usize];
-        slot.get_or_init(|| {
-            let labels = RpcLabels {
-                method: method_label(method).to_owned(),
-                code: crate::grpc_code::code_name(code).to_owned(),
-            };
-            self.grpc_requests.get_or_create_owned(&labels)
-        })
-        .inc();
-    }
-
-    /// Counts an open stream until the returned guard is dropped.
-    pub(crate) fn stream_opened(self: &Arc<Self>, method: &'static str) -> StreamGuard {
-        self.watch_streams
-            .get_or_create(&MethodLabels {
-                method: method.to_owned(),
-            })
-            .inc();
-        StreamGuard {
-            metrics: self.clone(),
-            method,
-        }
-    }
 }
 
 /// The health gauges, encoded from the latest snapshot at each scrape.
@@ -451,94 +304,4 @@ fn gauges<'a>(
             .encode_gauge(&gauge)?;
     }
     Ok(())
-}
-
-/// The method label for a request path: the path itself when known, else `other`.
-pub(crate) fn method_label(path: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|m| **m == path)
-        .copied()
-        .unwrap_or("other")
-}
-
-/// Decrements the open-stream gauge when dropped.
-#[derive(Debug)]
-pub(crate) struct StreamGuard {
-    metrics: Arc<Metrics>,
-    method: &'static str,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.metrics
-            .watch_streams
-            .get_or_create(&MethodLabels {
-                method: self.method.to_owned(),
-            })
-            .dec();
-    }
-}
-
-/// An HTTP router serving `GET /metrics` (for `[server] http_listen`): OpenMetrics to clients
-/// that accept it (Prometheus asks for it), the classic text format to everyone else.
-pub fn http_router(metrics: Arc<Metrics>) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let metrics = metrics.clone();
-            async move {
-                let open_metrics = headers
-                    .get_all(axum::http::header::ACCEPT)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .any(|v| v.contains("application/openmetrics-text"));
-                if open_metrics {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                        metrics.encode(),
-                    )
-                } else {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
-                        metrics.encode_classic(),
-                    )
-                }
-            }
-        }),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_format_names_counter_families_with_total_and_drops_openmetrics_lines() {
-        let m = Metrics::new();
-        m.rpc_finished("/grpc.health.v1.Health/Check", tonic::Code::Ok);
-        let classic = m.encode_classic();
-        assert!(
-            classic.contains("# HELP healthgate_grpc_requests_total "),
-            "{classic}"
-        );
-        assert!(
-            classic.contains("# TYPE healthgate_grpc_requests_total counter"),
-            "{classic}"
-        );
-        assert!(classic.contains(
-            "healthgate_grpc_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"
-        ));
-        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
-        assert!(m.encode().ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn unknown_rpc_paths_share_one_label() {
-        assert_eq!(
-            method_label("/grpc.health.v1.Health/Check"),
-            "/grpc.health.v1.Health/Check"
-        );
-        assert_eq!(method_label("/random.Service/Whatever"), "other");
-    }
 }

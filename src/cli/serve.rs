@@ -92,7 +92,7 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
         if let Ok(addr) = http.local_addr() {
             println!("http listening on {addr}");
         }
-        let app = healthgate::metrics::http_router(metrics.clone());
+        let app = healthgate::http::metrics_router(metrics.clone());
         let stop = http_stop.clone();
         let metrics = Some(metrics.clone());
         tokio::spawn(healthgate::http::serve(

@@ -18,7 +18,8 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::{Metrics, StreamGuard, method_label};
+use super::metrics::{RpcMetrics, StreamGuard, method_label};
+use crate::metrics::Metrics;
 
 // Built once: a lookup by `&str` parses the name first, on every request.
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -36,7 +37,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.as_deref().map(RpcMetrics::of),
         }
     }
 }
@@ -45,7 +46,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Observe<S> {
     inner: S,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<RpcMetrics>>,
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Observe<S>
@@ -98,7 +99,7 @@ pin_project_lite::pin_project! {
         #[pin]
         call: tracing::instrument::Instrumented<F>,
         span: Option<tracing::Span>,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Option<Arc<RpcMetrics>>,
         method: &'static str,
     }
 }
@@ -148,7 +149,7 @@ fn status_of(headers: &http::HeaderMap) -> Option<Code> {
 #[derive(Debug)]
 struct Finish {
     span: tracing::Span,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<RpcMetrics>>,
     method: &'static str,
     _stream: Option<StreamGuard>,
 }

@@ -26,7 +26,7 @@ async fn serve_metrics(metrics: Arc<Metrics>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     tokio::spawn(
-        async move { axum::serve(listener, healthgate::metrics::http_router(metrics)).await },
+        async move { axum::serve(listener, healthgate::http::metrics_router(metrics)).await },
     );
     addr
 }
@@ -204,7 +204,7 @@ async fn metrics_carry_names_never_urls_reasons_or_secrets() {
         .start()
         .expect("starts");
     state_where(&handle, "api", |d| d.last_outcome.is_some()).await;
-    for text in [metrics.encode(), metrics.encode_classic()] {
+    for text in [metrics.encode(), healthgate::http::encode_classic(&metrics)] {
         for leak in ["CANARY", "127.0.0.1", "HTTP 503", "/h"] {
             assert!(!text.contains(leak), "{leak} in metrics:\n{text}");
         }
