@@ -40,6 +40,7 @@ use crate::probe::BuildError;
 use crate::snapshot::{ServiceHealth, ServiceState, Snapshot};
 pub use change::ChangeError;
 use change::{Command, list};
+use on_demand::OnDemandSlot;
 use reducer::Reducer;
 
 /// Entry points for building an engine.
@@ -183,6 +184,9 @@ pub(crate) struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// The snapshots whose [`Snapshot::revision`] changed.
     changes: watch::Sender<Arc<Snapshot>>,
+    /// The refresh triggers of on-demand dependencies (see [`Handle::wake_on_demand`]),
+    /// replaced when the set of dependencies changes.
+    on_demand: watch::Sender<Arc<[Arc<OnDemandSlot>]>>,
     /// Per-service watch channels.
     watchers: Mutex<Watchers>,
     /// Why the engine stopped on its own, once it has.
@@ -196,6 +200,7 @@ impl Shared {
         Shared {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
             changes: watch::channel(Arc::new(Snapshot::default())).0,
+            on_demand: watch::channel(Arc::from(Vec::new())).0,
             watchers: Mutex::new(Watchers::default()),
             failure: Mutex::new(None),
             failed: CancellationToken::new(),
@@ -228,7 +233,6 @@ impl Shared {
             shutting_down: true,
             services,
             dependencies: last.dependencies.clone(),
-            on_demand: Vec::new(),
         }));
         self.failed.cancel();
     }
@@ -356,25 +360,32 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// The latest snapshot. Never waits for a probe; on-demand dependencies whose cached
-    /// outcome expired are refreshed in the background (the next snapshot shows the result).
+    /// The latest snapshot. Never waits for a probe, and has no effect: to have on-demand
+    /// dependencies answer a question, call [`Handle::wake_on_demand`] first.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        let snapshot = self.shared.snapshot.borrow().clone();
-        for slot in &snapshot.on_demand {
+        self.shared.snapshot.borrow().clone()
+    }
+
+    /// Tells every on-demand dependency that someone asked about health: those whose cached
+    /// outcome expired probe again, in the background (a later snapshot shows the result;
+    /// nothing here waits). The fronts call it for each Check, Watch, List and Detail request,
+    /// since a question is what an on-demand dependency waits for; an embedder serving its own
+    /// answers from [`Handle::snapshot`] should too.
+    pub fn wake_on_demand(&self) {
+        let slots = self.shared.on_demand.borrow().clone();
+        for slot in slots.iter() {
             slot.touch();
         }
-        snapshot
     }
 
     /// A receiver that sees every published snapshot (the latest one when it falls behind).
-    /// Receiving does not refresh on-demand dependencies; [`Handle::snapshot`] does.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.shared.snapshot.subscribe()
     }
 
     /// A receiver that sees only snapshots that changed what watchers are told about (see
     /// [`Snapshot::revision`]): it is not woken by publications that only update latencies and
-    /// counters. Receiving does not refresh on-demand dependencies.
+    /// counters.
     pub fn subscribe_changes(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.shared.changes.subscribe()
     }

@@ -1,11 +1,12 @@
 //! [`Snapshot`]: the immutable view the engine publishes after every change. Readers clone an
-//! `Arc<Snapshot>` and never wait for the engine, and the engine never waits for them.
+//! `Arc<Snapshot>` and never wait for the engine, and the engine never waits for them. Pure
+//! data: reading a snapshot has no effect (waking on-demand dependencies is the handle's
+//! `wake_on_demand`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::DegradedPolicy;
-use crate::engine::on_demand::OnDemandSlot;
 use crate::{Health, Impact, Outcome};
 
 /// Everything known at one moment.
@@ -23,8 +24,6 @@ pub struct Snapshot {
     pub services: Vec<Arc<ServiceState>>,
     /// Dependencies, sorted by name.
     pub dependencies: Vec<Arc<DependencyState>>,
-    /// The refresh triggers of on-demand dependencies, fired by readers.
-    pub(crate) on_demand: Vec<Arc<OnDemandSlot>>,
 }
 
 impl Snapshot {

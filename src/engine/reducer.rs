@@ -47,6 +47,8 @@ pub(crate) struct Reducer {
     pub(crate) throttle: Throttle,
     /// A dependency's health changed: services must be rolled up again.
     rollup_needed: bool,
+    /// Dependencies were added, replaced or removed: the on-demand slots must be republished.
+    slots_changed: bool,
     /// The probe run whose outcome asked for the rollup, for the transitions it logs.
     rollup_span: tracing::Span,
     metrics: Option<Arc<Metrics>>,
@@ -77,6 +79,7 @@ impl Reducer {
             cancel,
             throttle: Throttle::new(),
             rollup_needed: true,
+            slots_changed: true,
             rollup_span: tracing::Span::none(),
             metrics,
         }
@@ -94,6 +97,7 @@ impl Reducer {
         let task = self.spawner.spawn(&name, &spec, probe);
         self.dependencies
             .insert(name.clone(), Dependency::new(&name, spec, task));
+        self.slots_changed = true;
         self.throttle.changed();
         self.rollup_needed = true;
     }
@@ -282,6 +286,7 @@ impl Reducer {
         }
         info!(dependency = %name, kind = dep.spec.kind(), "dependency replaced");
         self.dependencies.insert(key, dep);
+        self.slots_changed = true;
         self.throttle.changed();
         self.rollup_needed = true;
         Ok(())
@@ -294,6 +299,7 @@ impl Reducer {
             .map(|(n, s)| (&**n, s.spec.referenced().collect::<Vec<_>>()));
         change::check_remove_dependency(name, self.dependencies.contains_key(name), services)?;
         if let Some(dep) = self.dependencies.remove(name) {
+            self.slots_changed = true;
             dep.task.cancel.cancel();
             if let Some(key) = &dep.stale_key {
                 self.stale.remove(key);
@@ -357,14 +363,23 @@ impl Reducer {
         let Some(numbers) = self.throttle.due() else {
             return;
         };
-        let dependencies = self.dependencies.values();
+        if std::mem::take(&mut self.slots_changed) {
+            let slots = self
+                .dependencies
+                .values()
+                .filter_map(|d| d.task.slot.clone());
+            self.shared.on_demand.send_replace(slots.collect());
+        }
         let snapshot = Arc::new(Snapshot {
             generation: numbers.generation,
             revision: numbers.revision,
             shutting_down: self.shutting_down,
             services: self.services.values().map(|s| s.state.clone()).collect(),
-            dependencies: dependencies.clone().map(|d| d.state().clone()).collect(),
-            on_demand: dependencies.filter_map(|d| d.task.slot.clone()).collect(),
+            dependencies: self
+                .dependencies
+                .values()
+                .map(|d| d.state().clone())
+                .collect(),
         });
         self.shared.publish(snapshot);
     }

@@ -83,6 +83,7 @@ impl Detail for DetailService {
         request: Request<DetailRequest>,
     ) -> Result<Response<DetailResponse>, Status> {
         self.authorize(&request)?;
+        self.handle.wake_on_demand();
         let snapshot = self.handle.snapshot();
         Ok(Response::new(convert::detail(
             &snapshot,
@@ -97,6 +98,7 @@ impl Detail for DetailService {
         request: Request<DetailRequest>,
     ) -> Result<Response<DetailStream>, Status> {
         self.authorize(&request)?;
+        self.handle.wake_on_demand();
         let services = request.into_inner().services;
         let rx = self
             .feeds

@@ -264,8 +264,7 @@ fn watch(
         Ok(request) => request,
         Err(status) => return status.into_http(),
     };
-    // Touch on-demand dependencies, as Check does.
-    handle.snapshot();
+    handle.wake_on_demand();
     let rx = handle.watch_service(&request.service);
     let initial = *rx.borrow();
     let body = WatchBody {

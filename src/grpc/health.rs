@@ -76,6 +76,7 @@ pub(crate) fn check(
     handle: &Handle,
     name: &str,
 ) -> Result<(ServingStatus, Option<ServiceHealth>), Status> {
+    handle.wake_on_demand();
     let snapshot = handle.snapshot();
     let Some(service) = snapshot.service(name) else {
         return Err(Status::not_found("unknown service"));
@@ -98,6 +99,7 @@ impl Health for HealthService {
         &self,
         _request: Request<HealthListRequest>,
     ) -> Result<Response<HealthListResponse>, Status> {
+        self.handle.wake_on_demand();
         let snapshot = self.handle.snapshot();
         if snapshot.services.len() > LIST_LIMIT {
             return Err(Status::resource_exhausted(format!(
@@ -118,8 +120,7 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        // Touch on-demand dependencies, as Check does.
-        self.handle.snapshot();
+        self.handle.wake_on_demand();
         let rx = self.handle.watch_service(&request.get_ref().service);
         let initial = *rx.borrow();
         let stream = WatchStatuses::new(rx, self.streams_end.clone()).map(|s| Ok(message(s)));

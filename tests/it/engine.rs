@@ -245,7 +245,7 @@ async fn on_demand_refresh_is_single_flight_for_a_thousand_readers() {
 
     // Fresh cache: readers trigger nothing.
     for _ in 0..100 {
-        handle.snapshot();
+        handle.wake_on_demand();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(probe.runs().len(), 1, "no background probing while fresh");
@@ -254,7 +254,10 @@ async fn on_demand_refresh_is_single_flight_for_a_thousand_readers() {
     let readers: Vec<_> = (0..1000)
         .map(|_| {
             let handle = handle.clone();
-            tokio::spawn(async move { handle.snapshot().generation })
+            tokio::spawn(async move {
+                handle.wake_on_demand();
+                handle.snapshot().generation
+            })
         })
         .collect();
     for r in readers {
@@ -262,13 +265,13 @@ async fn on_demand_refresh_is_single_flight_for_a_thousand_readers() {
     }
     // More readers while that refresh is in flight (the probe takes 100 ms).
     for _ in 0..50 {
-        handle.snapshot();
+        handle.wake_on_demand();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     state_where(&handle, "dep", |d| d.consecutive_successes == 2).await;
     // More readers while the new result is fresh: still nothing.
     for _ in 0..1000 {
-        handle.snapshot();
+        handle.wake_on_demand();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
@@ -291,7 +294,7 @@ async fn on_demand_failures_back_off_exponentially() {
     state_where(&handle, "dep", |d| d.last_outcome.is_some()).await;
     // A reader every 100 ms for 40 s: without backoff that would be a probe per second.
     for _ in 0..400 {
-        handle.snapshot();
+        handle.wake_on_demand();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let runs = probe.runs();
@@ -341,8 +344,19 @@ async fn a_dependency_without_fresh_outcomes_becomes_unknown() {
             .health,
         Health::Unknown
     );
-    // A new outcome applies at once.
-    handle.snapshot();
+    // Reading snapshots is pure: it probes nothing.
+    let runs = probe.runs().len();
+    for _ in 0..100 {
+        handle.snapshot();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        probe.runs().len(),
+        runs,
+        "snapshot() woke an on-demand dependency"
+    );
+    // Asked explicitly, the dependency probes, and the new outcome applies at once.
+    handle.wake_on_demand();
     state_where(&handle, "dep", |d| d.health == Health::Healthy).await;
     handle.shutdown().await;
 }

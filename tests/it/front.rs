@@ -413,3 +413,64 @@ async fn accepted_connections_use_tcp_keepalive_to_notice_dead_peers() {
     };
     assert_eq!(timer, 2, "keep-alive timer on the server's end");
 }
+
+/// An on-demand probe counting its runs.
+#[derive(Debug, Default)]
+struct Counted(std::sync::atomic::AtomicUsize);
+
+impl healthgate::Probe for Counted {
+    fn check(&self, _ctx: healthgate::probe::ProbeContext) -> healthgate::probe::ProbeFuture<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Verdict::Healthy })
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_health_question_wakes_an_expired_on_demand_dependency() {
+    let probe = std::sync::Arc::new(Counted::default());
+    let ttl = Duration::from_millis(100);
+    let spec = healthgate::config::DependencySpec::custom(probe.clone(), "counted")
+        .with_timeout(Duration::from_millis(50))
+        .on_demand(healthgate::config::OnDemand {
+            ttl,
+            failure_ttl: ttl,
+            max_failure_ttl: ttl,
+        });
+    let handle = Engine::builder()
+        .dependency("cache", spec)
+        .start()
+        .expect("starts");
+    let front = Front::start(handle.clone(), ServeOptions::default()).await;
+    let channel = front.channel().await;
+    let runs = || probe.0.load(std::sync::atomic::Ordering::SeqCst);
+    // Each question, asked until the dependency has probed again once its cache expired.
+    for question in ["check", "watch", "list", "detail"] {
+        let before = runs();
+        tokio::time::timeout(PATIENCE, async {
+            while runs() == before {
+                match question {
+                    "check" => {
+                        let _ = HealthClient::new(channel.clone()).check(request("")).await;
+                    }
+                    "watch" => {
+                        let _ = HealthClient::new(channel.clone()).watch(request("")).await;
+                    }
+                    "list" => {
+                        let _ = OurHealthClient::new(channel.clone())
+                            .list(HealthListRequest {})
+                            .await;
+                    }
+                    _ => {
+                        let _ = DetailClient::new(channel.clone())
+                            .get(DetailRequest::default())
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{question} never woke the on-demand dependency"));
+    }
+    handle.shutdown().await;
+}
