@@ -21,12 +21,11 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_main};
 use healthgate::config::{DependencySpec, ServiceSpec};
 use healthgate::engine::bench::{Publisher, rollup};
-use healthgate::grpc::{FastCheckLayer, HealthService};
+use healthgate::grpc::Front;
 use healthgate::probe::{Probe, ProbeContext, ProbeFuture};
 use healthgate::{Engine, Handle, Health, Impact, Verdict};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
-use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -101,9 +100,10 @@ fn check(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let handle = engine(&rt);
-    let health = HealthService::new(handle.clone(), CancellationToken::new()).into_server();
+    let front = Front::new(handle.clone());
+    let health = front.health_server();
     let mut tonic = health.clone();
-    let mut fast = FastCheckLayer::new(handle.clone()).layer(health);
+    let mut fast = front.fast_path().layer(health);
     let mut group = c.benchmark_group("check");
     for (name, body) in [
         ("overall", &b"\0\0\0\0\0"[..]),

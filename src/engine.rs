@@ -145,12 +145,12 @@ impl EngineBuilder {
         // Publish before returning, so the first reader sees every dependency and service.
         reducer.publish();
         tracker.spawn(supervise(shared.clone(), reducer.run()));
-        Ok(Handle {
+        Ok(Handle(Arc::new(HandleParts {
             shared,
             commands: commands_tx,
             tracker,
             cancel,
-        })
+        })))
     }
 }
 
@@ -350,9 +350,13 @@ impl Drop for WatchGuard {
 }
 
 /// A cheap, cloneable handle to a running engine: read snapshots, watch services, change
-/// dependencies and services, shut down.
+/// dependencies and services, shut down. A clone is one reference count (servers clone their
+/// services, and with them the handle, for every request).
 #[derive(Debug, Clone)]
-pub struct Handle {
+pub struct Handle(Arc<HandleParts>);
+
+#[derive(Debug)]
+struct HandleParts {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     tracker: TaskTracker,
@@ -363,7 +367,7 @@ impl Handle {
     /// The latest snapshot. Never waits for a probe, and has no effect: to have on-demand
     /// dependencies answer a question, call [`Handle::wake_on_demand`] first.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.borrow().clone()
+        self.0.shared.snapshot.borrow().clone()
     }
 
     /// Tells every on-demand dependency that someone asked about health: those whose cached
@@ -372,7 +376,7 @@ impl Handle {
     /// since a question is what an on-demand dependency waits for; an embedder serving its own
     /// answers from [`Handle::snapshot`] should too.
     pub fn wake_on_demand(&self) {
-        let slots = self.shared.on_demand.borrow().clone();
+        let slots = self.0.shared.on_demand.borrow().clone();
         for slot in slots.iter() {
             slot.touch();
         }
@@ -380,14 +384,14 @@ impl Handle {
 
     /// A receiver that sees every published snapshot (the latest one when it falls behind).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.shared.snapshot.subscribe()
+        self.0.shared.snapshot.subscribe()
     }
 
     /// A receiver that sees only snapshots that changed what watchers are told about (see
     /// [`Snapshot::revision`]): it is not woken by publications that only update latencies and
     /// counters.
     pub fn subscribe_changes(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.shared.changes.subscribe()
+        self.0.shared.changes.subscribe()
     }
 
     /// A receiver for one service's status: `None` while no service has that name. It is
@@ -395,6 +399,7 @@ impl Handle {
     /// stops reading costs nothing and delays nobody.
     pub fn watch_service(&self, name: &str) -> ServiceWatch {
         let mut watchers = self
+            .0
             .shared
             .watchers
             .lock()
@@ -404,7 +409,7 @@ impl Handle {
             None => {
                 // Read the snapshot under the lock: the reducer updates channels under it after
                 // each publication, so this channel cannot miss a change.
-                let snapshot = self.shared.snapshot.borrow().clone();
+                let snapshot = self.0.shared.snapshot.borrow().clone();
                 if watchers.channels.len() >= 2 * watchers.swept.max(512) {
                     watchers.sweep(&snapshot);
                 }
@@ -417,7 +422,7 @@ impl Handle {
         ServiceWatch {
             rx,
             guard: WatchGuard {
-                shared: Arc::downgrade(&self.shared),
+                shared: Arc::downgrade(&self.0.shared),
                 name,
             },
         }
@@ -485,7 +490,8 @@ impl Handle {
         command: impl FnOnce(oneshot::Sender<Result<(), ChangeError>>) -> Command,
     ) -> Result<(), ChangeError> {
         let (reply, result) = oneshot::channel();
-        self.commands
+        self.0
+            .commands
             .send(command(reply))
             .await
             .map_err(|_| ChangeError::ShuttingDown)?;
@@ -497,8 +503,9 @@ impl Handle {
     /// server should exit (the binary does, with status 1) so that it is restarted, rather than
     /// keep answering from an engine that no longer changes.
     pub async fn failed(&self) -> String {
-        self.shared.failed.cancelled().await;
-        self.shared
+        self.0.shared.failed.cancelled().await;
+        self.0
+            .shared
             .failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -511,6 +518,7 @@ impl Handle {
     pub async fn shutdown(&self) {
         let (reply, done) = oneshot::channel();
         if self
+            .0
             .commands
             .send(Command::Shutdown { reply })
             .await
@@ -518,9 +526,9 @@ impl Handle {
         {
             let _ = done.await;
         }
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.0.cancel.cancel();
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
     }
 }
 
@@ -532,7 +540,7 @@ mod tests {
     async fn a_watched_unknown_name_goes_with_its_last_watcher_and_a_known_one_stays() {
         let handle = Engine::builder().start().expect("starts");
         let channels = |h: &Handle| {
-            h.shared
+            h.0.shared
                 .watchers
                 .lock()
                 .expect("not poisoned")

@@ -5,7 +5,8 @@
 pub mod client;
 mod convert;
 mod detail;
-mod fast_check;
+mod fast_path;
+mod front;
 mod health;
 mod metrics;
 mod observe;
@@ -17,6 +18,7 @@ pub use detail::{DetailService, DetailStream, MAX_DETAIL_FEEDS};
 /// The largest request message any of our RPCs accepts, decompressed (tonic's default is
 /// 4 MiB): requests are service names. A bigger one is `RESOURCE_EXHAUSTED`.
 pub const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
-pub use fast_check::{FastCheck, FastCheckLayer};
+pub use fast_path::{FastPath, FastPathLayer};
+pub use front::Front;
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
 pub use server::{ServeError, ServeOptions, serve};

@@ -36,7 +36,7 @@ impl std::fmt::Debug for DetailService {
 impl DetailService {
     /// A service reading `handle`. With a `token`, callers must send
     /// `authorization: Bearer TOKEN`; Watch streams end when `streams_end` is cancelled.
-    pub fn new(
+    pub(crate) fn new(
         handle: Handle,
         token: Option<String>,
         streams_end: CancellationToken,
@@ -50,7 +50,7 @@ impl DetailService {
     }
 
     /// The tonic server: gzip accepted, and used for responses when the client accepts it.
-    pub fn into_server(self) -> DetailServer<DetailService> {
+    pub(crate) fn into_server(self) -> DetailServer<DetailService> {
         DetailServer::new(self)
             .max_decoding_message_size(super::MAX_REQUEST_MESSAGE)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)

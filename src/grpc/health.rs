@@ -36,7 +36,7 @@ pub struct HealthService {
 
 impl HealthService {
     /// A service reading `handle`; Watch streams end when `streams_end` is cancelled.
-    pub fn new(handle: Handle, streams_end: CancellationToken) -> HealthService {
+    pub(crate) fn new(handle: Handle, streams_end: CancellationToken) -> HealthService {
         HealthService {
             handle,
             streams_end,
@@ -45,7 +45,7 @@ impl HealthService {
 
     /// The tonic server: accepts gzip-compressed requests, answers uncompressed (a status
     /// message is two bytes; compressing it only costs).
-    pub fn into_server(self) -> HealthServer<HealthService> {
+    pub(crate) fn into_server(self) -> HealthServer<HealthService> {
         HealthServer::new(self)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .max_decoding_message_size(super::MAX_REQUEST_MESSAGE)

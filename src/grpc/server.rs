@@ -26,9 +26,9 @@ use tonic::service::Routes;
 use tower_layer::Layer;
 use tracing::{info, warn};
 
-use super::fast_check::FastCheckLayer;
+use super::front::Front;
 use super::observe::ObserveLayer;
-use super::{DetailService, HealthService, pb};
+use super::pb;
 use crate::Handle;
 use crate::listener::{self, Limits};
 use crate::metrics::Metrics;
@@ -82,7 +82,10 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let streams_end = CancellationToken::new();
+    let mut front = Front::new(handle.clone());
+    if let Some(token) = &options.detail_token {
+        front = front.with_detail_token(token.clone());
+    }
     let goaway = CancellationToken::new();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
@@ -94,15 +97,8 @@ pub async fn serve(
     let reflection_v1alpha = reflection
         .build_v1alpha()?
         .max_decoding_message_size(super::MAX_REQUEST_MESSAGE);
-    let routes = Routes::new(HealthService::new(handle.clone(), streams_end.clone()).into_server())
-        .add_service(
-            DetailService::new(
-                handle.clone(),
-                options.detail_token.clone(),
-                streams_end.clone(),
-            )
-            .into_server(),
-        )
+    let routes = Routes::new(front.health_server())
+        .add_service(front.detail_server())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .prepare();
@@ -111,11 +107,7 @@ pub async fn serve(
     let service = ObserveLayer {
         metrics: options.metrics.clone(),
     }
-    .layer(
-        FastCheckLayer::new(handle.clone())
-            .with_watch(streams_end.clone())
-            .layer(routes),
-    );
+    .layer(front.fast_path().layer(routes));
     let mut http = http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
         .max_concurrent_streams(options.limits.max_concurrent_streams)
@@ -149,7 +141,7 @@ pub async fn serve(
         () = &mut server => return Ok(()),
         () = drain => {}
     }
-    streams_end.cancel();
+    front.end_streams();
     goaway.cancel();
     if tokio::time::timeout(options.drain_timeout, &mut server)
         .await

@@ -350,3 +350,88 @@ async fn a_compressed_flag_without_grpc_encoding_is_a_protocol_error() {
         "{message}"
     );
 }
+
+/// The status code and message of a call's answer: from the headers of a trailers-only
+/// response, else from the trailers after the body.
+async fn status_of(mut response: http::Response<h2::RecvStream>) -> (String, String) {
+    let text = |h: &http::HeaderMap, k: &str| {
+        h.get(k)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .unwrap_or_default()
+    };
+    if response.headers().contains_key("grpc-status") {
+        let h = response.headers();
+        return (text(h, "grpc-status"), text(h, "grpc-message"));
+    }
+    let body = response.body_mut();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    (
+        text(&trailers, "grpc-status"),
+        text(&trailers, "grpc-message"),
+    )
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_bad_requests_with_tonics_own_statuses_and_messages() {
+    let handle = healthy_engine().await;
+    // The fast path in front (as `serve` has it), and tonic alone (the reference).
+    let fast = Front::start(handle.clone(), ServeOptions::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tonic_addr = listener.local_addr().expect("bound");
+    let front = healthgate::grpc::Front::new(handle.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(front.health_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let not_protobuf = frame(false, &[0x0a, 0x05, b'a']);
+    let mut trailing = frame(false, &[]);
+    trailing.push(0);
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("no message", Vec::new()),
+        (
+            "compressed flag without grpc-encoding",
+            frame(true, &GZIP_EMPTY),
+        ),
+        ("truncated prefix", vec![0, 0, 0]),
+        ("a message longer than its frame", vec![0, 0, 0, 0, 9, 0x0a]),
+        ("bytes after the message", trailing),
+        ("not protobuf", not_protobuf),
+    ];
+    let unknown = {
+        let message = HealthCheckRequest {
+            service: "no-such-service".into(),
+        };
+        ("unknown service", frame(false, &message.encode_to_vec()))
+    };
+    for (what, payload) in cases.into_iter().chain([unknown]) {
+        for method in ["Check", "Watch"] {
+            if method == "Watch" && what == "unknown service" {
+                // Watch answers SERVICE_UNKNOWN and stays open (both paths): no status to read.
+                continue;
+            }
+            let ours = call(
+                h2_client(fast.addr, 65_535).await,
+                method,
+                payload.clone(),
+                &[],
+            );
+            let ours = status_of(ours.await).await;
+            let tonics = call(
+                h2_client(tonic_addr, 65_535).await,
+                method,
+                payload.clone(),
+                &[],
+            );
+            let tonics = status_of(tonics.await).await;
+            assert_eq!(ours, tonics, "{method}: {what}");
+            assert_ne!(ours.0, "0", "{method}: {what} must fail");
+        }
+    }
+}

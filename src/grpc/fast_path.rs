@@ -17,7 +17,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -48,43 +47,39 @@ const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-en
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const HEALTH_STATE: HeaderName = HeaderName::from_static(HEALTH_STATE_KEY);
 
-/// A tower layer that answers plain `grpc.health.v1.Health/Check` requests from `handle`
-/// itself, in front of tonic's router, and passes everything else on. [`serve`](super::serve)
-/// places it inside its observation layer, so fast answers are counted and traced too; an
-/// embedder serving [`HealthService`](super::HealthService) on its own tonic server can add
-/// it with `Server::builder().layer(FastCheckLayer::new(handle))`.
+/// A tower layer that answers plain `grpc.health.v1.Health/Check` and `Watch` requests from
+/// the engine itself, in front of tonic's router, and passes everything else on. Get one from
+/// [`Front::fast_path`](super::Front::fast_path). [`serve`](super::serve) places it inside its
+/// observation layer, so fast answers are counted and traced too.
+///
+/// It answers *before* whatever the server runs inside it: an interceptor, auth layer or
+/// rate limit that an embedder adds to its tonic server after this layer never sees the
+/// Checks and Watches answered here. Put such layers outside it (`.layer(auth).layer(fast)`),
+/// or leave the fast path out.
 #[derive(Debug, Clone)]
-pub struct FastCheckLayer {
-    handle: Arc<Handle>,
-    streams_end: Option<CancellationToken>,
+pub struct FastPathLayer {
+    handle: Handle,
+    streams_end: CancellationToken,
 }
 
-impl FastCheckLayer {
-    /// Answers Checks from `handle`'s snapshots.
-    pub fn new(handle: Handle) -> FastCheckLayer {
-        FastCheckLayer {
-            handle: Arc::new(handle),
-            streams_end: None,
-        }
-    }
-
-    /// Answers plain Watch requests too, with the semantics of
-    /// [`HealthService`](super::HealthService)'s Watch: streams end, after a final
-    /// `NOT_SERVING`, when `streams_end` is cancelled. A Watch message costs about half of
-    /// what it costs through tonic's streaming machinery (BENCHMARKS.md).
-    pub fn with_watch(self, streams_end: CancellationToken) -> FastCheckLayer {
-        FastCheckLayer {
-            streams_end: Some(streams_end),
-            ..self
+impl FastPathLayer {
+    /// Answers Checks and Watches from `handle`; Watch streams end, after a final
+    /// `NOT_SERVING`, when `streams_end` is cancelled. Built by [`Front::fast_path`].
+    ///
+    /// [`Front::fast_path`]: super::Front::fast_path
+    pub(crate) fn new(handle: Handle, streams_end: CancellationToken) -> FastPathLayer {
+        FastPathLayer {
+            handle,
+            streams_end,
         }
     }
 }
 
-impl<S> tower_layer::Layer<S> for FastCheckLayer {
-    type Service = FastCheck<S>;
+impl<S> tower_layer::Layer<S> for FastPathLayer {
+    type Service = FastPath<S>;
 
-    fn layer(&self, inner: S) -> FastCheck<S> {
-        FastCheck {
+    fn layer(&self, inner: S) -> FastPath<S> {
+        FastPath {
             inner,
             handle: self.handle.clone(),
             streams_end: self.streams_end.clone(),
@@ -92,42 +87,41 @@ impl<S> tower_layer::Layer<S> for FastCheckLayer {
     }
 }
 
-/// The service [`FastCheckLayer`] makes: answers eligible Checks itself, passes everything
+/// The service [`FastPathLayer`] makes: answers eligible Checks itself, passes everything
 /// else to `S`.
 ///
-/// Servers clone their service for every request, so the handle sits behind one `Arc`: a
-/// clone is one reference count, not the handle's four.
+/// Servers clone their service for every request; a [`Handle`] clone is one reference count.
 #[derive(Debug, Clone)]
-pub struct FastCheck<S> {
+pub struct FastPath<S> {
     inner: S,
-    handle: Arc<Handle>,
-    streams_end: Option<CancellationToken>,
+    handle: Handle,
+    streams_end: CancellationToken,
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for FastCheck<S>
+impl<S, B> tower_service::Service<http::Request<B>> for FastPath<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     B: http_body::Body<Data = Bytes>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = FastCheckFuture<B, S::Future>;
+    type Future = FastPathFuture<B, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = match (eligible(&request), &self.streams_end) {
-            (Some(Kind::Check), _) => Rpc::Check,
-            (Some(Kind::Watch), Some(end)) => Rpc::Watch(end.clone()),
-            _ => {
-                return FastCheckFuture::Passed {
+        let rpc = match eligible(&request) {
+            Some(Kind::Check) => Rpc::Check,
+            Some(Kind::Watch) => Rpc::Watch(self.streams_end.clone()),
+            None => {
+                return FastPathFuture::Passed {
                     call: self.inner.call(request),
                 };
             }
         };
-        FastCheckFuture::Answering {
+        FastPathFuture::Answering {
             body: request.into_body(),
             message: Bytes::new(),
             handle: self.handle.clone(),
@@ -137,16 +131,16 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`FastCheck`]: the answer once the request message is in (it
+    /// The response future of [`FastPath`]: the answer once the request message is in (it
     /// usually arrives with the headers, so the first poll completes), or the inner call.
     #[project = Projected]
     #[allow(missing_docs)]
-    pub enum FastCheckFuture<B, F> {
+    pub enum FastPathFuture<B, F> {
         /// Reading the request message, then answering from the snapshot.
         Answering {
             #[pin] body: B,
             message: Bytes,
-            handle: Arc<Handle>,
+            handle: Handle,
             rpc: Rpc,
         },
         /// Not a plain Check: the inner service's call.
@@ -154,7 +148,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B, F, E> Future for FastCheckFuture<B, F>
+impl<B, F, E> Future for FastPathFuture<B, F>
 where
     B: http_body::Body<Data = Bytes>,
     F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
@@ -204,7 +198,7 @@ fn unreadable() -> http::Response<tonic::body::Body> {
     Status::internal("failed to read the request").into_http()
 }
 
-/// The RPC a [`FastCheckFuture`] answers; a Watch carries what ends it.
+/// The RPC a [`FastPathFuture`] answers; a Watch carries what ends it.
 #[derive(Debug)]
 pub enum Rpc {
     /// `grpc.health.v1.Health/Check`.
@@ -345,17 +339,16 @@ fn decode(bytes: &[u8]) -> Result<HealthCheckRequest, Status> {
             "protocol error: received message with compressed-flag but no grpc-encoding was specified",
         ));
     }
-    let (len, message) = rest
-        .split_at_checked(4)
-        .ok_or_else(|| Status::internal("protocol error: truncated message"))?;
+    // tonic's words for a frame cut short, and for bytes left over after the one message
+    // (the start of a second frame that never completes); the wire test compares them.
+    let eof = || Status::internal("Unexpected EOF decoding stream.");
+    let (len, message) = rest.split_at_checked(4).ok_or_else(eof)?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     if message.len() != len {
-        return Err(Status::internal(
-            "protocol error: message length does not match its prefix",
-        ));
+        return Err(eof());
     }
-    HealthCheckRequest::decode(message)
-        .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))
+    // prost's text already reads "failed to decode Protobuf message: …", as tonic sends it.
+    HealthCheckRequest::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
 #[cfg(test)]
