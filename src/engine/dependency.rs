@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::time::delay_queue;
 
 use super::hysteresis::Hysteresis;
-use super::schedule::Task;
+use super::spawn::Task;
 use crate::config::{DependencySpec, MAX_DURATION, Mode};
 use crate::snapshot::{DependencyState, Thresholds};
 use crate::{Health, Outcome};

@@ -1,6 +1,5 @@
 //! Running probes: [`run_once`] wraps one probe run (timeout, panic, `degraded_after`, secret
-//! scrubbing), [`background`] is the task that runs it every interval ± jitter, and
-//! [`Spawner`] starts a dependency's task (background or on demand), tracked and cancellable.
+//! scrubbing), and [`background`] is the task that runs it every interval ± jitter.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -11,12 +10,9 @@ use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span};
+use tracing::Instrument;
 
-use super::on_demand::{self, OnDemandSlot};
-
-use crate::config::{DependencySpec, Mode};
+use crate::config::DependencySpec;
 use crate::probe::{Probe, ProbeContext};
 use crate::{Outcome, Reason, Verdict};
 
@@ -58,84 +54,6 @@ pub(crate) struct Runner {
 /// with millisecond answers keep a handful in flight); the limit is high enough that a few
 /// hundred hung dependencies (each holding a permit up to its timeout) do not delay the rest.
 pub(crate) const MAX_CONCURRENT_PROBES: usize = 1024;
-
-/// The probe task a dependency has: its instance number (outcomes of an older instance are
-/// ignored), its cancellation, and its on-demand slot.
-#[derive(Debug)]
-pub(crate) struct Task {
-    pub(crate) instance: u64,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) slot: Option<Arc<OnDemandSlot>>,
-}
-
-/// Starts probe tasks: each gets an instance number, a child of the engine's cancellation, and
-/// a place in its task tracker.
-#[derive(Debug)]
-pub(crate) struct Spawner {
-    pub(crate) tracker: TaskTracker,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) events: mpsc::Sender<Event>,
-    /// Shared by every probe run: see [`MAX_CONCURRENT_PROBES`].
-    pub(crate) permits: Arc<Semaphore>,
-    next_instance: u64,
-}
-
-impl Spawner {
-    pub(crate) fn new(
-        tracker: TaskTracker,
-        cancel: CancellationToken,
-        events: mpsc::Sender<Event>,
-    ) -> Spawner {
-        Spawner {
-            tracker,
-            cancel,
-            events,
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
-            next_instance: 0,
-        }
-    }
-
-    /// Starts the dependency's probe task.
-    pub(crate) fn spawn(
-        &mut self,
-        name: &Arc<str>,
-        spec: &Arc<DependencySpec>,
-        probe: Arc<dyn Probe>,
-    ) -> Task {
-        self.next_instance += 1;
-        let cancel = self.cancel.child_token();
-        let runner = Runner {
-            dependency: name.clone(),
-            instance: self.next_instance,
-            probe,
-            spec: spec.clone(),
-            events: self.events.clone(),
-            permits: self.permits.clone(),
-        };
-        let span = info_span!("dependency", dependency = %name, kind = spec.kind());
-        let supervisor = runner.clone();
-        let slot = match spec.mode {
-            Mode::Background { interval, jitter } => {
-                let task = background(runner, interval, jitter, cancel.clone());
-                self.tracker
-                    .spawn(supervisor.supervise(task).instrument(span));
-                None
-            }
-            Mode::OnDemand(ttls) => {
-                let slot = Arc::new(OnDemandSlot::new());
-                let task = on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone());
-                self.tracker
-                    .spawn(supervisor.supervise(task).instrument(span));
-                Some(slot)
-            }
-        };
-        Task {
-            instance: self.next_instance,
-            cancel,
-            slot,
-        }
-    }
-}
 
 impl Runner {
     /// Runs `task` (this dependency's background or on-demand loop); if it panics — a defect,

@@ -24,16 +24,16 @@ use futures_util::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::StreamBody;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+mod wire;
+
 use super::convert::health_state;
 use super::health::{HEALTH_STATE_KEY, WatchStatuses, check};
-use super::pb::health::HealthCheckRequest;
-use super::pb::health::health_check_response::ServingStatus;
 use crate::Handle;
 use crate::snapshot::ServiceHealth;
+use wire::{decode, framed};
 
 const PATH: &str = "/grpc.health.v1.Health/Check";
 const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
@@ -287,17 +287,6 @@ fn ok_trailers() -> http::HeaderMap {
     trailers
 }
 
-/// `HealthCheckResponse { status }`, length-prefixed, uncompressed: four fixed byte strings,
-/// so sending one allocates nothing (a unit test checks them against prost).
-fn framed(status: ServingStatus) -> Bytes {
-    Bytes::from_static(match status {
-        ServingStatus::Unknown => &[0, 0, 0, 0, 0],
-        ServingStatus::Serving => &[0, 0, 0, 0, 2, 0x08, 1],
-        ServingStatus::NotServing => &[0, 0, 0, 0, 2, 0x08, 2],
-        ServingStatus::ServiceUnknown => &[0, 0, 0, 0, 2, 0x08, 3],
-    })
-}
-
 /// A Watch response body: [`WatchStatuses`] as fixed frames, then `grpc-status: 0`.
 struct WatchBody {
     statuses: WatchStatuses,
@@ -329,107 +318,9 @@ impl http_body::Body for WatchBody {
     }
 }
 
-/// One uncompressed, length-prefixed message, with tonic's wording for what is wrong.
-fn decode(bytes: &[u8]) -> Result<HealthCheckRequest, Status> {
-    let Some((&flag, rest)) = bytes.split_first() else {
-        return Err(Status::internal("Missing request message."));
-    };
-    if flag != 0 {
-        return Err(Status::internal(
-            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-        ));
-    }
-    // tonic's words for a frame cut short, and for bytes left over after the one message
-    // (the start of a second frame that never completes); the wire test compares them.
-    let eof = || Status::internal("Unexpected EOF decoding stream.");
-    let (len, message) = rest.split_at_checked(4).ok_or_else(eof)?;
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if message.len() != len {
-        return Err(eof());
-    }
-    // prost's text already reads "failed to decode Protobuf message: …", as tonic sends it.
-    HealthCheckRequest::decode(message).map_err(|e| Status::internal(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn framed_bytes(flag: u8, message: &[u8]) -> Vec<u8> {
-        let mut out = vec![flag];
-        out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-        out.extend_from_slice(message);
-        out
-    }
-
-    #[test]
-    fn decodes_one_plain_message() {
-        let message = HealthCheckRequest {
-            service: "readiness".into(),
-        }
-        .encode_to_vec();
-        assert_eq!(
-            decode(&framed_bytes(0, &message)).expect("valid").service,
-            "readiness"
-        );
-        assert_eq!(
-            decode(&framed_bytes(0, &[]))
-                .expect("empty message is service \"\"")
-                .service,
-            ""
-        );
-    }
-
-    #[test]
-    fn rejects_what_tonic_rejects() {
-        let message = HealthCheckRequest {
-            service: "x".into(),
-        }
-        .encode_to_vec();
-        let compressed =
-            decode(&framed_bytes(1, &message)).expect_err("compressed flag, no encoding");
-        assert!(
-            compressed
-                .message()
-                .starts_with("protocol error: received message with compressed-flag")
-        );
-        assert_eq!(
-            decode(&[]).expect_err("no message").code(),
-            tonic::Code::Internal
-        );
-        assert_eq!(
-            decode(&[0, 0, 0]).expect_err("truncated prefix").code(),
-            tonic::Code::Internal
-        );
-        let mut long = framed_bytes(0, &message);
-        long.push(0);
-        assert_eq!(
-            decode(&long).expect_err("trailing bytes").code(),
-            tonic::Code::Internal
-        );
-        assert_eq!(
-            decode(&framed_bytes(0, &[0xff, 0xff]))
-                .expect_err("not protobuf")
-                .code(),
-            tonic::Code::Internal
-        );
-    }
-
-    #[test]
-    fn fixed_frames_are_what_prost_encodes() {
-        for status in [
-            ServingStatus::Unknown,
-            ServingStatus::Serving,
-            ServingStatus::NotServing,
-            ServingStatus::ServiceUnknown,
-        ] {
-            let message = super::super::pb::health::HealthCheckResponse {
-                status: status as i32,
-            }
-            .encode_to_vec();
-            assert_eq!(framed(status), framed_bytes(0, &message), "{status:?}");
-        }
-    }
 
     #[test]
     fn only_plain_grpc_checks_and_watches_take_the_fast_path() {
