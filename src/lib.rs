@@ -43,25 +43,27 @@
 //!
 //! # Layout
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`health`](Health) | the [`Health`] enum, its severity order, [`Impact`] |
-//! | [`outcome`](Outcome) | [`Verdict`] (what a probe says), [`Outcome`] (one run), [`Reason`] |
-//! | [`config`] | TOML → validated [`Config`]: raw mirror, validation with key paths, `${ENV}` |
-//! | [`probe`] | the [`Probe`] trait; `http`, `grpc`, `tcp` probes; TLS; error → reason |
-//! | [`engine`] | [`Engine`] / [`Handle`]; probe tasks, on-demand cache, hysteresis, rollup, reducer |
-//! | [`snapshot`] | the immutable published view |
-//! | [`grpc`] | the gRPC front: `grpc.health.v1`, `healthgate.v1.Detail`, reflection, drain; the only module that touches generated types |
-//! | [`listener`] | accepting connections under [`listener::Limits`]: the connection cap, first-request deadline, idle timeout, HTTP/2 bounds |
-//! | [`http`] | the HTTP front's server (today `/metrics`), under the same limits |
-//! | [`redact`] | keeping secrets out of everything printed |
-//! | `auth` | bearer tokens (RFC 9110) compared in constant time |
-//! | `grpc_code` | gRPC status codes by canonical name, for reasons, labels and spans |
+//! Imports point down this table (the floor first), never up and never in a circle;
+//! `python3 .ci/imports.py` counts them and CI fails on either.
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | floor | [`health`](Health), [`outcome`](Outcome) | [`Health`], [`Impact`]; [`Verdict`], [`Outcome`], [`Reason`] |
+//! | floor | [`redact`], `net_error`, `auth`, `grpc_code`, `trace_context` | secrets kept out of everything printed; network errors as short reasons; bearer tokens; gRPC code names; W3C trace context |
+//! | floor | `tls` | [`config::TlsSpec`], PEM parsing, the rustls (HTTP probe) and tonic (gRPC probe, `check`) client configurations |
+//! | probe | [`probe`] | the [`Probe`] trait, and each kind beside its spec: `probe/http` (reqwest), `probe/grpc`, `probe/tcp` |
+//! | config | [`config`] | TOML → validated [`Config`]: raw mirror, validation by concept with key paths, `${ENV}`, `[limits]` |
+//! | snapshot | [`snapshot`] | the immutable published view, pure data |
+//! | metrics | [`metrics`] | the registry and the engine's instruments; fronts register their own in it |
+//! | engine | [`engine`] | [`Engine`] / [`Handle`]: the probe factory, probe tasks, on-demand cache, hysteresis, rollup, the reducer and its parts (dependency and service state, publication throttle, runtime-change checks, transitions) |
+//! | listeners | [`listener`], `telemetry` | accepting connections under [`listener::Limits`], and the connection instruments; OTLP span export |
+//! | fronts | [`grpc`] | `grpc.health.v1`, `healthgate.v1.Detail`, reflection, drain; [`grpc::Front`] for embedders; the only module that touches generated types |
+//! | fronts | [`http`] | the HTTP front's server and `/metrics` |
 //!
 //! Data flows one way: probe tasks send outcomes to a single reducer task, which owns all state
 //! and publishes `Arc<Snapshot>`s and per-service watch values. Nothing holds a lock across
 //! `.await`, and the library installs no global state (no subscriber, no signal handler, no
-//! TLS provider: probes build their rustls configs with an explicit ring provider).
+//! TLS provider: `tls` builds every rustls config with an explicit ring provider).
 
 mod auth;
 pub mod config;

@@ -2,7 +2,7 @@
 //!
 //! This room owns the registry and the engine's instruments (probe durations, transitions, the
 //! health gauges, dropped spans); each front registers its own in the same registry
-//! ([`Metrics::instruments`]: `grpc/metrics.rs`, `listener/metrics.rs`), and `http` serves it.
+//! (`Metrics::instruments`: `grpc/metrics.rs`, `listener/metrics.rs`), and `http` serves it.
 //!
 //! Labels are names only — dependency, service, RPC method, and fixed value sets (outcome,
 //! state, gRPC code) — so cardinality is bounded by the configuration, never by traffic: RPC

@@ -41,7 +41,7 @@ impl ProbeContext {
 }
 
 /// One way of checking a dependency. Implement it for in-process checks (a pool, a queue, a
-/// cache) and register them with [`DependencySpec::custom`].
+/// cache) and register them with [`DependencySpec::custom`](crate::config::DependencySpec::custom).
 ///
 /// The engine runs at most one check per dependency at a time, cancels it (drops the future) at
 /// the timeout, and turns a panic into an Unhealthy outcome.

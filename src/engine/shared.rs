@@ -127,7 +127,7 @@ impl Watchers {
     }
 }
 
-/// A receiver for one service's status (see [`Handle::watch_service`]); it dereferences to
+/// A receiver for one service's status (see [`Handle::watch_service`](super::Handle::watch_service)); it dereferences to
 /// a [`watch::Receiver`]. Dropping it gives its channel back when nobody else watches the name.
 #[derive(Debug)]
 pub struct ServiceWatch {

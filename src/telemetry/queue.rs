@@ -2,6 +2,15 @@
 //! never allocates beyond the queue: when the collector is down, slow or refusing, spans are
 //! dropped and counted (`healthgate_dropped_spans_total`) instead of piling up, each export is
 //! cut off at the export timeout, and shutdown waits at most that long.
+//!
+//! Why not opentelemetry_sdk's `BatchSpanProcessor` (the house issue asked): in 0.33 its
+//! default form exports from a dedicated OS thread with `futures_executor::block_on`, where the
+//! tonic OTLP exporter panics with "there is no reactor running" (reported against the SDK's
+//! users, e.g. agentgateway#1621) and every later span is dropped unseen; its Tokio form is
+//! behind the `experimental_trace_batch_span_processor_with_async_runtime` feature; and
+//! neither can count what it drops, which `healthgate_dropped_spans_total` must. This one is a
+//! Tokio task, ~150 lines, and `tests/it/otlp.rs` measures it: with a black-holed collector
+//! Check latency and probing are unchanged and the drops are counted.
 
 use std::sync::Mutex;
 use std::time::Duration;
