@@ -23,6 +23,7 @@ mod schedule;
 mod service;
 mod shared;
 mod spawn;
+mod stale;
 mod transition;
 
 use std::collections::BTreeMap;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_util::time::delay_queue;
 
 use super::hysteresis::Hysteresis;
 use super::spawn::Task;
-use crate::config::{DependencySpec, MAX_DURATION, Mode};
+use super::stale::Slot;
+use crate::config::{DependencySpec, Mode};
 use crate::snapshot::{DependencyState, Thresholds};
 use crate::{Health, Outcome};
 
@@ -23,8 +23,8 @@ pub(crate) struct Dependency {
     last_success: Option<SystemTime>,
     last_failure: Option<SystemTime>,
     /// The reducer's stale timer for this dependency, if one is set.
-    pub(crate) stale_key: Option<delay_queue::Key>,
-    /// When the last outcome goes stale (the timer may fire earlier, see [`stale_timer`]).
+    pub(crate) stale_key: Slot,
+    /// When the last outcome goes stale (the timer may fire earlier, see `engine::stale`).
     stale_at: Instant,
     /// The published form, rebuilt whenever something in it changes.
     state: Arc<DependencyState>,
@@ -145,14 +145,6 @@ impl Dependency {
         };
         self.state = Arc::new(state);
     }
-}
-
-/// The stale timer for `stale_after`: at most [`MAX_DURATION`], because tokio's `DelayQueue`
-/// panics beyond about two years (a panic there would stop the reducer). A default
-/// `stale_after` can be longer (three periods of up to a year each); such a timer fires early
-/// and is set again for the rest ([`Dependency::stale_in`]).
-pub(crate) fn stale_timer(stale_after: Duration) -> Duration {
-    stale_after.min(MAX_DURATION)
 }
 
 fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
@@ -283,14 +275,5 @@ mod tests {
             dep.apply(&name, outcome(Verdict::unhealthy("down"))).after,
             Health::Unhealthy
         );
-    }
-
-    #[test]
-    fn stale_timers_are_capped_at_the_longest_duration() {
-        assert_eq!(
-            stale_timer(Duration::from_secs(30)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(stale_timer(MAX_DURATION * 3), MAX_DURATION);
     }
 }

@@ -11,22 +11,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_util::time::DelayQueue;
 use tracing::info;
 
 use super::Shared;
 use super::change::{self, ChangeError, Command};
-use super::dependency::{Dependency, stale_timer};
+use super::dependency::Dependency;
 use super::factory::ProbeFactory;
 use super::publication::Throttle;
 use super::schedule::Event;
 use super::service::Service;
 use super::spawn::Spawner;
+use super::stale::StaleTimers;
 use super::transition::{Kind, transition};
 use crate::Health;
 use crate::config::{DependencySpec, ServiceSpec};
@@ -40,7 +39,7 @@ pub(crate) struct Reducer {
     services: BTreeMap<Arc<str>, Service>,
     factory: ProbeFactory,
     shutting_down: bool,
-    stale: DelayQueue<Arc<str>>,
+    stale: StaleTimers,
     spawner: Spawner,
     events: mpsc::Receiver<Event>,
     commands: mpsc::Receiver<Command>,
@@ -73,7 +72,7 @@ impl Reducer {
             services: BTreeMap::new(),
             factory: ProbeFactory::default(),
             shutting_down: false,
-            stale: DelayQueue::new(),
+            stale: StaleTimers::default(),
             spawner: Spawner::new(tracker, cancel.clone(), events_tx),
             events,
             commands,
@@ -146,7 +145,7 @@ impl Reducer {
                         }
                     }
                 }
-                Some(expired) = self.stale.next() => self.expire(expired.into_inner()),
+                Some(fired) = self.stale.fired() => self.expire(fired),
                 () = &mut details_due, if details_waiting => {}
             }
             self.publish();
@@ -179,11 +178,9 @@ impl Reducer {
         tracing::debug!(dependency = %event.dependency, health = %outcome.health(), latency_ms = outcome.latency.as_millis() as u64, reason = outcome.verdict.reason().map(|r| r.as_str()).unwrap_or(""), "probe finished");
         let reason = outcome.verdict.reason().cloned();
         let applied = dep.apply(&event.dependency, outcome);
-        let stale_after = stale_timer(dep.spec.stale_after);
-        match &dep.stale_key {
-            Some(key) => self.stale.reset(key, stale_after),
-            None => dep.stale_key = Some(self.stale.insert(event.dependency.clone(), stale_after)),
-        }
+        let stale_after = dep.spec.stale_after;
+        self.stale
+            .set(&mut dep.stale_key, &event.dependency, stale_after);
         self.throttle.details(applied.reason_changed);
         if applied.before != applied.after {
             self.throttle.changed();
@@ -212,7 +209,7 @@ impl Reducer {
         let left = dep.stale_in();
         if !left.is_zero() {
             // A capped timer fired early: wait for the rest.
-            dep.stale_key = Some(self.stale.insert(name, stale_timer(left)));
+            self.stale.set(&mut dep.stale_key, &name, left);
             return;
         }
         self.expire_now(&name, "no recent outcome (stale)");
@@ -223,9 +220,7 @@ impl Reducer {
         let Some(dep) = self.dependencies.get_mut(name) else {
             return;
         };
-        if let Some(key) = dep.stale_key.take() {
-            self.stale.remove(&key);
-        }
+        self.stale.clear(&mut dep.stale_key);
         if let Some(before) = dep.expire(name) {
             let metrics = self.metrics.as_deref();
             transition(
@@ -272,18 +267,15 @@ impl Reducer {
             return Ok(());
         };
         old.task.cancel.cancel();
-        if let Some(key) = &old.stale_key {
-            self.stale.remove(key);
-        }
+        let mut old = old;
+        self.stale.clear(&mut old.stale_key);
         let key: Arc<str> = Arc::from(name.as_str());
         let spec = Arc::new(spec);
         let task = self.spawner.spawn(&key, &spec, probe);
         let mut dep = old.replaced(&key, spec, task);
         if dep.has_outcome() {
-            dep.stale_key = Some(
-                self.stale
-                    .insert(key.clone(), stale_timer(dep.spec.stale_after)),
-            );
+            let stale_after = dep.spec.stale_after;
+            self.stale.set(&mut dep.stale_key, &key, stale_after);
         }
         info!(dependency = %name, kind = dep.spec.kind(), "dependency replaced");
         self.dependencies.insert(key, dep);
@@ -302,9 +294,8 @@ impl Reducer {
         if let Some(dep) = self.dependencies.remove(name) {
             self.slots_changed = true;
             dep.task.cancel.cancel();
-            if let Some(key) = &dep.stale_key {
-                self.stale.remove(key);
-            }
+            let mut dep = dep;
+            self.stale.clear(&mut dep.stale_key);
         }
         if let Some(m) = &self.metrics {
             m.forget_dependency(name);

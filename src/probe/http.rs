@@ -6,6 +6,7 @@ mod client;
 mod spec;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use client::{Client, ClientKey};
 use http::{HeaderValue, Method};
@@ -20,20 +21,47 @@ use crate::{Health, Verdict};
 /// The most redirects followed (same origin only) when `follow_redirects = true`.
 const MAX_REDIRECTS: usize = 5;
 
+/// An HTTP/1.1 probe asks its server to close the kept-alive connection (`Connection: close`)
+/// on every this-many-th request, and the next probe opens a fresh one.
+///
+/// Why: hyper's client connection grows its request channel (a tokio mpsc of 32-slot blocks)
+/// by ~9 KiB at its 32nd and again at its 64th request, and does not give that back while the
+/// connection lives. Measured with `engine_scale 1000 620 distinct` (reqwest, no rotation): RSS
+/// 36.7 MiB at 30 s, 44.3 at 60 s, 49.2 at 90 s, 50.9 at 630 s — memory that depends on
+/// uptime, and 15 % growth from minute 1 to minute 10. Rotating first keeps every connection
+/// in its first block. It costs one connect per dependency every 25 probes (a TCP handshake,
+/// and a TLS one for https), and it also spreads probes over the backends behind a load
+/// balancer, as nginx's `keepalive_requests` and Envoy's `max_requests_per_connection` do.
+pub(crate) const MAX_REQUESTS_PER_CONNECTION: u64 = 25;
+
 /// Probes one URL.
 #[derive(Debug)]
 pub(crate) struct HttpProbe {
     spec: HttpSpec,
     client: Arc<Client>,
+    runs: AtomicU64,
 }
 
 impl HttpProbe {
     pub(crate) fn new(spec: HttpSpec, client: Arc<Client>) -> HttpProbe {
-        HttpProbe { spec, client }
+        HttpProbe {
+            spec,
+            client,
+            runs: AtomicU64::new(0),
+        }
     }
 
     async fn run(&self) -> Verdict {
         let mut headers = self.spec.headers.clone();
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
+        if self.spec.keep_alive
+            && self.spec.version != HttpVersion::Http2
+            && run % MAX_REQUESTS_PER_CONNECTION == MAX_REQUESTS_PER_CONNECTION - 1
+            && !headers.contains_key(http::header::CONNECTION)
+        {
+            // Ignored (stripped by hyper) if the connection turns out to be HTTP/2.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some((parent, state)) = crate::trace_context::current() {
             for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
                 if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {

@@ -180,30 +180,31 @@ async fn server_name_is_the_sni_the_verified_name_and_the_host() {
     );
 }
 
-/// Probes `url` every 200 ms until three have succeeded; returns the connections the server
-/// accepted meanwhile.
-async fn connections_for_three_probes(extra: &str) -> usize {
+/// Probes a recording server every 50 ms until `probes` have succeeded; returns the
+/// connections the server accepted meanwhile.
+async fn connections_for(probes: u32, extra: &str) -> usize {
     let (addr, seen) = recording_server(None, false).await;
     let handle = start(&format!(
-        "[dependencies.dep]\n{}\ninterval = \"200ms\"\njitter = 0.0\n",
-        dependency(
-            &format!("http://{addr}/health"),
-            &format!("timeout = \"150ms\"\n{extra}")
-        )
-        .replace("timeout = \"5s\"\n", "")
+        "[dependencies.dep]\nkind = \"http\"\nurl = \"http://{addr}/health\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\njitter = 0.0\n{extra}\n"
     ));
-    state_where(&handle, "dep", |d| d.consecutive_successes >= 3).await;
+    state_where(&handle, "dep", |d| d.consecutive_successes >= probes).await;
     handle.shutdown().await;
     seen.connections.load(Ordering::SeqCst)
 }
 
 #[tokio::test]
 async fn keep_alive_false_opens_a_connection_per_probe() {
-    assert_eq!(connections_for_three_probes("").await, 1, "kept alive");
+    assert_eq!(connections_for(3, "").await, 1, "kept alive");
     assert!(
-        connections_for_three_probes("keep_alive = false").await >= 3,
+        connections_for(3, "keep_alive = false").await >= 3,
         "one connection per probe"
     );
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_carries_at_most_25_probes() {
+    // Probes 1-25 on the first connection (the 25th asks to close it), 26-50 on the second.
+    assert_eq!(connections_for(30, "").await, 2);
 }
 
 /// Runs nghttpd (Debian `nghttp2-server`) if it is installed. CI installs it and sets
