@@ -26,7 +26,7 @@ use super::schedule::Event;
 use super::service::Service;
 use super::spawn::Spawner;
 use super::stale::StaleTimers;
-use super::transition::{Kind, transition};
+use super::transition;
 use crate::Health;
 use crate::config::{DependencySpec, ServiceSpec};
 use crate::metrics::Metrics;
@@ -184,16 +184,8 @@ impl Reducer {
         self.throttle.details(applied.reason_changed);
         if applied.before != applied.after {
             self.throttle.changed();
-            let reason = reason.as_ref().map(|r| r.as_str());
-            let metrics = self.metrics.as_deref();
-            transition(
-                Kind::Dependency,
-                &event.dependency,
-                applied.before,
-                applied.after,
-                reason,
-                metrics,
-            );
+            let (reason, m) = (reason.as_ref().map(|r| r.as_str()), self.metrics.as_deref());
+            transition::dependency(&event.dependency, applied.before, applied.after, reason, m);
             // Rolled up once per batch (each rollup reads every input of every service), inside
             // the span of the batch's last change, so service transitions join its trace.
             self.rollup_needed = true;
@@ -222,15 +214,8 @@ impl Reducer {
         };
         self.stale.clear(&mut dep.stale_key);
         if let Some(before) = dep.expire(name) {
-            let metrics = self.metrics.as_deref();
-            transition(
-                Kind::Dependency,
-                name,
-                before,
-                Health::Unknown,
-                Some(reason),
-                metrics,
-            );
+            let m = self.metrics.as_deref();
+            transition::dependency(name, before, Health::Unknown, Some(reason), m);
             self.throttle.changed();
             self.rollup_needed = true;
         }

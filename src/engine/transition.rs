@@ -66,3 +66,14 @@ pub(crate) fn transition(
         (_, None) => {}
     }
 }
+
+/// A dependency's transition.
+pub(crate) fn dependency(
+    name: &str,
+    from: Health,
+    to: Health,
+    why: Option<&str>,
+    m: Option<&Metrics>,
+) {
+    transition(Kind::Dependency, name, from, to, why, m);
+}
