@@ -131,7 +131,7 @@ impl EngineBuilder {
             self.metrics,
         );
         for (name, spec) in self.dependencies {
-            let probe = match reducer.build_probe(&spec) {
+            let probe = match reducer.factory.build(&spec) {
                 Ok(probe) => probe,
                 Err(source) => {
                     cancel.cancel();

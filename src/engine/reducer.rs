@@ -1,12 +1,8 @@
 //! The reducer: the engine's single writer. It owns every dependency's and service's state,
 //! applies outcomes, expiries and runtime changes one at a time, and publishes an
-//! `Arc<Snapshot>` plus per-service watch values after each batch. Nobody else mutates state,
-//! so there are no locks to hold across `.await`.
-//!
-//! The pieces it is made of are rooms of their own: a dependency's state and how an outcome
-//! changes it (`dependency`), when to publish (`publication`), whether a runtime change may
-//! apply (`change`), and the transition logs (`transition`). Publishing copies one `Arc` per
-//! dependency, so it is O(dependencies); the throttle keeps it to a few times a second.
+//! `Arc<Snapshot>` plus per-service watch values after each batch, so nobody holds a lock
+//! across `.await`. Its parts are rooms of their own (`dependency`, `service`, `publication`,
+//! `change`, `stale`, `spawn`, `transition`); publishing is O(dependencies), throttled.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,14 +26,15 @@ use super::transition;
 use crate::Health;
 use crate::config::{DependencySpec, ServiceSpec};
 use crate::metrics::Metrics;
-use crate::probe::{BuildError, Probe};
+use crate::probe::Probe;
 use crate::snapshot::Snapshot;
 
 pub(crate) struct Reducer {
     shared: Arc<Shared>,
     dependencies: BTreeMap<Arc<str>, Dependency>,
     services: BTreeMap<Arc<str>, Service>,
-    factory: ProbeFactory,
+    /// Builds probes (also for the engine's start, before the first publication).
+    pub(crate) factory: ProbeFactory,
     shutting_down: bool,
     stale: StaleTimers,
     spawner: Spawner,
@@ -92,28 +89,18 @@ impl Reducer {
         spec: DependencySpec,
         probe: Arc<dyn Probe>,
     ) {
-        let name: Arc<str> = Arc::from(name);
-        let spec = Arc::new(spec);
+        let (name, spec): (Arc<str>, _) = (Arc::from(name), Arc::new(spec));
         let task = self.spawner.spawn(&name, &spec, probe);
-        self.dependencies
-            .insert(name.clone(), Dependency::new(&name, spec, task));
+        let dependency = Dependency::new(&name, spec, task);
+        self.dependencies.insert(name, dependency);
         self.slots_changed = true;
-        self.throttle.changed();
-        self.rollup_needed = true;
+        self.health_may_change();
     }
 
     pub(crate) fn insert_service(&mut self, name: &str, spec: ServiceSpec) {
         let service = Service::new(Arc::from(name), spec, self.shutting_down);
         self.services.insert(Arc::from(name), service);
-        self.throttle.changed();
-        self.rollup_needed = true;
-    }
-
-    pub(crate) fn build_probe(
-        &mut self,
-        spec: &DependencySpec,
-    ) -> Result<Arc<dyn Probe>, BuildError> {
-        self.factory.build(spec)
+        self.health_may_change();
     }
 
     /// The reducer task: applies commands, outcomes and expiries until shutdown.
@@ -133,8 +120,7 @@ impl Reducer {
                         break;
                     }
                     Some(command) => self.command(command),
-                    // Every handle is gone: nobody can read what we publish.
-                    None => break,
+                    None => break, // every handle is gone: nobody reads what we publish
                 },
                 Some(event) = self.events.recv() => {
                     self.outcome(event);
@@ -149,11 +135,9 @@ impl Reducer {
                 () = &mut details_due, if details_waiting => {}
             }
             self.publish();
-            let deadline = self.throttle.details_deadline();
-            details_waiting = deadline.is_some();
-            if let Some(deadline) = deadline {
-                details_due.as_mut().reset(deadline);
-            }
+            // Details waiting to be published wake the loop when they are due.
+            let due = self.throttle.details_deadline();
+            details_waiting = due.map(|at| details_due.as_mut().reset(at)).is_some();
         }
         self.cancel.cancel();
     }
@@ -216,8 +200,7 @@ impl Reducer {
         if let Some(before) = dep.expire(name) {
             let m = self.metrics.as_deref();
             transition::dependency(name, before, Health::Unknown, Some(reason), m);
-            self.throttle.changed();
-            self.rollup_needed = true;
+            self.health_may_change();
         }
     }
 
@@ -265,8 +248,7 @@ impl Reducer {
         info!(dependency = %name, kind = dep.spec.kind(), "dependency replaced");
         self.dependencies.insert(key, dep);
         self.slots_changed = true;
-        self.throttle.changed();
-        self.rollup_needed = true;
+        self.health_may_change();
         Ok(())
     }
 
@@ -314,8 +296,7 @@ impl Reducer {
             info!("shutdown: every service is now NOT_SERVING");
         }
         self.shutting_down = true;
-        self.rollup_needed = true;
-        self.throttle.changed();
+        self.health_may_change();
         self.publish();
         for dep in self.dependencies.values() {
             dep.task.cancel.cancel();
@@ -330,6 +311,12 @@ impl Reducer {
             service.roll_up(&self.dependencies, self.shutting_down, metrics);
         }
         self.rollup_needed = false;
+    }
+
+    /// A health, a service or the configuration may have changed: roll up and publish now.
+    fn health_may_change(&mut self) {
+        self.throttle.changed();
+        self.rollup_needed = true;
     }
 
     /// Rolls up if needed, and publishes if the throttle says a publication is due.

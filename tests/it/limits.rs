@@ -265,7 +265,9 @@ async fn a_stream_flood_on_one_connection_is_refused_past_the_cap_and_memory_sta
     for i in 0..20_000u32 {
         flood.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &block));
     }
-    write.write_all(&flood).await.expect("flood sent");
+    // The server may refuse and close before the whole flood is written (a reset then fails
+    // the write): that is one of the outcomes checked below, not a test failure.
+    let _ = write.write_all(&flood).await;
     let (refused, goaway, settings) = read_frames(read, Duration::from_secs(5)).await;
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) is advertised.
     assert!(settings.contains(&(0x3, 100)), "settings: {settings:?}");
