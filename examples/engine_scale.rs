@@ -87,10 +87,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             writeln!(file, "jitter = {jitter}")?;
         }
         writeln!(file)?;
+        // ENGINE_SCALE_DEPENDENCY_TOML: more keys for every dependency (e.g. `keep_alive = false`).
+        let extra = std::env::var("ENGINE_SCALE_DEPENDENCY_TOML").unwrap_or_default();
         for i in 0..deps {
             writeln!(
                 file,
-                "[dependencies.d{i}]\nkind = \"http\"\nurl = \"http://{}:{port}/d/{i}\"\n",
+                "[dependencies.d{i}]\nkind = \"http\"\nurl = \"http://{}:{port}/d/{i}\"\n{extra}\n",
                 host(i)
             )?;
         }
