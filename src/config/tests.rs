@@ -174,6 +174,22 @@ fn http_version_and_keep_alive_are_checked_and_belong_to_http() {
 }
 
 #[test]
+fn an_invalid_tls_server_name_is_a_config_error() {
+    let err = parse(
+        "[dependencies.x]\nkind = \"http\"\nurl = \"https://10.0.0.7/\"\ntls = { server_name = \"not a name\" }\n",
+    )
+    .expect_err("invalid name");
+    assert_eq!(
+        messages(&err),
+        [
+            "dependencies.x.tls.server_name: invalid server name \"not a name\": expected a DNS name or an IP address"
+        ]
+    );
+    parse("[dependencies.x]\nkind = \"http\"\nurl = \"https://10.0.0.7/\"\ntls = { server_name = \"orders.internal\" }\n")
+        .expect("a DNS name is fine");
+}
+
+#[test]
 fn liveness_must_not_depend_on_dependencies() {
     let err = parse(
         "[dependencies.db]\nkind = \"tcp\"\naddress = \"127.0.0.1:5432\"\n[services.liveness]\ndependencies = { db = \"critical\" }\n",

@@ -46,6 +46,18 @@ impl Validator<'_> {
                 None
             }
         };
+        if let Some(name) = &raw.server_name {
+            // Checked here, not at the first probe: it becomes the SNI, the verified name and
+            // the request's host.
+            let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok()
+                && url::Host::parse(name).is_ok();
+            if !valid {
+                self.problem(
+                    format!("{path}.server_name"),
+                    format!("invalid server name {name:?}: expected a DNS name or an IP address"),
+                );
+            }
+        }
         let insecure = raw.insecure.unwrap_or(false);
         if insecure && raw.ca_file.is_some() {
             self.problem(path, "insecure = true and ca_file contradict each other: a CA is pointless when nothing is verified");
