@@ -252,12 +252,7 @@ async fn configured_method_and_headers_are_sent() {
         "method = \"head\"\nheaders = { X-Probe = \"healthgate\" }",
     );
     assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
-    let headers = server
-        .last_headers
-        .lock()
-        .expect("not poisoned")
-        .clone()
-        .expect("request seen");
+    let headers = server.headers();
     assert_eq!(headers["x-probe"], "healthgate");
     assert!(
         headers["user-agent"]
@@ -272,20 +267,14 @@ async fn url_user_info_is_sent_as_basic_credentials() {
     let server = HttpServer::start().await;
     let url = format!("http://probe:s%20cret@{}/health", server.addr);
     assert_eq!(probe_once(&http(&url, "")).await.verdict, Verdict::Healthy);
-    let headers = server
-        .last_headers
-        .lock()
-        .expect("not poisoned")
-        .clone()
-        .expect("request seen");
+    let headers = server.headers();
     // base64("probe:s cret")
     assert_eq!(headers["authorization"], "Basic cHJvYmU6cyBjcmV0");
 
     // A configured Authorization header wins over the URL's user info.
     let dep = http(&url, "headers = { Authorization = \"Bearer t0ken\" }");
     assert_eq!(probe_once(&dep).await.verdict, Verdict::Healthy);
-    let headers = server.last_headers.lock().expect("not poisoned").clone();
-    let sent = headers.expect("request seen");
+    let sent = server.headers();
     assert_eq!(sent.get_all("authorization").iter().count(), 1);
     assert_eq!(sent["authorization"], "Bearer t0ken");
 }

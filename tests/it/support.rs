@@ -82,6 +82,15 @@ impl HttpServer {
         self.seen.lock().expect("not poisoned").clone()
     }
 
+    /// The headers of the last request received; panics if none arrived.
+    pub(crate) fn headers(&self) -> HeaderMap {
+        self.last_headers
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .expect("a request was received")
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
