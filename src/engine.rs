@@ -408,6 +408,7 @@ mod tests {
                 degraded: Default::default(),
                 deciding: Vec::new(),
                 inputs: Vec::new(),
+                spec: Arc::default(),
             })],
             ..Snapshot::default()
         }));

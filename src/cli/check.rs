@@ -303,6 +303,7 @@ async fn print_detail(channel: Channel, args: &CheckArgs, mut metadata: Metadata
     }
     let mut request = tonic::Request::new(DetailRequest {
         services: args.services.clone(),
+        history: false,
     });
     *request.metadata_mut() = metadata;
     request.set_timeout(args.rpc_timeout);

@@ -11,8 +11,8 @@ use super::hysteresis::Hysteresis;
 use super::spawn::Task;
 use super::stale::Slot;
 use crate::config::{DependencySpec, Mode};
-use crate::snapshot::{DependencyState, Thresholds};
-use crate::{Health, Outcome};
+use crate::snapshot::{DependencyState, History, Thresholds};
+use crate::{Health, Outcome, Reason};
 
 #[derive(Debug)]
 pub(crate) struct Dependency {
@@ -26,7 +26,8 @@ pub(crate) struct Dependency {
     pub(crate) stale_key: Slot,
     /// When the last outcome goes stale (the timer may fire earlier, see `engine::stale`).
     stale_at: Instant,
-    /// The published form, rebuilt whenever something in it changes.
+    /// The published form, rebuilt whenever something in it changes. Its history is the
+    /// dependency's: recorded into a copy, published with the next state.
     state: Arc<DependencyState>,
 }
 
@@ -56,7 +57,8 @@ impl Dependency {
     }
 
     /// This dependency with new settings and a new task, keeping what is known (health,
-    /// counts, last outcome) so services do not flap through Unknown; the new thresholds apply
+    /// counts, last outcome, history) so services do not flap through Unknown and a reload
+    /// loses no history; the new thresholds apply
     /// from the next outcome. The stale timer is the caller's to set again.
     pub(crate) fn replaced(self, name: &Arc<str>, spec: Arc<DependencySpec>, task: Task) -> Self {
         let mut dep = Dependency {
@@ -87,6 +89,15 @@ impl Dependency {
     pub(crate) fn apply(&mut self, name: &Arc<str>, outcome: Outcome) -> Applied {
         let before = self.hysteresis.health();
         let after = self.hysteresis.observe(outcome.health());
+        let mut history = self.state.history.clone();
+        let record = Arc::make_mut(&mut history);
+        record.record_outcome(&outcome);
+        if before != after {
+            let reason = (after != Health::Healthy)
+                .then(|| outcome.verdict.reason().cloned())
+                .flatten();
+            record.record_transition(outcome.finished_at, before, after, reason);
+        }
         if outcome.is_success() {
             self.last_success = Some(outcome.finished_at);
         } else {
@@ -96,7 +107,7 @@ impl Dependency {
         let previous = self.last_outcome.as_ref().and_then(|o| o.verdict.reason());
         let reason_changed = previous != outcome.verdict.reason();
         self.last_outcome = Some(outcome);
-        self.refresh(name);
+        self.refresh_with(name, history);
         Applied {
             before,
             after,
@@ -116,7 +127,14 @@ impl Dependency {
         if before == Health::Unknown {
             return None;
         }
-        self.refresh(name);
+        let mut history = self.state.history.clone();
+        Arc::make_mut(&mut history).record_transition(
+            SystemTime::now(),
+            before,
+            Health::Unknown,
+            Some(Reason::new("stale")),
+        );
+        self.refresh_with(name, history);
         Some(before)
     }
 
@@ -134,7 +152,14 @@ impl Dependency {
 
     /// Rebuilds the published form from the state.
     fn refresh(&mut self, name: &Arc<str>) {
+        let history = self.state.history.clone();
+        self.refresh_with(name, history);
+    }
+
+    /// Rebuilds the published form from the state and `history`.
+    fn refresh_with(&mut self, name: &Arc<str>, history: Arc<History>) {
         let state = DependencyState {
+            history,
             health: self.hysteresis.health(),
             last_outcome: self.last_outcome.clone(),
             consecutive_successes: self.hysteresis.consecutive_successes(),
@@ -171,6 +196,7 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
             degraded_after: spec.degraded_after,
             stale_after: spec.stale_after,
         },
+        history: Arc::default(),
     }
 }
 
@@ -238,6 +264,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn history_records_every_outcome_and_each_change_of_stable_health() {
+        let (name, mut dep) = dependency(2, 1);
+        dep.apply(&name, outcome(Verdict::Healthy));
+        dep.apply(&name, outcome(Verdict::unhealthy("HTTP 503")));
+        dep.apply(&name, outcome(Verdict::unhealthy("HTTP 502")));
+        dep.apply(&name, outcome(Verdict::Healthy));
+        let state = dep.state().clone();
+        let outcomes: Vec<Health> = state.history.outcomes().map(|o| o.health()).collect();
+        use Health::*;
+        assert_eq!(outcomes, [Healthy, Unhealthy, Unhealthy, Healthy]);
+        let transitions: Vec<(Health, Health, Option<&str>)> = state
+            .history
+            .transitions()
+            .map(|t| (t.from(), t.to(), t.reason().map(|r| r.as_str())))
+            .collect();
+        assert_eq!(
+            transitions,
+            [
+                (Unknown, Healthy, None),
+                (Healthy, Unhealthy, Some("HTTP 502")),
+                (Unhealthy, Healthy, None),
+            ]
+        );
+        assert_eq!(
+            state.since(),
+            state.history.transitions().next_back().map(|t| t.at())
+        );
+        dep.expire(&name);
+        let last = dep.state().history.transitions().next_back().cloned();
+        assert_eq!(
+            last.map(|t| (t.from(), t.to(), t.reason().map(|r| r.to_string()))),
+            Some((Healthy, Unknown, Some("stale".to_owned())))
+        );
+        assert_eq!(
+            state.history.transitions().len(),
+            3,
+            "published copies never change"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_outcome_goes_stale_after_stale_after_and_expiry_makes_it_unknown() {
         let (name, mut dep) = dependency(1, 1);
         dep.apply(&name, outcome(Verdict::Healthy));
@@ -264,6 +331,8 @@ mod tests {
         let mut dep = dep.replaced(&name, Arc::new(spec), task);
         assert_eq!(dep.health(), Health::Healthy);
         assert!(dep.has_outcome());
+        assert_eq!(dep.state().history.outcomes().len(), 1, "history kept");
+        assert_eq!(dep.state().history.transitions().len(), 1);
         assert_eq!(dep.state().thresholds.fall, 3);
         for _ in 0..2 {
             assert_eq!(

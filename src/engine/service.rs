@@ -14,19 +14,21 @@ use crate::snapshot::{ServiceHealth, ServiceState};
 
 #[derive(Debug)]
 pub(crate) struct Service {
-    pub(crate) spec: ServiceSpec,
+    pub(crate) spec: Arc<ServiceSpec>,
     pub(crate) state: Arc<ServiceState>,
 }
 
 impl Service {
     /// A new service, Unknown until its first rollup.
     pub(crate) fn new(name: Arc<str>, spec: ServiceSpec, shutting_down: bool) -> Service {
+        let spec = Arc::new(spec);
         let state = Arc::new(ServiceState {
             name,
             status: ServiceHealth::new(Health::Unknown, spec.degraded, shutting_down),
             degraded: spec.degraded,
             deciding: Vec::new(),
             inputs: rollup::inputs(&spec),
+            spec: spec.clone(),
         });
         Service { spec, state }
     }

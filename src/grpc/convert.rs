@@ -56,8 +56,13 @@ fn duration(d: Duration) -> prost_types::Duration {
 }
 
 /// The detail view of a snapshot, limited to `services` and what they rely on (all when empty).
-/// Unknown service names are ignored: the view shows what exists.
-pub(crate) fn detail(snapshot: &Snapshot, services: &[String]) -> pb::DetailResponse {
+/// Unknown service names are ignored: the view shows what exists. With `history`, each
+/// dependency's history too.
+pub(crate) fn detail(
+    snapshot: &Snapshot,
+    services: &[String],
+    history: bool,
+) -> pb::DetailResponse {
     let wanted = |name: &str| services.is_empty() || services.iter().any(|s| s == name);
     let chosen: Vec<&ServiceState> = snapshot
         .services
@@ -79,7 +84,7 @@ pub(crate) fn detail(snapshot: &Snapshot, services: &[String]) -> pb::DetailResp
             .dependencies
             .iter()
             .filter(|d| relevant(&d.name))
-            .map(|d| dependency(d, snapshot))
+            .map(|d| dependency(d, snapshot, history))
             .collect(),
     }
 }
@@ -102,8 +107,31 @@ fn service(s: &ServiceState) -> pb::ServiceDetail {
     }
 }
 
-fn dependency(d: &DependencyState, snapshot: &Snapshot) -> pb::DependencyDetail {
+fn dependency(d: &DependencyState, snapshot: &Snapshot, history: bool) -> pb::DependencyDetail {
     let t = &d.thresholds;
+    let (outcomes, transitions) = if history {
+        (
+            d.history
+                .outcomes()
+                .map(|o| pb::HistoryOutcome {
+                    finished_at: Some(timestamp(o.at())),
+                    health: health(o.health()),
+                    latency: Some(duration(o.latency())),
+                })
+                .collect(),
+            d.history
+                .transitions()
+                .map(|t| pb::Transition {
+                    at: Some(timestamp(t.at())),
+                    from: health(t.from()),
+                    to: health(t.to()),
+                    reason: t.reason().map(|r| r.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     pb::DependencyDetail {
         name: d.name.to_string(),
         kind: d.kind.to_owned(),
@@ -145,5 +173,8 @@ fn dependency(d: &DependencyState, snapshot: &Snapshot) -> pb::DependencyDetail 
                     })
             })
             .collect(),
+        since: d.since().map(timestamp),
+        history: outcomes,
+        transitions,
     }
 }

@@ -85,9 +85,11 @@ impl Detail for DetailService {
         self.authorize(&request)?;
         self.handle.wake_on_demand();
         let snapshot = self.handle.snapshot();
+        let request = request.get_ref();
         Ok(Response::new(convert::detail(
             &snapshot,
-            &request.get_ref().services,
+            &request.services,
+            request.history,
         )))
     }
 
@@ -99,10 +101,10 @@ impl Detail for DetailService {
     ) -> Result<Response<DetailStream>, Status> {
         self.authorize(&request)?;
         self.handle.wake_on_demand();
-        let services = request.into_inner().services;
+        let DetailRequest { services, history } = request.into_inner();
         let rx = self
             .feeds
-            .subscribe(&self.handle, services, &self.streams_end)?;
+            .subscribe(&self.handle, services, history, &self.streams_end)?;
         Ok(Response::new(Box::pin(detail_stream(
             rx,
             self.streams_end.clone(),
@@ -139,6 +141,10 @@ type Latest = watch::Sender<Arc<DetailResponse>>;
 /// past it is `RESOURCE_EXHAUSTED`. Watchers of a request already open always get in.
 pub const MAX_DETAIL_FEEDS: usize = 64;
 
+/// A distinct Detail.Watch request: the set of service names asked for, and whether histories
+/// come with the answers.
+type FeedKey = Arc<(Vec<String>, bool)>;
+
 /// The detail Watch feeds, one per distinct request (the set of service names asked for).
 ///
 /// One task per feed computes the answer once per snapshot that changed what watchers are told
@@ -149,7 +155,7 @@ pub const MAX_DETAIL_FEEDS: usize = 64;
 /// ends, and leaves the map, when its last watcher goes.
 #[derive(Debug, Default)]
 struct Feeds {
-    feeds: Mutex<HashMap<Arc<[String]>, Latest>>,
+    feeds: Mutex<HashMap<FeedKey, Latest>>,
 }
 
 impl Feeds {
@@ -158,12 +164,13 @@ impl Feeds {
         self: &Arc<Self>,
         handle: &Handle,
         mut services: Vec<String>,
+        history: bool,
         end: &CancellationToken,
     ) -> Result<watch::Receiver<Arc<DetailResponse>>, Status> {
         // The answer does not depend on the order or repetition of names.
         services.sort_unstable();
         services.dedup();
-        let key: Arc<[String]> = Arc::from(services);
+        let key: FeedKey = Arc::new((services, history));
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = feeds.get(&key) {
             return Ok(tx.subscribe());
@@ -179,7 +186,7 @@ impl Feeds {
         let mut changes = handle.subscribe_changes();
         changes.mark_unchanged();
         // The first answer from the latest snapshot (latencies included), computed once.
-        let first = convert::detail(&handle.snapshot(), &key);
+        let first = convert::detail(&handle.snapshot(), &key.0, key.1);
         let (tx, rx) = watch::channel(Arc::new(first));
         feeds.insert(key.clone(), tx.clone());
         tokio::spawn(self.clone().feed(key, tx, changes, end.clone()));
@@ -188,7 +195,7 @@ impl Feeds {
 
     async fn feed(
         self: Arc<Self>,
-        services: Arc<[String]>,
+        services: FeedKey,
         tx: Latest,
         mut changes: watch::Receiver<Arc<Snapshot>>,
         end: CancellationToken,
@@ -217,7 +224,7 @@ impl Feeds {
                 () = end.cancelled() => break,
             }
             let snapshot = changes.borrow_and_update().clone();
-            let response = convert::detail(&snapshot, &services);
+            let response = convert::detail(&snapshot, &services.0, services.1);
             let key = fingerprint(&response);
             if key != last {
                 last = key;

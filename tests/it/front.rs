@@ -248,6 +248,7 @@ async fn detail_explains_why_with_health_in_the_body() {
 
     let mut request = tonic::Request::new(DetailRequest {
         services: vec!["strict".into()],
+        history: false,
     });
     // RFC 9110: the scheme is case-insensitive, followed by one or more spaces.
     request.metadata_mut().insert(

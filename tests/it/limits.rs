@@ -575,7 +575,10 @@ async fn thousands_of_idle_detail_watchers_cost_nothing_while_nothing_changes() 
                     vec![String::new()]
                 };
                 let mut stream = DetailClient::new(channel.clone())
-                    .watch(DetailRequest { services })
+                    .watch(DetailRequest {
+                        services,
+                        history: false,
+                    })
                     .await
                     .expect("Watch")
                     .into_inner();
@@ -690,7 +693,14 @@ async fn distinct_detail_watch_requests_past_the_cap_are_refused_and_shared_ones
     let client = DetailClient::new(front.channel().await);
     let watch = |services: Vec<String>| {
         let mut client = client.clone();
-        async move { client.watch(DetailRequest { services }).await }
+        async move {
+            client
+                .watch(DetailRequest {
+                    services,
+                    history: false,
+                })
+                .await
+        }
     };
     let mut open = Vec::new();
     for i in 0..MAX_DETAIL_FEEDS {
