@@ -94,8 +94,11 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// How long in-flight RPCs may take after the drain delay. Default 10 s.
     pub drain_timeout: Duration,
-    /// Where `/metrics` is served over HTTP; off when not set.
+    /// Where the HTTP front (`/metrics`, the twin `/livez` `/readyz` `/healthz`, the status
+    /// page) is served; off when not set.
     pub http_listen: Option<SocketAddr>,
+    /// The status of a failing twin answer: 503 (default) or 500 (kube-apiserver's).
+    pub http_failure_status: u16,
     /// When set, the detail RPCs require `authorization: Bearer TOKEN` (the standard health
     /// service never does). Usually `"${VAR}"`.
     pub detail_token: Option<String>,
@@ -106,6 +109,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
+            .field("http_failure_status", &self.http_failure_status)
             .field("drain_delay", &self.drain_delay)
             .field("drain_timeout", &self.drain_timeout)
             .field(
@@ -124,6 +128,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             detail_token: None,
             http_listen: None,
+            http_failure_status: 503,
         }
     }
 }

@@ -3,6 +3,10 @@
 
 use std::fmt;
 
+/// The response header (gRPC metadata, HTTP header) that carries the three-state health next to
+/// a two-state answer: `healthy`, `degraded`, `unhealthy` or `unknown` — never names or reasons.
+pub const HEALTH_STATE_KEY: &str = "x-health-state";
+
 /// The health of a dependency or a service.
 ///
 /// The derived order is *severity*: `Healthy < Degraded < Unknown < Unhealthy`, so the worst of

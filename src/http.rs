@@ -1,6 +1,6 @@
-//! The HTTP front's server: an axum router (today `/metrics`) served on `[server] http_listen`
-//! over HTTP/1.1 and h2c, under the same connection limits as the gRPC front
-//! ([`crate::listener`]).
+//! The HTTP front's server: an axum router (`/metrics` and the twin of `grpc.health.v1`, see
+//! [`twin_router`]) served on `[server] http_listen` over HTTP/1.1 (1.0 too) and h2c, under the
+//! same connection limits as the gRPC front ([`crate::listener`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,8 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod metrics;
+mod twin;
 
 pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};
+pub use twin::{ENVOY_DEGRADED, ENVOY_IMMEDIATE_FAIL, READINESS, TwinOptions, twin_router};
 
 use crate::listener::{self, Connection, Limits};
 use crate::metrics::Metrics;

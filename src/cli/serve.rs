@@ -92,7 +92,13 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
         if let Ok(addr) = http.local_addr() {
             println!("http listening on {addr}");
         }
-        let app = healthgate::http::metrics_router(metrics.clone());
+        let twin = healthgate::http::TwinOptions {
+            detail_token: config.server.detail_token.clone(),
+            failure_status: axum::http::StatusCode::from_u16(config.server.http_failure_status)
+                .ok(),
+        };
+        let app = healthgate::http::metrics_router(metrics.clone())
+            .merge(healthgate::http::twin_router(handle.clone(), twin));
         let stop = http_stop.clone();
         let metrics = Some(metrics.clone());
         tokio::spawn(healthgate::http::serve(

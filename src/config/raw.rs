@@ -48,6 +48,7 @@ pub(crate) struct RawServer {
     pub(crate) drain_timeout: Option<String>,
     pub(crate) detail_token: Option<String>,
     pub(crate) http_listen: Option<String>,
+    pub(crate) http_failure_status: Option<i64>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

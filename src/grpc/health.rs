@@ -23,8 +23,7 @@ use crate::snapshot::ServiceHealth;
 /// The most names `List` returns; more is `RESOURCE_EXHAUSTED` (canonical proto).
 pub const LIST_LIMIT: usize = 100;
 
-/// The metadata key that carries the three-state health next to the two-state wire status.
-pub const HEALTH_STATE_KEY: &str = "x-health-state";
+pub use crate::health::HEALTH_STATE_KEY;
 
 /// The `grpc.health.v1.Health` implementation over an engine [`Handle`].
 #[derive(Debug, Clone)]

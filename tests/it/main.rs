@@ -7,6 +7,7 @@ mod config_file;
 mod config_props;
 mod engine;
 mod front;
+mod http_twin;
 mod limits;
 mod metrics;
 mod otlp;

@@ -16,16 +16,15 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::support::{
-    HttpServer, PATIENCE, channel, get_metrics, next_line, silent_server, temp_dir, terminate,
+    HttpServer, PATIENCE, channel, get_metrics, serve_with, silent_server, terminate,
 };
 
 /// Collects every exported span, with its resource's `service.name`.
@@ -111,52 +110,6 @@ fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Runs `healthgate serve` with `config` (and extra environment), returning the process, its
-/// gRPC address and, when the config sets `http_listen`, its HTTP address.
-async fn serve_with(
-    config: &str,
-    env: &[(&str, &str)],
-    stderr: Stdio,
-) -> (Child, SocketAddr, Option<SocketAddr>) {
-    let file = temp_dir("otlp").join("healthgate.toml");
-    std::fs::write(&file, config).expect("write");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_healthgate"));
-    command.args(["serve", "--config", &file.display().to_string()]);
-    for var in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_SERVICE_NAME",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.envs(env.iter().copied());
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawns");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut read = Vec::new();
-    for _ in 0..if config.contains("http_listen") { 2 } else { 1 } {
-        let line = next_line(&mut lines).await;
-        read.push(line);
-    }
-    let addr = read[0]
-        .strip_prefix("grpc listening on ")
-        .expect("the grpc line")
-        .parse()
-        .expect("an address");
-    let http = read.get(1).map(|l| {
-        l.strip_prefix("http listening on ")
-            .expect("the http line")
-            .parse()
-            .expect("an address")
-    });
-    (child, addr, http)
 }
 
 async fn serve(config: &str) -> (Child, SocketAddr) {

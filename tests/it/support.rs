@@ -358,3 +358,51 @@ pub(crate) async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
         .await
         .expect("server accepts connections")
 }
+
+/// Runs `healthgate serve` with `config` (and extra environment), returning the process, its
+/// gRPC address and, when the config sets `http_listen`, its HTTP address.
+pub(crate) async fn serve_with(
+    config: &str,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    let file = temp_dir("serve").join("healthgate.toml");
+    std::fs::write(&file, config).expect("write");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"));
+    command.args(["serve", "--config", &file.display().to_string()]);
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stdout.take().expect("piped"),
+    ));
+    let mut read = Vec::new();
+    for _ in 0..if config.contains("http_listen") { 2 } else { 1 } {
+        let line = next_line(&mut lines).await;
+        read.push(line);
+    }
+    let addr = read[0]
+        .strip_prefix("grpc listening on ")
+        .expect("the grpc line")
+        .parse()
+        .expect("an address");
+    let http = read.get(1).map(|l| {
+        l.strip_prefix("http listening on ")
+            .expect("the http line")
+            .parse()
+            .expect("an address")
+    });
+    (child, addr, http)
+}

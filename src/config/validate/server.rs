@@ -23,6 +23,16 @@ impl Validator<'_> {
                 ),
             }
         }
+        match raw.http_failure_status {
+            None => {}
+            Some(code @ (500 | 503)) => server.http_failure_status = code as u16,
+            Some(other) => self.problem(
+                "server.http_failure_status",
+                format!(
+                    "{other} is not allowed: expected 503 (the default) or 500 (kube's own code)"
+                ),
+            ),
+        }
         if let Some(d) = self.duration("server.drain_delay", raw.drain_delay.as_deref()) {
             server.drain_delay = d;
         }

@@ -1,0 +1,318 @@
+//! The HTTP twin of `grpc.health.v1`: kube-apiserver's `/livez` `/readyz` `/healthz` byte for
+//! byte (its `healthz` package), with our third state for Envoy and HAProxy.
+//!
+//! | path | answers for |
+//! |---|---|
+//! | `/healthz` | service `""` |
+//! | `/readyz` | service `readiness`, else `""` |
+//! | `/livez` | service `liveness`, else alive while the process serves (even while draining) |
+//! | `/healthz/NAME`, `/readyz/NAME`, `/livez/NAME` | one dependency among that endpoint's checks |
+//! | `/services/NAME` | any configured service, like `/readyz` (`/services/` is `""`) |
+//! | `OPTIONS /` | as `/healthz` (HAProxy's default `option httpchk`) |
+//!
+//! Names are percent-decoded after the prefix and may contain `/`. GET, HEAD and OPTIONS answer
+//! alike; other methods are `405`. Passing: `200`, plus `x-envoy-degraded: true` when degraded.
+//! Failing: `503` (or `[server] http_failure_status = 500`, kube's own code), plus
+//! `x-envoy-immediate-health-check-fail: true` while draining. Every answer carries
+//! `x-health-state`. Reasons appear only on the per-dependency paths and in the JSON, and only
+//! to callers that pass the detail auth (`detail_token`, when set).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+
+mod json;
+mod report;
+
+use report::{Check, Line, Report};
+
+use crate::config::LIVENESS;
+use crate::health::HEALTH_STATE_KEY;
+use crate::snapshot::{ServiceHealth, Snapshot};
+use crate::{Handle, Health, auth};
+
+/// The service `/readyz` answers for, when it is configured.
+pub const READINESS: &str = "readiness";
+
+/// The header Envoy's HTTP health checker reads to mark a host degraded.
+pub const ENVOY_DEGRADED: &str = "x-envoy-degraded";
+
+/// The header that makes Envoy take a host out of rotation at once (draining).
+pub const ENVOY_IMMEDIATE_FAIL: &str = "x-envoy-immediate-health-check-fail";
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// How the twin answers.
+#[derive(Clone, Default)]
+pub struct TwinOptions {
+    /// When set, reasons need `Authorization: Bearer TOKEN` (as the detail RPCs do).
+    pub detail_token: Option<String>,
+    /// The status of a failing answer: `503` (default) or `500`.
+    pub failure_status: Option<StatusCode>,
+}
+
+impl std::fmt::Debug for TwinOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwinOptions")
+            .field(
+                "detail_token",
+                &self.detail_token.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .field("failure_status", &self.failure_status)
+            .finish()
+    }
+}
+
+struct Twin {
+    handle: Handle,
+    token: Option<Arc<str>>,
+    failure: StatusCode,
+}
+
+/// A router answering the twin's paths from `handle`'s snapshots (merge it with the metrics
+/// router; it is a fallback, so it answers every path the other routes do not).
+pub fn twin_router(handle: Handle, options: TwinOptions) -> axum::Router {
+    let twin = Arc::new(Twin {
+        handle,
+        token: options.detail_token.map(Arc::from),
+        failure: options
+            .failure_status
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+    });
+    axum::Router::new().fallback(answer).with_state(twin)
+}
+
+/// What a path asks for.
+enum Target {
+    /// An endpoint: its word and the service it answers for (`None`: alive while serving).
+    Endpoint(String, Option<String>),
+    /// One dependency among an endpoint's checks.
+    Check(&'static str, String),
+    NotFound,
+}
+
+fn target(path: &str, method: &Method, snapshot: &Snapshot) -> Target {
+    let endpoint = |word: &'static str| -> Option<String> {
+        match word {
+            "healthz" => Some(String::new()),
+            "readyz" if snapshot.service(READINESS).is_some() => Some(READINESS.to_owned()),
+            "readyz" => Some(String::new()),
+            _ => snapshot.service(LIVENESS).map(|_| LIVENESS.to_owned()),
+        }
+    };
+    if path == "/" && method == Method::OPTIONS {
+        return Target::Endpoint("healthz".to_owned(), Some(String::new()));
+    }
+    for word in ["healthz", "readyz", "livez"] {
+        let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(word)) else {
+            continue;
+        };
+        if rest.is_empty() {
+            return Target::Endpoint(word.to_owned(), endpoint(word));
+        }
+        return match rest.strip_prefix('/').and_then(decode) {
+            Some(name) if !name.is_empty() => Target::Check(word, name),
+            _ => Target::NotFound,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/services/") {
+        return match decode(rest) {
+            Some(name) if name.is_empty() => Target::Endpoint("healthz".to_owned(), Some(name)),
+            Some(name) => Target::Endpoint(name.clone(), Some(name)),
+            None => Target::NotFound,
+        };
+    }
+    Target::NotFound
+}
+
+fn decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// The query as Go's `url.ParseQuery` reads it: `verbose` present, and every `exclude` value.
+fn query(request: &Request) -> (bool, Vec<String>) {
+    let mut verbose = false;
+    let mut exclude = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+    {
+        match &*key {
+            "verbose" => verbose = true,
+            "exclude" => exclude.push(value.into_owned()),
+            _ => {}
+        }
+    }
+    (verbose, exclude)
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .any(|t| {
+            t.eq_ignore_ascii_case(json::CONTENT_TYPE) || t.eq_ignore_ascii_case("application/json")
+        })
+}
+
+impl Twin {
+    /// Whether the caller may see reasons: no detail token, or the right bearer token.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::bearer_token)
+            .is_some_and(|given| auth::constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+}
+
+async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
+    let method = request.method().clone();
+    if ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&method) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        return response;
+    }
+    twin.handle.wake_on_demand();
+    let snapshot = twin.handle.snapshot();
+    let (verbose, exclude) = query(&request);
+    let json = wants_json(request.headers());
+    match target(request.uri().path(), &method, &snapshot) {
+        Target::NotFound => not_found(),
+        Target::Endpoint(word, service) => {
+            let service = match service.as_deref().map(|s| snapshot.service(s)) {
+                Some(None) => return not_found(),
+                Some(Some(s)) => Some(s),
+                None => None,
+            };
+            let report = report::endpoint(&snapshot, &word, service, &exclude);
+            let body = if json {
+                json::render(&report, twin.authorized(request.headers()))
+            } else {
+                report.text(verbose)
+            };
+            twin.respond(&report, body, json)
+        }
+        Target::Check(word, name) => {
+            let service = match word {
+                "healthz" => snapshot.service(""),
+                "readyz" => snapshot.service(READINESS).or_else(|| snapshot.service("")),
+                _ => snapshot.service(LIVENESS),
+            };
+            let Some(service) = service else {
+                return not_found();
+            };
+            let Some(&(_, impact)) = service.inputs.iter().find(|(d, _)| **d == *name) else {
+                return not_found();
+            };
+            let state = snapshot.dependency(&name);
+            let health = state.map_or(Health::Unknown, |s| s.health);
+            let draining = snapshot.shutting_down;
+            let status = ServiceHealth::new(health, Default::default(), draining);
+            let line = if status.serving {
+                if health == Health::Healthy {
+                    Line::Ok
+                } else {
+                    Line::Degraded
+                }
+            } else {
+                Line::Failed
+            };
+            let report = Report {
+                word: &name,
+                service: None,
+                status,
+                checks: vec![Check {
+                    name: &name,
+                    line,
+                    state,
+                    impact,
+                }],
+                unmatched: Vec::new(),
+                draining,
+            };
+            let reasons = twin.authorized(request.headers());
+            let body = if json {
+                json::render(&report, reasons)
+            } else if report.passed() {
+                "ok".to_owned()
+            } else {
+                let reason = if !reasons {
+                    "reason withheld".to_owned()
+                } else if draining {
+                    "shutting down".to_owned()
+                } else {
+                    state
+                        .and_then(|s| s.last_outcome.as_ref())
+                        .and_then(|o| o.verdict.reason())
+                        .map_or_else(|| health.as_str().to_owned(), |r| r.to_string())
+                };
+                format!("internal server error: {reason}\n")
+            };
+            twin.respond(&report, body, json)
+        }
+    }
+}
+
+impl Twin {
+    fn respond(&self, report: &Report<'_>, body: String, json: bool) -> Response {
+        let status = if report.passed() {
+            StatusCode::OK
+        } else {
+            self.failure
+        };
+        let mut response = plain(status, body);
+        let headers = response.headers_mut();
+        if json {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(json::CONTENT_TYPE),
+            );
+        }
+        headers.insert(
+            HEALTH_STATE_KEY,
+            HeaderValue::from_static(report.status.health.as_str()),
+        );
+        if report.degraded() {
+            headers.insert(ENVOY_DEGRADED, HeaderValue::from_static("true"));
+        }
+        if report.draining && !report.passed() {
+            headers.insert(ENVOY_IMMEDIATE_FAIL, HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+fn plain(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Go's `http.NotFound`, as kube answers an unknown path or check.
+fn not_found() -> Response {
+    let mut response = plain(StatusCode::NOT_FOUND, "404 page not found\n");
+    response
+        .headers_mut()
+        .insert(HEALTH_STATE_KEY, HeaderValue::from_static("unknown"));
+    response
+}
