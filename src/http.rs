@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod metrics;
+mod status;
 mod twin;
 
 pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};

@@ -27,6 +27,8 @@ use axum::response::Response;
 mod json;
 mod report;
 
+use super::status;
+
 use report::{Check, Line, Report};
 
 use crate::config::LIVENESS;
@@ -188,6 +190,11 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
     }
     twin.handle.wake_on_demand();
     let snapshot = twin.handle.snapshot();
+    if method != Method::OPTIONS
+        && let Some(response) = twin.page(request.uri().path(), request.headers(), &snapshot)
+    {
+        return response;
+    }
     let (verbose, exclude) = query(&request);
     let json = wants_json(request.headers());
     match target(request.uri().path(), &method, &snapshot) {
@@ -268,6 +275,40 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
 }
 
 impl Twin {
+    /// The status page and its parts, if `path` is one of them.
+    fn page(&self, path: &str, headers: &HeaderMap, snapshot: &Snapshot) -> Option<Response> {
+        let (content_type, body) = match path {
+            "/" => (
+                "text/html; charset=utf-8",
+                status::html(snapshot, self.authorized(headers)),
+            ),
+            "/status.json" => (
+                "application/json",
+                status::json(snapshot, self.authorized(headers)),
+            ),
+            "/status.js" => ("text/javascript; charset=utf-8", status::SCRIPT.to_owned()),
+            "/status.css" => ("text/css; charset=utf-8", status::STYLE.to_owned()),
+            _ => return None,
+        };
+        let mut response = plain(StatusCode::OK, body);
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(status::CSP),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        let overall = snapshot
+            .service("")
+            .map_or(Health::Unknown, |s| s.status.health);
+        h.insert(HEALTH_STATE_KEY, HeaderValue::from_static(overall.as_str()));
+        Some(response)
+    }
+
     fn respond(&self, report: &Report<'_>, body: String, json: bool) -> Response {
         let status = if report.passed() {
             StatusCode::OK

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod browser;
 mod cli;
 mod config_file;
 mod config_props;
