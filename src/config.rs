@@ -99,6 +99,10 @@ pub struct ServerConfig {
     pub http_listen: Option<SocketAddr>,
     /// The status of a failing twin answer: 503 (default) or 500 (kube-apiserver's).
     pub http_failure_status: u16,
+    /// Where the HAProxy agent line is served (`agent-check`); off when not set.
+    pub haproxy_agent_listen: Option<SocketAddr>,
+    /// The weight, in percent, the agent asks for while degraded (1–100, default 50).
+    pub haproxy_agent_degraded_weight: u8,
     /// When set, the detail RPCs require `authorization: Bearer TOKEN` (the standard health
     /// service never does). Usually `"${VAR}"`.
     pub detail_token: Option<String>,
@@ -110,6 +114,11 @@ impl std::fmt::Debug for ServerConfig {
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
             .field("http_failure_status", &self.http_failure_status)
+            .field("haproxy_agent_listen", &self.haproxy_agent_listen)
+            .field(
+                "haproxy_agent_degraded_weight",
+                &self.haproxy_agent_degraded_weight,
+            )
             .field("drain_delay", &self.drain_delay)
             .field("drain_timeout", &self.drain_timeout)
             .field(
@@ -129,6 +138,8 @@ impl Default for ServerConfig {
             detail_token: None,
             http_listen: None,
             http_failure_status: 503,
+            haproxy_agent_listen: None,
+            haproxy_agent_degraded_weight: 50,
         }
     }
 }

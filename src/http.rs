@@ -11,9 +11,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod agent;
 mod metrics;
 mod status;
 mod twin;
+
+pub use agent::{DEFAULT_DEGRADED_WEIGHT, WRITE_TIMEOUT, agent_line, serve_agent};
 
 pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};
 pub use twin::{ENVOY_DEGRADED, ENVOY_IMMEDIATE_FAIL, READINESS, TwinOptions, twin_router};

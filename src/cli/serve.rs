@@ -82,11 +82,25 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             }
         },
     };
+    let agent = match config.server.haproxy_agent_listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                handle.shutdown().await;
+                return ExitCode::from(1);
+            }
+        },
+    };
     println!(
         "grpc listening on {}",
         listener.local_addr().unwrap_or(listen)
     );
-    let limits = fit_limits(config, 1 + usize::from(http.is_some()));
+    let limits = fit_limits(
+        config,
+        1 + usize::from(http.is_some()) + usize::from(agent.is_some()),
+    );
     let http_stop = CancellationToken::new();
     if let Some(http) = http {
         if let Ok(addr) = http.local_addr() {
@@ -107,6 +121,18 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             limits,
             metrics,
             stop.cancelled_owned(),
+        ));
+    }
+    if let Some(agent) = agent {
+        if let Ok(addr) = agent.local_addr() {
+            println!("haproxy agent listening on {addr}");
+        }
+        tokio::spawn(healthgate::http::serve_agent(
+            agent,
+            handle.clone(),
+            config.server.haproxy_agent_degraded_weight,
+            limits.max_connections,
+            http_stop.clone().cancelled_owned(),
         ));
     }
     let options = ServeOptions {

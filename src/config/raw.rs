@@ -49,6 +49,8 @@ pub(crate) struct RawServer {
     pub(crate) detail_token: Option<String>,
     pub(crate) http_listen: Option<String>,
     pub(crate) http_failure_status: Option<i64>,
+    pub(crate) haproxy_agent_listen: Option<String>,
+    pub(crate) haproxy_agent_degraded_weight: Option<i64>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

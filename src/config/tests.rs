@@ -460,3 +460,31 @@ fn sums_of_huge_durations_are_checked_not_overflowed() {
         "{m:?}"
     );
 }
+
+#[test]
+fn http_front_keys_are_checked_with_their_paths() {
+    let err = Config::from_toml(
+        "[server]\nhttp_failure_status = 404\nhaproxy_agent_listen = \"nowhere\"\n\
+         haproxy_agent_degraded_weight = 0\n",
+    )
+    .expect_err("three problems");
+    let got = messages(&err);
+    for e in [
+        "server.http_failure_status: 404 is not allowed: expected 503",
+        "server.haproxy_agent_listen: invalid address \"nowhere\"",
+        "server.haproxy_agent_degraded_weight: ",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    let config = Config::from_toml(
+        "[server]\nhttp_failure_status = 500\nhaproxy_agent_listen = \"127.0.0.1:9465\"\n\
+         haproxy_agent_degraded_weight = 25\n",
+    )
+    .expect("valid");
+    assert_eq!(config.server.http_failure_status, 500);
+    assert_eq!(config.server.haproxy_agent_degraded_weight, 25);
+    assert!(config.server.haproxy_agent_listen.is_some());
+}

@@ -8,6 +8,7 @@ mod config_file;
 mod config_props;
 mod engine;
 mod front;
+mod haproxy;
 mod http_twin;
 mod limits;
 mod metrics;

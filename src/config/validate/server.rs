@@ -23,6 +23,23 @@ impl Validator<'_> {
                 ),
             }
         }
+        if let Some(listen) = &raw.haproxy_agent_listen {
+            match listen.parse::<SocketAddr>() {
+                Ok(addr) => server.haproxy_agent_listen = Some(addr),
+                Err(_) => self.problem(
+                    "server.haproxy_agent_listen",
+                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:9465\""),
+                ),
+            }
+        }
+        if let Some(w) = self.number(
+            "server.haproxy_agent_degraded_weight",
+            raw.haproxy_agent_degraded_weight,
+            1,
+            100,
+        ) {
+            server.haproxy_agent_degraded_weight = w as u8;
+        }
         match raw.http_failure_status {
             None => {}
             Some(code @ (500 | 503)) => server.http_failure_status = code as u16,
