@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
-#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check fanout scale cold)
+#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check twin fanout scale cold)
 #   BASELINE=path/to/healthgate bench/run.sh  # an earlier build joins the check and fan-out
 #                                 # sections as "healthgate-baseline" (before/after, same run)
 set -euo pipefail
@@ -17,7 +17,7 @@ CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
 RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
-SECTIONS=${SECTIONS:-check fanout scale cold}
+SECTIONS=${SECTIONS:-check twin fanout scale cold}
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
@@ -162,6 +162,62 @@ for round in $(seq "$ROUNDS"); do
     load "$round" fixed "healthgate-pool" "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
+done
+fi
+
+if section twin; then
+echo "== HTTP twin: GET /readyz over HTTP/1.1 keep-alive (h2load --h1), $CONNS connections"
+twincsv="$work/twin.csv"
+echo "round,server,rps,p50_us,p99_us,failed" >"$twincsv"
+: >"$work/status_json.txt"
+for deps in healthy hung; do
+  { cat "$work/$deps.toml"; } | sed 's/^grpc_listen = .*/&\nhttp_listen = "127.0.0.1:0"/' >"$work/twin-$deps.toml"
+done
+# start_http NAME CPU CMD... : as `start`, for the "http listening on ADDR" line.
+start_http() {
+  local name=$1 cpu=$2; shift 2
+  taskset -c "$cpu" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  local pid=$!
+  echo "$pid" >>"$pidfile"
+  for _ in $(seq 200); do
+    if grep -q "^http listening on" "$work/$name.out"; then
+      echo "$pid $(sed -n 's/^http listening on //p' "$work/$name.out" | head -1)"
+      return
+    fi
+    sleep 0.05
+  done
+  echo "server $name did not start: $(cat "$work/$name.err")" >&2
+  exit 1
+}
+twin_servers=(twin-healthy twin-hung http-floor)
+for round in $(seq "$ROUNDS"); do
+  n=${#twin_servers[@]}
+  rotated=("${twin_servers[@]:$(((round - 1) % n))}" "${twin_servers[@]:0:$(((round - 1) % n))}")
+  for server in "${rotated[@]}"; do
+    case $server in
+      twin-healthy|twin-hung) read -r pid addr < <(start_http "$server" 0 "$hg" serve --config "$work/$server.toml") ;;
+      http-floor) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
+    esac
+    sleep 1.5
+    log="$work/h2load-twin-$round-$server.log"
+    out=$(taskset -c 1 h2load --h1 -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m 1 --log-file "$log" \
+      "http://$addr/readyz" 2>&1)
+    python3 - "$round" "$server" "$log" "$out" >>"$twincsv" <<'PY'
+import sys, re
+round_, server, log, out = sys.argv[1:]
+lat = sorted(int(l.split()[2]) for l in open(log) if len(l.split()) >= 3)
+rps = float(re.search(r"finished in [^,]+, ([0-9.]+) req/s", out).group(1))
+failed = int(re.search(r"requests: .*?(\d+) failed", out).group(1))
+n = len(lat)
+p = lambda q: lat[min(n - 1, int(q * n))] if n else 0
+print(f"{round_},{server},{rps:.0f},{p(0.5)},{p(0.99)},{failed}")
+PY
+    tail -1 "$twincsv" | awk -F, '{printf "  %-13s %8s req/s  p50 %5s us  p99 %6s us  failed %s\n", $2, $3, $4, $5, $6}'
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+  line=$(taskset -c 0 "$ex/status_json" 1000)
+  echo "  status page, 1,000 dependencies: $line"
+  echo "$line" >>"$work/status_json.txt"
 done
 fi
 

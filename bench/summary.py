@@ -73,6 +73,28 @@ if runs:
         pool = med("overall", "healthgate", "rps") / med("overall", "healthgate-pool", "rps")
         checks.append(("one thread vs 2-worker pool: Check/s (reported)", pool, "-", "-"))
 
+# The HTTP twin.
+twin = defaultdict(list)
+for row in rows("twin.csv"):
+    twin[row["server"]].append(row)
+if twin:
+    print(f"{'HTTP twin':22} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'failed':>6}")
+    for server in sorted(twin):
+        t = twin[server]
+        print(f"{server:22} {median(r['rps'] for r in t):9.0f} {median(r['p50_us'] for r in t):8.0f} "
+              f"{median(r['p99_us'] for r in t):8.0f} {sum(int(r['failed']) for r in t):6d}")
+    tm = lambda server, field: median(r[field] for r in twin.get(server, []))
+    ratio = tm("twin-healthy", "rps") / tm("http-floor", "rps")
+    target("/readyz req/s vs hyper HTTP/1.1 floor", ratio, ">= 0.8", ratio >= 0.8)
+    hung = tm("twin-hung", "p99_us") / tm("twin-healthy", "p99_us")
+    target("/readyz p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
+status_path = os.path.join(work, "status_json.txt")
+if os.path.exists(status_path):
+    values = [dict(kv.split("=") for kv in line.split()) for line in open(status_path) if line.strip()]
+    ms = median(v["json_ms_p50"] for v in values)
+    target("status page JSON, 1,000 dependencies (ms, median)", ms, "<= 5", ms <= 5)
+    checks.append(("status page HTML, 1,000 dependencies (ms, reported)", median(v["html_ms_p50"] for v in values), "-", "-"))
+
 # Watch fan-out.
 fanout = defaultdict(list)
 for row in rows("fanout.csv"):

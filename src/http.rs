@@ -16,6 +16,23 @@ mod metrics;
 mod status;
 mod twin;
 
+/// Entry points for the benchmark helpers (`examples/status_json.rs`) into the status page.
+/// Hidden from the docs and not part of the API.
+#[doc(hidden)]
+pub mod bench {
+    use crate::snapshot::Snapshot;
+
+    /// `/status.json` for `snapshot`.
+    pub fn status_json(snapshot: &Snapshot, reasons: bool) -> String {
+        super::status::json(snapshot, reasons)
+    }
+
+    /// `/` for `snapshot`.
+    pub fn status_html(snapshot: &Snapshot, reasons: bool) -> String {
+        super::status::html(snapshot, reasons)
+    }
+}
+
 pub use agent::{DEFAULT_DEGRADED_WEIGHT, WRITE_TIMEOUT, agent_line, serve_agent};
 
 pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};
