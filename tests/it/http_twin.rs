@@ -445,3 +445,90 @@ dependencies = {{ web = "critical" }}
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     assert!(child.wait().await.expect("exits").success());
 }
+
+#[tokio::test]
+async fn history_reaches_detail_on_request_and_survives_a_replace() {
+    use healthgate::grpc::pb::detail::DetailRequest;
+    use healthgate::grpc::pb::detail::detail_client::DetailClient;
+
+    let s = setup(DegradedPolicy::Serving);
+    service_is(&s.handle, "readiness", Health::Healthy).await;
+    s.db.set(Verdict::unhealthy("HTTP 503"));
+    service_is(&s.handle, "readiness", Health::Unhealthy).await;
+    s.db.set(Verdict::Healthy);
+    let before = crate::support::state_where(&s.handle, "db", |d| {
+        d.health == Health::Healthy && d.history.outcomes().len() >= 5
+    })
+    .await;
+    let transitions: Vec<(Health, Health)> = before
+        .history
+        .transitions()
+        .map(|t| (t.from(), t.to()))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            (Health::Unknown, Health::Healthy),
+            (Health::Healthy, Health::Unhealthy),
+            (Health::Unhealthy, Health::Healthy)
+        ]
+    );
+
+    // The same spec again (what a reload with the dependency unchanged does): history kept.
+    s.handle
+        .replace_dependency("db", s.db.spec())
+        .await
+        .expect("replaced");
+    let after = crate::support::state_where(&s.handle, "db", |d| {
+        d.history.outcomes().len() > before.history.outcomes().len()
+    })
+    .await;
+    assert_eq!(
+        after.history.transitions().len(),
+        3,
+        "kept across the replace"
+    );
+
+    let front = crate::support::Front::start(s.handle.clone(), Default::default()).await;
+    let mut client = DetailClient::new(front.channel().await);
+    let plain = client
+        .get(DetailRequest {
+            services: vec!["readiness".into()],
+            history: false,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let db = plain
+        .dependencies
+        .iter()
+        .find(|d| d.name == "db")
+        .expect("db");
+    assert!(
+        db.history.is_empty() && db.transitions.is_empty(),
+        "opt-in only"
+    );
+    assert!(db.since.is_some());
+    let full = client
+        .get(DetailRequest {
+            services: vec!["readiness".into()],
+            history: true,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let db = full
+        .dependencies
+        .iter()
+        .find(|d| d.name == "db")
+        .expect("db");
+    assert!(db.history.len() >= 5, "{:?}", db.history.len());
+    assert_eq!(db.transitions.len(), 3);
+    assert_eq!(db.transitions[1].reason, "HTTP 503");
+    assert!(
+        db.history
+            .iter()
+            .all(|o| o.latency.is_some() && o.finished_at.is_some())
+    );
+    s.handle.shutdown().await;
+}
