@@ -17,12 +17,14 @@
 //! `x-health-state`. Reasons appear only on the per-dependency paths and in the JSON, and only
 //! to callers that pass the detail auth (`detail_token`, when set).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use bytes::Bytes;
 
 mod json;
 mod report;
@@ -72,6 +74,8 @@ struct Twin {
     handle: Handle,
     token: Option<Arc<str>>,
     failure: StatusCode,
+    /// The latest plain answer per endpoint, with the generation it was rendered from.
+    cache: Mutex<HashMap<CacheKey, (u64, Answer)>>,
 }
 
 /// A router answering the twin's paths from `handle`'s snapshots (merge it with the metrics
@@ -83,6 +87,7 @@ pub fn twin_router(handle: Handle, options: TwinOptions) -> axum::Router {
         failure: options
             .failure_status
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        cache: Mutex::default(),
     });
     axum::Router::new().fallback(answer).with_state(twin)
 }
@@ -205,13 +210,26 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
                 Some(Some(s)) => Some(s),
                 None => None,
             };
+            // Plain answers without exclusions are the same for every caller until the next
+            // publication: rendered once per generation (a failing answer is a verbose list).
+            let key = (!json && exclude.is_empty())
+                .then(|| (word.clone(), service.map(|s| s.name.to_string()), verbose));
+            if let Some(key) = &key
+                && let Some(answer) = twin.cached(key, snapshot.generation)
+            {
+                return twin.respond(answer);
+            }
             let report = report::endpoint(&snapshot, &word, service, &exclude);
             let body = if json {
                 json::render(&report, twin.authorized(request.headers()))
             } else {
                 report.text(verbose)
             };
-            twin.respond(&report, body, json)
+            let answer = twin.answer(&report, body, json);
+            if let Some(key) = key {
+                twin.remember(key, snapshot.generation, &answer, snapshot.services.len());
+            }
+            twin.respond(answer)
         }
         Target::Check(word, name) => {
             let service = match word {
@@ -269,7 +287,7 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
                 };
                 format!("internal server error: {reason}\n")
             };
-            twin.respond(&report, body, json)
+            twin.respond(twin.answer(&report, body, json))
         }
     }
 }
@@ -309,15 +327,43 @@ impl Twin {
         Some(response)
     }
 
-    fn respond(&self, report: &Report<'_>, body: String, json: bool) -> Response {
-        let status = if report.passed() {
-            StatusCode::OK
-        } else {
-            self.failure
-        };
-        let mut response = plain(status, body);
+    fn answer(&self, report: &Report<'_>, body: String, json: bool) -> Answer {
+        Answer {
+            status: if report.passed() {
+                StatusCode::OK
+            } else {
+                self.failure
+            },
+            health: report.status.health,
+            degraded: report.degraded(),
+            immediate_fail: report.draining && !report.passed(),
+            json,
+            body: Bytes::from(body),
+        }
+    }
+
+    fn cached(&self, key: &CacheKey, generation: u64) -> Option<Answer> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(key)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, a)| a.clone())
+    }
+
+    /// Keeps `answer` for `key`; entries of services removed at runtime are dropped when the
+    /// cache outgrows the configuration (two per service, plus the three endpoints).
+    fn remember(&self, key: CacheKey, generation: u64, answer: &Answer, services: usize) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 2 * (services + 3) {
+            cache.retain(|_, (g, _)| *g == generation);
+        }
+        cache.insert(key, (generation, answer.clone()));
+    }
+
+    fn respond(&self, answer: Answer) -> Response {
+        let mut response = plain(answer.status, answer.body);
         let headers = response.headers_mut();
-        if json {
+        if answer.json {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(json::CONTENT_TYPE),
@@ -325,17 +371,33 @@ impl Twin {
         }
         headers.insert(
             HEALTH_STATE_KEY,
-            HeaderValue::from_static(report.status.health.as_str()),
+            HeaderValue::from_static(answer.health.as_str()),
         );
-        if report.degraded() {
+        if answer.degraded {
             headers.insert(ENVOY_DEGRADED, HeaderValue::from_static("true"));
         }
-        if report.draining && !report.passed() {
+        if answer.immediate_fail {
             headers.insert(ENVOY_IMMEDIATE_FAIL, HeaderValue::from_static("true"));
         }
         response
     }
 }
+
+/// A rendered twin answer.
+#[derive(Clone)]
+struct Answer {
+    status: StatusCode,
+    health: Health,
+    degraded: bool,
+    immediate_fail: bool,
+    json: bool,
+    body: Bytes,
+}
+
+/// A cached plain answer: the endpoint's word, its service (configured services only: an
+/// unknown one is a 404 before the cache, so the cache is bounded by the configuration) and
+/// `?verbose`.
+type CacheKey = (String, Option<String>, bool);
 
 fn plain(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
