@@ -189,7 +189,8 @@ start_http() {
   echo "server $name did not start: $(cat "$work/$name.err")" >&2
   exit 1
 }
-twin_servers=(twin-healthy twin-hung http-floor)
+# http-floor-503: the floor answering 503, to tell what a failing status itself costs.
+twin_servers=(twin-healthy twin-hung http-floor http-floor-503)
 for round in $(seq "$ROUNDS"); do
   n=${#twin_servers[@]}
   rotated=("${twin_servers[@]:$(((round - 1) % n))}" "${twin_servers[@]:0:$(((round - 1) % n))}")
@@ -197,6 +198,7 @@ for round in $(seq "$ROUNDS"); do
     case $server in
       twin-healthy|twin-hung) read -r pid addr < <(start_http "$server" 0 "$hg" serve --config "$work/$server.toml") ;;
       http-floor) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
+      http-floor-503) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0 503) ;;
     esac
     sleep 1.5
     log="$work/h2load-twin-$round-$server.log"

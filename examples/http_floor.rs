@@ -1,7 +1,9 @@
 //! Benchmark floor for the HTTP twin: the least an HTTP/1.1 server can do to answer a health
 //! check — hyper's HTTP/1.1 connection answering `200 ok` (`text/plain`) to any request,
 //! reading nothing. On tokio's current-thread scheduler, as healthgate runs by default, with
-//! TCP_NODELAY as healthgate's listener sets it. Usage: `http_floor ADDR`.
+//! TCP_NODELAY as healthgate's listener sets it. Usage: `http_floor ADDR [STATUS]`: with
+//! STATUS (e.g. 503) it answers that status instead, to see what a failing status costs the
+//! load generator and the connection (the twin's hung case answers 503).
 
 use std::convert::Infallible;
 
@@ -12,8 +14,10 @@ use tokio::net::TcpListener;
 
 async fn answer(
     _request: hyper::Request<hyper::body::Incoming>,
+    status: u16,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     Ok(hyper::Response::builder()
+        .status(status)
         .header("content-type", "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from_static(b"ok")))
         .expect("static response parts are valid"))
@@ -24,6 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into());
+    let status: u16 = std::env::args().nth(2).map_or(Ok(200), |s| s.parse())?;
     let listener = TcpListener::bind(&addr).await?;
     println!("http listening on {}", listener.local_addr()?);
     loop {
@@ -31,7 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(answer))
+                .serve_connection(
+                    TokioIo::new(tcp),
+                    hyper::service::service_fn(move |r| answer(r, status)),
+                )
                 .await;
         });
     }
