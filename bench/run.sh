@@ -22,6 +22,7 @@ FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
 BASELINE=${BASELINE:-}      # an earlier healthgate binary to compare with, same run
+TWIN_SETTLE=${TWIN_SETTLE:-5}  # seconds between a twin server's start and its load
 work=target/bench
 mkdir -p "$work"
 
@@ -200,7 +201,8 @@ for round in $(seq "$ROUNDS"); do
       http-floor) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
       http-floor-503) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0 503) ;;
     esac
-    sleep 1.5
+    # Past the first probe rounds (the target is about steady state).
+    sleep "$TWIN_SETTLE"
     log="$work/h2load-twin-$round-$server.log"
     out=$(taskset -c 1 h2load --h1 -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m 1 --log-file "$log" \
       "http://$addr/readyz" 2>&1)
