@@ -45,15 +45,16 @@ pidfile="$work/pids"
 cleanup() { while read -r p; do kill "$p" 2>/dev/null || true; done <"$pidfile"; }
 trap cleanup EXIT
 
-# start NAME CPU CMD... : runs CMD pinned to CPU, waits for its "<kind> listening on ADDR" line.
+# start NAME CPU CMD... : runs CMD pinned to CPU, waits for its "<kind> listening on ADDR" line
+# (the first one; LISTEN=http waits for the "http listening on" line instead).
 start() {
-  local name=$1 cpu=$2; shift 2
+  local name=$1 cpu=$2 kind=${LISTEN:-[a-z]*}; shift 2
   taskset -c "$cpu" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   local pid=$!
   echo "$pid" >>"$pidfile"
   for _ in $(seq 200); do
-    if grep -q "listening on" "$work/$name.out"; then
-      echo "$pid $(sed -n 's/^[a-z]* listening on //p' "$work/$name.out" | head -1)"
+    if grep -q "^$kind listening on" "$work/$name.out"; then
+      echo "$pid $(sed -n "s/^$kind listening on //p" "$work/$name.out" | head -1)"
       return
     fi
     sleep 0.05
@@ -174,22 +175,6 @@ echo "round,server,rps,p50_us,p99_us,failed" >"$twincsv"
 for deps in healthy hung; do
   { cat "$work/$deps.toml"; } | sed 's/^grpc_listen = .*/&\nhttp_listen = "127.0.0.1:0"/' >"$work/twin-$deps.toml"
 done
-# start_http NAME CPU CMD... : as `start`, for the "http listening on ADDR" line.
-start_http() {
-  local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  local pid=$!
-  echo "$pid" >>"$pidfile"
-  for _ in $(seq 200); do
-    if grep -q "^http listening on" "$work/$name.out"; then
-      echo "$pid $(sed -n 's/^http listening on //p' "$work/$name.out" | head -1)"
-      return
-    fi
-    sleep 0.05
-  done
-  echo "server $name did not start: $(cat "$work/$name.err")" >&2
-  exit 1
-}
 # http-floor-503: the floor answering 503, to tell what a failing status itself costs.
 twin_servers=(twin-healthy twin-hung http-floor http-floor-503)
 for round in $(seq "$ROUNDS"); do
@@ -197,9 +182,9 @@ for round in $(seq "$ROUNDS"); do
   rotated=("${twin_servers[@]:$(((round - 1) % n))}" "${twin_servers[@]:0:$(((round - 1) % n))}")
   for server in "${rotated[@]}"; do
     case $server in
-      twin-healthy|twin-hung) read -r pid addr < <(start_http "$server" 0 "$hg" serve --config "$work/$server.toml") ;;
-      http-floor) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
-      http-floor-503) read -r pid addr < <(start_http "$server" 0 "$ex/http_floor" 127.0.0.1:0 503) ;;
+      twin-healthy|twin-hung) read -r pid addr < <(LISTEN=http start "$server" 0 "$hg" serve --config "$work/$server.toml") ;;
+      http-floor) read -r pid addr < <(LISTEN=http start "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
+      http-floor-503) read -r pid addr < <(LISTEN=http start "$server" 0 "$ex/http_floor" 127.0.0.1:0 503) ;;
     esac
     # Past the first probe rounds (the target is about steady state).
     sleep "$TWIN_SETTLE"

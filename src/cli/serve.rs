@@ -71,27 +71,19 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             return ExitCode::from(1);
         }
     };
-    let http = match config.server.http_listen {
-        None => None,
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr}: {e}");
-                handle.shutdown().await;
-                return ExitCode::from(1);
-            }
-        },
+    let http = match bind_optional(config.server.http_listen).await {
+        Ok(listener) => listener,
+        Err(code) => {
+            handle.shutdown().await;
+            return code;
+        }
     };
-    let agent = match config.server.haproxy_agent_listen {
-        None => None,
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr}: {e}");
-                handle.shutdown().await;
-                return ExitCode::from(1);
-            }
-        },
+    let agent = match bind_optional(config.server.haproxy_agent_listen).await {
+        Ok(listener) => listener,
+        Err(code) => {
+            handle.shutdown().await;
+            return code;
+        }
     };
     println!(
         "grpc listening on {}",
@@ -152,6 +144,17 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             ExitCode::from(1)
         }
     }
+}
+
+/// Binds an optional listener; on failure says why and returns exit code 1.
+async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ExitCode> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        eprintln!("error: cannot listen on {addr}: {e}");
+        ExitCode::from(1)
+    })
 }
 
 /// The configured limits, with `max_connections` lowered to fit the file descriptor limit
