@@ -191,6 +191,9 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
             header::ALLOW,
             HeaderValue::from_static("GET, HEAD, OPTIONS"),
         );
+        response
+            .headers_mut()
+            .insert(HEALTH_STATE_KEY, HeaderValue::from_static("unknown"));
         return response;
     }
     twin.handle.wake_on_demand();

@@ -171,6 +171,7 @@ async fn healthy_answers_are_kube_apiserver_bytes() {
             (404, "404 page not found\n"),
             "{unknown}"
         );
+        assert_eq!(r.header("x-health-state"), Some("unknown"));
     }
     s.handle.shutdown().await;
 }
@@ -359,6 +360,11 @@ async fn head_options_http10_without_host_and_h2c_all_work() {
     .await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
+    assert_eq!(
+        r.header("x-health-state"),
+        Some("unknown"),
+        "every answer carries it"
+    );
 
     // h2c with prior knowledge (HAProxy's `proto h2` server line).
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
