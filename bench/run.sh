@@ -172,8 +172,13 @@ echo "== HTTP twin: GET /readyz over HTTP/1.1 keep-alive (h2load --h1), $CONNS c
 twincsv="$work/twin.csv"
 echo "round,server,rps,p50_us,p99_us,failed" >"$twincsv"
 : >"$work/status_json.txt"
+# Dependency processes of its own (the shared ones live through the other sections).
+read -r twin_dep_pids_1 twin_dep_healthy < <(start twin-dep-healthy 1 "$ex/bench_dependency" 127.0.0.1:0 healthy)
+read -r twin_dep_pids_2 twin_dep_hung < <(start twin-dep-hung 1 "$ex/bench_dependency" 127.0.0.1:0 hung)
+config "$work/twin-healthy.toml" "$twin_dep_healthy"
+config "$work/twin-hung.toml" "$twin_dep_hung"
 for deps in healthy hung; do
-  { cat "$work/$deps.toml"; } | sed 's/^grpc_listen = .*/&\nhttp_listen = "127.0.0.1:0"/' >"$work/twin-$deps.toml"
+  sed -i 's/^grpc_listen = .*/&\nhttp_listen = "127.0.0.1:0"/' "$work/twin-$deps.toml"
 done
 # http-floor-503: the floor answering 503, to tell what a failing status itself costs.
 twin_servers=(twin-healthy twin-hung http-floor http-floor-503)
@@ -208,6 +213,7 @@ PY
   echo "  status page, 1,000 dependencies: $line"
   echo "$line" >>"$work/status_json.txt"
 done
+kill "$twin_dep_pids_1" "$twin_dep_pids_2" 2>/dev/null || true
 fi
 
 if section fanout; then

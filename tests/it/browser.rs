@@ -60,6 +60,16 @@ struct Browser {
     driver: SocketAddr,
     session: String,
     _child: tokio::process::Child,
+    group: u32,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.group)])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Browser {
@@ -74,8 +84,11 @@ impl Browser {
             eprintln!("skipped: {CHROMIUM} or {CHROMEDRIVER} missing");
             return None;
         }
+        // Its own process group, so that Chromium (chromedriver's child) goes with it even
+        // when the test fails before `quit`.
         let mut child = tokio::process::Command::new(CHROMEDRIVER)
             .arg("--port=0")
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -106,10 +119,12 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("a session: {session}"))
             .to_owned();
+        let group = child.id().expect("running");
         Some(Browser {
             driver,
             session,
             _child: child,
+            group,
         })
     }
 
@@ -137,6 +152,7 @@ impl Browser {
         let path = format!("/session/{}", self.session);
         webdriver(self.driver, "DELETE", &path, None).await;
     }
+    // Dropping the browser (after `quit`, or on a failure) kills its process group.
 }
 
 const EVIL: &str = "<img src=x onerror=\"window.pwned=1\">";
