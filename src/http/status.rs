@@ -203,17 +203,13 @@ fn display_name(name: &str) -> &str {
     }
 }
 
-fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
-    let Some(t) = t else {
-        return "—".to_owned();
-    };
-    let secs = now.duration_since(t).unwrap_or_default().as_secs();
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3_600 => format!("{}m ago", secs / 60),
-        3_600..86_400 => format!("{}h ago", secs / 3_600),
-        _ => format!("{}d ago", secs / 86_400),
-    }
+/// A time as the server renders it: absolute (UTC, seconds), so a rendered page stays true
+/// while it is cached for a generation; the script shows "… ago" instead.
+fn at(t: Option<SystemTime>) -> String {
+    t.map_or_else(
+        || "—".to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
 }
 
 /// An SVG polyline of the latencies (the same drawing the script makes).
@@ -242,7 +238,6 @@ fn sparkline(history: &History) -> String {
 
 /// The page, completely rendered.
 pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
-    let now = SystemTime::now();
     let mut out = String::with_capacity(4_096 + 512 * snapshot.dependencies.len());
     out.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -319,7 +314,7 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
                     "{} → {} {}",
                     t.from().as_str(),
                     t.to().as_str(),
-                    ago(now, Some(t.at()))
+                    at(Some(t.at()))
                 )
             })
             .collect();
@@ -330,7 +325,7 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
             h = d.health.as_str(),
             n = escape(&d.name),
             kind = d.kind,
-            since = ago(now, d.since()),
+            since = at(d.since()),
             transitions = transitions.join("<br>"),
             spark = sparkline(&d.history),
         );

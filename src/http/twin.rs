@@ -76,6 +76,8 @@ struct Twin {
     failure: StatusCode,
     /// The latest plain answer per endpoint, with the generation it was rendered from.
     cache: Mutex<HashMap<CacheKey, (u64, Answer)>>,
+    /// The latest page and JSON per caller kind (with or without the detail auth): four at most.
+    pages: Mutex<HashMap<PageKey, (u64, Bytes)>>,
 }
 
 /// A router answering the twin's paths from `handle`'s snapshots (merge it with the metrics
@@ -88,6 +90,7 @@ pub fn twin_router(handle: Handle, options: TwinOptions) -> axum::Router {
             .failure_status
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         cache: Mutex::default(),
+        pages: Mutex::default(),
     });
     axum::Router::new().fallback(answer).with_state(twin)
 }
@@ -296,19 +299,53 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
 }
 
 impl Twin {
+    /// The page or its JSON for `snapshot`, rendered once per generation and caller kind and
+    /// shared (one allocation) by every response of that generation: with 1,000 dependencies
+    /// the HTML takes ~14 ms and the JSON ~2 ms of the runtime's thread and ~1 MB, so rendering
+    /// per request would let a client loop on `/` stall Checks and slow readers pin a copy each.
+    fn page_body(
+        &self,
+        path: &'static str,
+        snapshot: &Snapshot,
+        authorized: bool,
+        render: fn(&Snapshot, bool) -> String,
+    ) -> Bytes {
+        let key = (path, authorized);
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((generation, body)) = pages.get(&key)
+            && *generation == snapshot.generation
+        {
+            return body.clone();
+        }
+        let body = Bytes::from(render(snapshot, authorized));
+        pages.insert(key, (snapshot.generation, body.clone()));
+        body
+    }
+
     /// The status page and its parts, if `path` is one of them.
     fn page(&self, path: &str, headers: &HeaderMap, snapshot: &Snapshot) -> Option<Response> {
         let (content_type, body) = match path {
             "/" => (
                 "text/html; charset=utf-8",
-                status::html(snapshot, self.authorized(headers)),
+                self.page_body("/", snapshot, self.authorized(headers), status::html),
             ),
             "/status.json" => (
                 "application/json",
-                status::json(snapshot, self.authorized(headers)),
+                self.page_body(
+                    "/status.json",
+                    snapshot,
+                    self.authorized(headers),
+                    status::json,
+                ),
             ),
-            "/status.js" => ("text/javascript; charset=utf-8", status::SCRIPT.to_owned()),
-            "/status.css" => ("text/css; charset=utf-8", status::STYLE.to_owned()),
+            "/status.js" => (
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(status::SCRIPT.as_bytes()),
+            ),
+            "/status.css" => (
+                "text/css; charset=utf-8",
+                Bytes::from_static(status::STYLE.as_bytes()),
+            ),
             _ => return None,
         };
         let mut response = plain(StatusCode::OK, body);
@@ -385,6 +422,9 @@ impl Twin {
         response
     }
 }
+
+/// A cached page: its path and whether the caller passed the detail auth.
+type PageKey = (&'static str, bool);
 
 /// A rendered twin answer.
 #[derive(Clone)]

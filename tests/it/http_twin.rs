@@ -250,6 +250,20 @@ async fn failing_degraded_and_excluded_answers() {
     }
     let r = get(addr, "/readyz/cache", "").await;
     assert_eq!(r.status, 503, "unhealthy itself: {}", r.body);
+
+    // The page's JSON is cached per generation and per caller kind: reasons never leak to a
+    // caller without the token, whichever asked first.
+    for _ in 0..2 {
+        let open = get(addr, "/status.json", "").await;
+        let authed = get(addr, "/status.json", &auth).await;
+        assert!(!open.body.contains("db.internal"), "{}", open.body);
+        assert!(authed.body.contains("connection refused by db.internal"));
+        assert_eq!(
+            open.header("content-security-policy")
+                .map(|c| c.starts_with("default-src 'none'")),
+            Some(true)
+        );
+    }
     s.handle.shutdown().await;
 }
 
