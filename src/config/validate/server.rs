@@ -3,35 +3,31 @@
 use super::*;
 
 impl Validator<'_> {
+    /// A listen address at `key`, if given and valid (else a problem naming an example with
+    /// `port`).
+    fn address(&mut self, key: &str, raw: Option<&str>, port: u16) -> Option<SocketAddr> {
+        let listen = raw?;
+        let parsed = listen.parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            self.problem(
+                key,
+                format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:{port}\""),
+            );
+        }
+        parsed
+    }
+
     pub(super) fn server(&mut self, raw: &RawServer) -> Option<ServerConfig> {
         let mut server = ServerConfig::default();
-        if let Some(listen) = &raw.grpc_listen {
-            match listen.parse::<SocketAddr>() {
-                Ok(addr) => server.grpc_listen = addr,
-                Err(_) => self.problem(
-                    "server.grpc_listen",
-                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:50051\""),
-                ),
-            }
+        if let Some(addr) = self.address("server.grpc_listen", raw.grpc_listen.as_deref(), 50051) {
+            server.grpc_listen = addr;
         }
-        if let Some(listen) = &raw.http_listen {
-            match listen.parse::<SocketAddr>() {
-                Ok(addr) => server.http_listen = Some(addr),
-                Err(_) => self.problem(
-                    "server.http_listen",
-                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:9464\""),
-                ),
-            }
-        }
-        if let Some(listen) = &raw.haproxy_agent_listen {
-            match listen.parse::<SocketAddr>() {
-                Ok(addr) => server.haproxy_agent_listen = Some(addr),
-                Err(_) => self.problem(
-                    "server.haproxy_agent_listen",
-                    format!("invalid address {listen:?}: expected IP:PORT, e.g. \"0.0.0.0:9465\""),
-                ),
-            }
-        }
+        server.http_listen = self.address("server.http_listen", raw.http_listen.as_deref(), 9464);
+        server.haproxy_agent_listen = self.address(
+            "server.haproxy_agent_listen",
+            raw.haproxy_agent_listen.as_deref(),
+            9465,
+        );
         if let Some(w) = self.number(
             "server.haproxy_agent_degraded_weight",
             raw.haproxy_agent_degraded_weight,
