@@ -180,7 +180,8 @@ config "$work/twin-hung.toml" "$twin_dep_hung"
 for deps in healthy hung; do
   sed -i 's/^grpc_listen = .*/&\nhttp_listen = "127.0.0.1:0"/' "$work/twin-$deps.toml"
 done
-# http-floor-503: the floor answering 503, to tell what a failing status itself costs.
+# http-floor-503: the floor answering what the hung twin answers (503 and a 351-byte body), to
+# tell what a failing answer itself costs the connection and the load generator.
 twin_servers=(twin-healthy twin-hung http-floor http-floor-503)
 for round in $(seq "$ROUNDS"); do
   n=${#twin_servers[@]}
@@ -189,7 +190,7 @@ for round in $(seq "$ROUNDS"); do
     case $server in
       twin-healthy|twin-hung) read -r pid addr < <(LISTEN=http start "$server" 0 "$hg" serve --config "$work/$server.toml") ;;
       http-floor) read -r pid addr < <(LISTEN=http start "$server" 0 "$ex/http_floor" 127.0.0.1:0) ;;
-      http-floor-503) read -r pid addr < <(LISTEN=http start "$server" 0 "$ex/http_floor" 127.0.0.1:0 503) ;;
+      http-floor-503) read -r pid addr < <(LISTEN=http start "$server" 0 "$ex/http_floor" 127.0.0.1:0 503 351) ;;
     esac
     # Past the first probe rounds (the target is about steady state).
     sleep "$TWIN_SETTLE"

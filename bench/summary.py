@@ -90,7 +90,7 @@ if twin:
     target("/readyz p99 with every dependency hung vs healthy", hung, "<= 1.05", hung <= 1.05)
     if "http-floor-503" in twin:
         f503 = tm("http-floor-503", "p99_us") / tm("http-floor", "p99_us")
-        checks.append(("floor answering 503 vs 200: p99 (reported)", f503, "-", "-"))
+        checks.append(("floor with the hung answer vs ok: p99 (reported)", f503, "-", "-"))
 status_path = os.path.join(work, "status_json.txt")
 if os.path.exists(status_path):
     values = [dict(kv.split("=") for kv in line.split()) for line in open(status_path) if line.strip()]
