@@ -40,7 +40,7 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::Snapshot;
-pub use change::ChangeError;
+pub use change::{Applied, ChangeError};
 use change::{Command, list};
 use reducer::Reducer;
 pub use shared::ServiceWatch;
@@ -319,10 +319,30 @@ impl Handle {
             .await
     }
 
-    async fn request(
+    /// Replaces every dependency and service at once, as a config reload does: specs equal to
+    /// the running ones keep their state, history, connections and schedule; changed ones get a
+    /// new probe and keep their known health; missing ones are removed (watchers of a removed
+    /// service see `None`), new ones added. When no `""` service is given, one relying on
+    /// every dependency (critical) is used, as at start. All or nothing: when anything is
+    /// invalid or a probe cannot be built, nothing changes and every problem is returned.
+    /// Readers see the old configuration or the new one, never a mix.
+    pub async fn apply(
         &self,
-        command: impl FnOnce(oneshot::Sender<Result<(), ChangeError>>) -> Command,
-    ) -> Result<(), ChangeError> {
+        dependencies: BTreeMap<String, DependencySpec>,
+        services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<Applied, ChangeError> {
+        self.request(|reply| Command::Apply {
+            dependencies,
+            services,
+            reply,
+        })
+        .await
+    }
+
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, ChangeError>>) -> Command,
+    ) -> Result<T, ChangeError> {
         let (reply, result) = oneshot::channel();
         self.0
             .commands

@@ -21,7 +21,7 @@ const MIN_SCRUB_LEN: usize = 4;
 
 /// The secret values of one dependency: URL credentials, query values, secret header and
 /// metadata values, and anything expanded from `${ENV}`.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secrets(Arc<[Box<str>]>);
 
 impl std::fmt::Debug for Secrets {

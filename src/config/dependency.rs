@@ -33,8 +33,10 @@ pub const MAX_STALE_AFTER: Duration = Duration::from_secs(4 * 365 * 24 * 60 * 60
 /// The largest `fall` and `rise`.
 pub const MAX_STREAK: u32 = 1000;
 
-/// A validated dependency.
-#[derive(Clone)]
+/// A validated dependency. Two specs are equal when they probe the same way (a reload keeps
+/// a dependency whose spec is equal, with its state and connections, and probes it on its
+/// own schedule); custom probes are equal only as the same instance.
+#[derive(Clone, PartialEq)]
 pub struct DependencySpec {
     /// What to probe.
     pub probe: ProbeSpec,
@@ -118,6 +120,24 @@ pub enum ProbeSpec {
         /// What it checks, for display (must not hold secrets).
         target: String,
     },
+}
+
+impl PartialEq for ProbeSpec {
+    fn eq(&self, other: &ProbeSpec) -> bool {
+        match (self, other) {
+            (ProbeSpec::Http(a), ProbeSpec::Http(b)) => a == b,
+            (ProbeSpec::Grpc(a), ProbeSpec::Grpc(b)) => a == b,
+            (ProbeSpec::Tcp(a), ProbeSpec::Tcp(b)) => a == b,
+            (
+                ProbeSpec::Custom { probe, target },
+                ProbeSpec::Custom {
+                    probe: other_probe,
+                    target: other_target,
+                },
+            ) => Arc::ptr_eq(probe, other_probe) && target == other_target,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Debug for ProbeSpec {

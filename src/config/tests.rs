@@ -488,3 +488,43 @@ fn http_front_keys_are_checked_with_their_paths() {
     assert_eq!(config.server.haproxy_agent_degraded_weight, 25);
     assert!(config.server.haproxy_agent_listen.is_some());
 }
+
+#[test]
+fn specs_parsed_from_the_same_text_are_equal_and_any_change_shows() {
+    let text = |interval: &str, header: &str, metadata: &str| {
+        format!(
+            r#"
+[dependencies.web]
+kind = "http"
+url = "https://user:${{DB_PASSWORD}}@web.internal/health"
+interval = "{interval}"
+headers = {{ Authorization = "Bearer ${{PAYMENTS_TOKEN}}", X-Probe = "{header}" }}
+
+[dependencies.rpc]
+kind = "grpc"
+target = "http://rpc.internal:50051"
+metadata = {{ x-tenant = "{metadata}" }}
+
+[dependencies.port]
+kind = "tcp"
+address = "db.internal:5432"
+"#
+        )
+    };
+    let config = |t: String| parse(&t).expect("valid");
+    let base = config(text("5s", "a", "t1"));
+    let same = config(text("5s", "a", "t1"));
+    for name in ["web", "rpc", "port"] {
+        assert!(base.dependencies[name] == same.dependencies[name], "{name}");
+    }
+    assert_eq!(base.services, same.services);
+    let interval = config(text("6s", "a", "t1"));
+    assert!(base.dependencies["web"] != interval.dependencies["web"]);
+    assert!(base.dependencies["rpc"] == interval.dependencies["rpc"]);
+    let header = config(text("5s", "b", "t1"));
+    assert!(base.dependencies["web"] != header.dependencies["web"]);
+    assert!(base.dependencies["rpc"] == header.dependencies["rpc"]);
+    let metadata = config(text("5s", "a", "t2"));
+    assert!(base.dependencies["rpc"] != metadata.dependencies["rpc"]);
+    assert!(base.dependencies["port"] == metadata.dependencies["port"]);
+}

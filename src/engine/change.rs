@@ -2,6 +2,8 @@
 //! that decide whether one may apply (pure, so a rejected change provably changes nothing),
 //! and [`ChangeError`].
 
+use std::collections::BTreeMap;
+
 use tokio::sync::oneshot;
 
 use crate::config::{DependencySpec, Problem, ServiceSpec, path_key};
@@ -29,9 +31,73 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), ChangeError>>,
     },
+    /// Every dependency and service at once (a reload): see [`check_apply`].
+    Apply {
+        dependencies: BTreeMap<String, DependencySpec>,
+        services: BTreeMap<String, ServiceSpec>,
+        reply: oneshot::Sender<Result<Applied, ChangeError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// What applying a whole configuration changed: names by what happened to them. Dependencies
+/// and services whose spec is equal to the running one are `kept` with their state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Dependencies that were not there.
+    pub added_dependencies: Vec<String>,
+    /// Dependencies whose spec changed: a new probe, the known health kept.
+    pub replaced_dependencies: Vec<String>,
+    /// Dependencies no longer configured.
+    pub removed_dependencies: Vec<String>,
+    /// Dependencies left exactly as they were.
+    pub kept_dependencies: usize,
+    /// Services that were not there.
+    pub added_services: Vec<String>,
+    /// Services whose spec changed.
+    pub changed_services: Vec<String>,
+    /// Services no longer configured (their watchers are told the name is gone).
+    pub removed_services: Vec<String>,
+    /// Services left exactly as they were.
+    pub kept_services: usize,
+}
+
+impl Applied {
+    /// Nothing was added, replaced or removed.
+    pub fn is_empty(&self) -> bool {
+        self.added_dependencies.is_empty()
+            && self.replaced_dependencies.is_empty()
+            && self.removed_dependencies.is_empty()
+            && self.added_services.is_empty()
+            && self.changed_services.is_empty()
+            && self.removed_services.is_empty()
+    }
+}
+
+/// Whether a whole configuration may replace the running one: every dependency valid, every
+/// service naming only dependencies of the new set. Every problem is listed, with key paths as
+/// `config validate` prints them.
+pub(crate) fn check_apply(
+    dependencies: &BTreeMap<String, DependencySpec>,
+    services: &BTreeMap<String, ServiceSpec>,
+) -> Result<(), ChangeError> {
+    let mut problems = Vec::new();
+    for (name, spec) in dependencies {
+        if name.is_empty() {
+            problems.push(Problem::new("dependencies", "a name must not be empty"));
+        }
+        problems.extend(spec.check(&format!("dependencies.{}", path_key(name))));
+    }
+    for (name, spec) in services {
+        problems.extend(spec.check(name, &|d| dependencies.contains_key(d)));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ChangeError::InvalidConfig(problems))
+    }
 }
 
 /// Whether `spec` may be put under `name`: a valid spec, a non-empty name, and (with
@@ -118,6 +184,18 @@ pub enum ChangeError {
         name: String,
         /// What is wrong.
         problems: Vec<Problem>,
+    },
+    /// A whole configuration breaks the rules; every problem is listed.
+    #[error("invalid configuration: {}", list(.0))]
+    InvalidConfig(Vec<Problem>),
+    /// A dependency's probe could not be built.
+    #[error("dependency {dependency:?}")]
+    Probe {
+        /// The dependency.
+        dependency: String,
+        /// Why.
+        #[source]
+        source: BuildError,
     },
     /// Adding a dependency whose name is taken.
     #[error("dependency {0:?} already exists")]

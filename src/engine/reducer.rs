@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use super::Shared;
-use super::change::{self, ChangeError, Command};
+use super::change::{self, Applied, ChangeError, Command};
 use super::dependency::Dependency;
 use super::factory::ProbeFactory;
 use super::publication::Throttle;
@@ -215,6 +215,14 @@ impl Reducer {
             Command::RemoveDependency { name, reply } => (reply, self.remove_dependency(&name)),
             Command::PutService { name, spec, reply } => (reply, self.put_service(name, spec)),
             Command::RemoveService { name, reply } => (reply, self.remove_service(&name)),
+            Command::Apply {
+                dependencies,
+                services,
+                reply,
+            } => {
+                let _ = reply.send(self.apply(dependencies, services));
+                return;
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         };
         let _ = reply.send(result);
@@ -234,10 +242,21 @@ impl Reducer {
             self.insert_dependency(&name, spec, probe);
             return Ok(());
         };
+        self.swap_dependency(&name, old, spec, probe);
+        Ok(())
+    }
+
+    /// Puts `old`'s successor in place: a new probe task, the known health kept.
+    fn swap_dependency(
+        &mut self,
+        name: &str,
+        mut old: Dependency,
+        spec: DependencySpec,
+        probe: Arc<dyn Probe>,
+    ) {
         old.task.cancel.cancel();
-        let mut old = old;
         self.stale.clear(&mut old.stale_key);
-        let key: Arc<str> = Arc::from(name.as_str());
+        let key: Arc<str> = Arc::from(name);
         let spec = Arc::new(spec);
         let task = self.spawner.spawn(&key, &spec, probe);
         let mut dep = old.replaced(&key, spec, task);
@@ -249,7 +268,106 @@ impl Reducer {
         self.dependencies.insert(key, dep);
         self.slots_changed = true;
         self.health_may_change();
-        Ok(())
+    }
+
+    /// Replaces every dependency and service at once (a reload), in this one step: nothing
+    /// is published in between, so readers see the old configuration or the new one. Specs
+    /// equal to the running ones are left alone (state, history, connections and schedule
+    /// kept); changed ones are swapped keeping their health; the rest added or removed. When
+    /// anything is invalid or a probe cannot be built, nothing changes.
+    fn apply(
+        &mut self,
+        dependencies: BTreeMap<String, DependencySpec>,
+        mut services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<Applied, ChangeError> {
+        if self.shutting_down {
+            return Err(ChangeError::ShuttingDown);
+        }
+        services.entry(String::new()).or_insert_with(|| {
+            ServiceSpec::with_all(dependencies.keys().cloned(), crate::Impact::Critical)
+        });
+        change::check_apply(&dependencies, &services)?;
+        // Every probe first: a build failure must find everything as it was.
+        let mut probes = BTreeMap::new();
+        for (name, spec) in &dependencies {
+            let unchanged = self
+                .dependencies
+                .get(name.as_str())
+                .is_some_and(|d| *d.spec == *spec);
+            if !unchanged {
+                let probe = self
+                    .factory
+                    .build(spec)
+                    .map_err(|source| ChangeError::Probe {
+                        dependency: name.clone(),
+                        source,
+                    })?;
+                probes.insert(name.clone(), probe);
+            }
+        }
+        let mut applied = Applied::default();
+        let gone: Vec<Arc<str>> = (self.services.keys())
+            .filter(|n| !services.contains_key(&***n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.services.remove(&name);
+            if let Some(m) = &self.metrics {
+                m.forget_service(&name);
+            }
+            info!(service = %name, "service removed");
+            applied.removed_services.push(name.to_string());
+        }
+        let gone: Vec<Arc<str>> = (self.dependencies.keys())
+            .filter(|n| !dependencies.contains_key(&***n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(mut dep) = self.dependencies.remove(&name) {
+                dep.task.cancel.cancel();
+                self.stale.clear(&mut dep.stale_key);
+            }
+            if let Some(m) = &self.metrics {
+                m.forget_dependency(&name);
+            }
+            info!(dependency = %name, "dependency removed");
+            applied.removed_dependencies.push(name.to_string());
+            self.slots_changed = true;
+        }
+        for (name, spec) in dependencies {
+            let Some(probe) = probes.remove(&name) else {
+                applied.kept_dependencies += 1;
+                continue;
+            };
+            match self.dependencies.remove(name.as_str()) {
+                Some(old) => {
+                    self.swap_dependency(&name, old, spec, probe);
+                    applied.replaced_dependencies.push(name);
+                }
+                None => {
+                    info!(dependency = %name, kind = spec.kind(), "dependency added");
+                    self.insert_dependency(&name, spec, probe);
+                    applied.added_dependencies.push(name);
+                }
+            }
+        }
+        for (name, spec) in services {
+            match self.services.get(name.as_str()) {
+                Some(s) if *s.spec == spec => applied.kept_services += 1,
+                Some(_) => {
+                    info!(service = %name, "service set");
+                    self.insert_service(&name, spec);
+                    applied.changed_services.push(name);
+                }
+                None => {
+                    info!(service = %name, "service set");
+                    self.insert_service(&name, spec);
+                    applied.added_services.push(name);
+                }
+            }
+        }
+        self.health_may_change();
+        Ok(applied)
     }
 
     fn remove_dependency(&mut self, name: &str) -> Result<(), ChangeError> {

@@ -57,6 +57,18 @@ impl fmt::Debug for GrpcSpec {
     }
 }
 
+/// Equal settings: the metadata compared as headers (`MetadataMap` has no `PartialEq`).
+impl PartialEq for GrpcSpec {
+    fn eq(&self, other: &GrpcSpec) -> bool {
+        self.target == other.target
+            && self.service == other.service
+            && self.authority == other.authority
+            && self.secret_metadata == other.secret_metadata
+            && self.tls == other.tls
+            && self.metadata.clone().into_headers() == other.metadata.clone().into_headers()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct GrpcProbe {
     client: HealthClient<Channel>,

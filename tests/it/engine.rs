@@ -484,6 +484,131 @@ async fn runtime_changes_apply_at_once_and_rejected_ones_change_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn applying_a_whole_configuration_keeps_what_did_not_change_and_is_all_or_nothing() {
+    use std::collections::BTreeMap;
+    let (a, b, c) = (
+        Scripted::new(Verdict::Healthy),
+        Scripted::new(Verdict::Healthy),
+        Scripted::new(Verdict::Healthy),
+    );
+    let readiness = ServiceSpec::with_all(["a", "b"], Impact::Critical);
+    let handle = Engine::builder()
+        .dependency("a", every_second(&a))
+        .dependency("b", every_second(&b))
+        .service("readiness", readiness.clone())
+        .service("x", ServiceSpec::with_all(["b"], Impact::Critical))
+        .start()
+        .expect("starts");
+    let mut x = handle.watch_service("x");
+    let mut y = handle.watch_service("y");
+    assert_eq!(*y.borrow(), None);
+    x.wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("x serves");
+    tokio::time::sleep(3 * SECOND).await;
+    let history_before = handle
+        .snapshot()
+        .dependency("a")
+        .expect("a")
+        .history
+        .clone();
+    let a_runs = a.runs();
+
+    let deps = |b_fall: u32| {
+        BTreeMap::from([
+            ("a".to_owned(), every_second(&a)),
+            ("b".to_owned(), every_second(&b).with_thresholds(b_fall, 1)),
+            ("c".to_owned(), every_second(&c)),
+        ])
+    };
+    let services = BTreeMap::from([
+        ("readiness".to_owned(), readiness.clone()),
+        (
+            "y".to_owned(),
+            ServiceSpec::with_all(["c"], Impact::Critical),
+        ),
+    ]);
+
+    // Rejected: every problem named, nothing changes, nothing is published.
+    let before = handle.snapshot();
+    let mut bad = deps(1);
+    bad.insert("slow".to_owned(), every_second(&c).with_timeout(2 * SECOND));
+    let mut bad_services = services.clone();
+    bad_services.insert(
+        "z".to_owned(),
+        ServiceSpec::with_all(["nope"], Impact::Critical),
+    );
+    let err = handle.apply(bad, bad_services).await.expect_err("invalid");
+    let ChangeError::InvalidConfig(problems) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(problems.len(), 2, "{err}");
+    assert!(
+        err.to_string().contains("dependencies.slow: timeout"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nope"), "{err}");
+    let now = handle.snapshot();
+    assert!(now.dependency("c").is_none() && now.service("z").is_none());
+    assert!(now.service("x").is_some() && now.service("y").is_none());
+    assert_eq!(
+        now.dependency("b").expect("b").thresholds,
+        before.dependency("b").expect("b").thresholds
+    );
+
+    let applied = handle.apply(deps(1), services).await.expect("applied");
+    assert_eq!(applied.kept_dependencies, 1, "{applied:?}");
+    assert_eq!(applied.replaced_dependencies, ["b"]);
+    assert_eq!(applied.added_dependencies, ["c"]);
+    assert!(applied.removed_dependencies.is_empty());
+    assert_eq!(applied.removed_services, ["x"]);
+    assert_eq!(applied.added_services, ["y"]);
+    // `""` is the default (every dependency): it changed, since c joined.
+    assert_eq!(applied.changed_services, [""]);
+    assert_eq!(applied.kept_services, 1);
+
+    let after = handle.snapshot();
+    let history = &after.dependency("a").expect("a").history;
+    assert!(
+        history.outcomes().count() >= history_before.outcomes().count()
+            && history.outcomes().next() == history_before.outcomes().next(),
+        "an unchanged dependency keeps its history"
+    );
+    let b_state = after.dependency("b").expect("b");
+    assert_eq!(
+        (b_state.health, b_state.thresholds.fall),
+        (Health::Healthy, 1)
+    );
+    assert_eq!(
+        after.service("readiness").expect("kept").status.health,
+        Health::Healthy,
+        "no flap through Unknown"
+    );
+    x.wait_for(Option::is_none).await.expect("x is gone");
+    y.wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("y appears to its watcher");
+    // a keeps its own schedule: its next run is a second after its last one, not at the swap.
+    let last = *a_runs.last().expect("a ran");
+    tokio::time::sleep(2 * SECOND).await;
+    let next = a.runs()[a_runs.len()];
+    assert!(next >= last + SECOND, "re-probed early: {:?}", next - last);
+
+    // The same configuration again changes nothing.
+    let services = BTreeMap::from([
+        ("readiness".to_owned(), readiness),
+        (
+            "y".to_owned(),
+            ServiceSpec::with_all(["c"], Impact::Critical),
+        ),
+    ]);
+    let again = handle.apply(deps(1), services).await.expect("applied");
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!((again.kept_dependencies, again.kept_services), (3, 3));
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
     let probe = Scripted::new(Verdict::Healthy);
     let handle = Engine::builder()

@@ -14,7 +14,7 @@ use crate::tls::TlsSpec;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An HTTP probe.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct HttpSpec {
     /// The URL requested (may carry credentials: never print it, use [`redact_url`]).
     pub url: Url,
