@@ -32,6 +32,8 @@ LAYERS = [
     # the registry and the engine's instruments (health gauges read snapshots at scrape time)
     {"metrics"},
     {"engine"},
+    # the control plane: reload, runtime layer, state file (drives the engine; fronts call it)
+    {"control"},
     # what the fronts share: accepting under limits, trace export
     {"listener", "telemetry"},
     # the fronts

@@ -86,11 +86,11 @@ enum ConfigCommand {
 pub(crate) async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
-            let config = match serve::load(&args) {
-                Ok(config) => config,
+            let (config, source) = match serve::load(&args) {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            serve::run(config, args, cli.log_format).await
+            serve::run(config, source, args, cli.log_format).await
         }
         Command::Demo(args) => demo::run(args, cli.log_format).await,
         Command::Check(args) => check::run(*args).await,

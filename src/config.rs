@@ -148,14 +148,20 @@ impl Config {
     /// Reads and validates a config file. Relative TLS file paths are resolved against the
     /// file's directory; `${NAME}` is read from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(
-                &source,
+                path.display().to_string(),
                 vec![Problem::new("", format!("cannot read file: {e}"))],
             )
         })?;
-        parse(&text, &source, path.parent(), &|name| {
+        Config::from_file_text(path, &text)
+    }
+
+    /// Validates `text`, read from the file at `path`: problems name that file, relative paths
+    /// are relative to its directory, `${NAME}` is read from the process environment.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        parse(text, &source, path.parent(), &|name| {
             std::env::var(name).ok()
         })
     }

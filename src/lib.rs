@@ -67,6 +67,7 @@
 
 mod auth;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod grpc;
 mod grpc_code;

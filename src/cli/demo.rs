@@ -112,7 +112,7 @@ dependencies = {{ orders-api = "critical", inventory = "degrading" }}
     };
     config.server.grpc_listen = args.listen;
     config.server.http_listen = Some(args.http_listen);
-    super::serve::serve_config(&config, log_format).await
+    super::serve::serve_config(&config, None, log_format).await
 }
 
 async fn start_dependencies(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
+use healthgate::control::Reloader;
 use healthgate::grpc::{ServeOptions, serve};
 use healthgate::listener::Limits;
 use healthgate::metrics::Metrics;
@@ -27,24 +28,48 @@ pub(crate) struct ServeArgs {
     listen: Option<SocketAddr>,
 }
 
-/// Loads the config; on failure prints every problem and returns exit code 2.
-pub(crate) fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
-    Config::load(&args.config).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(2)
-    })
+/// Where the config came from, for reloads: its file and the SHA-256 of what was read.
+pub(crate) struct Source {
+    path: PathBuf,
+    hash: String,
+    /// The config as the file says (before command-line overrides).
+    config: Config,
 }
 
-pub(crate) async fn run(mut config: Config, args: ServeArgs, log_format: LogFormat) -> ExitCode {
+/// Loads the config; on failure prints every problem and returns exit code 2.
+pub(crate) fn load(args: &ServeArgs) -> Result<(Config, Source), ExitCode> {
+    let (config, hash) = healthgate::control::read(&args.config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    let source = Source {
+        path: args.config.clone(),
+        hash,
+        config: config.clone(),
+    };
+    Ok((config, source))
+}
+
+pub(crate) async fn run(
+    mut config: Config,
+    source: Source,
+    args: ServeArgs,
+    log_format: LogFormat,
+) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.grpc_listen = listen;
     }
-    serve_config(&config, log_format).await
+    serve_config(&config, Some(source), log_format).await
 }
 
 /// Sets up telemetry, starts the engine, binds, prints one `… listening on ADDR` line per
-/// listener and serves until a signal; then drains, and flushes traces.
-pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> ExitCode {
+/// listener and serves until a signal; then drains, and flushes traces. With a `source`, SIGHUP
+/// reloads it (see [`healthgate::control`]).
+pub(crate) async fn serve_config(
+    config: &Config,
+    source: Option<Source>,
+    log_format: LogFormat,
+) -> ExitCode {
     let listen = config.server.grpc_listen;
     let metrics = Arc::new(Metrics::new());
     // Telemetry first, so the very first probe already has a span.
@@ -63,6 +88,24 @@ pub(crate) async fn serve_config(config: &Config, log_format: LogFormat) -> Exit
             return ExitCode::from(2);
         }
     };
+    if let Some(source) = source {
+        let reloader = Arc::new(Reloader::new(
+            source.path,
+            handle.clone(),
+            source.config,
+            source.hash,
+            Some(&metrics),
+        ));
+        // Registered before anything listens: from here on SIGHUP reloads instead of killing.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(hup, reloader));
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGHUP; the config will not be reloaded on it")
+            }
+        }
+    }
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -181,6 +224,14 @@ fn fit_limits(config: &Config, listeners: usize) -> Limits {
         "connection limits, per listener"
     );
     limits
+}
+
+/// Reloads the config on every SIGHUP (a failed reload is logged and counted by the
+/// reloader; the running config stays).
+async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, reloader: Arc<Reloader>) {
+    while hup.recv().await.is_some() {
+        let _ = reloader.reload("SIGHUP").await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -368,6 +368,17 @@ pub(crate) async fn serve_with(
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
     let file = temp_dir("serve").join("healthgate.toml");
     std::fs::write(&file, config).expect("write");
+    serve_file(&file, env, stderr).await
+}
+
+/// `healthgate serve --config FILE`: the child, its gRPC address and (when the file has
+/// `http_listen`) its HTTP address.
+pub(crate) async fn serve_file(
+    file: &std::path::Path,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    let config = std::fs::read_to_string(file).expect("config file");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"));
     command.args(["serve", "--config", &file.display().to_string()]);
     for var in [
