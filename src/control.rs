@@ -6,12 +6,16 @@
 //! changes nothing; it is logged line by line as `config validate` prints it, counted, and kept
 //! as the last error for the detail RPC.
 //!
+//! With `serve --watch-config`, [`watch`] reloads when the file's content changes (see
+//! `watch.rs` for why the directory is watched).
+//!
 //! What a reload applies: every dependency and service. What it does not: the `[server]`,
 //! `[limits]` and `[telemetry]` sections (listeners are bound, connections admitted and the
 //! exporter started under them); a change there is kept for the next start and named in a
 //! warning, and the rest of the file still applies.
 
 mod metrics;
+mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError, Problem};
 use crate::engine::{Applied, ChangeError, Handle};
 use metrics::ReloadMetrics;
+pub use watch::{ConfigWatch, DEFAULT_DEBOUNCE, watch};
 
 /// What a [`Reloader`] reports about the configuration in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +93,7 @@ pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
             vec![Problem::new("", format!("cannot read file: {e}"))],
         )
     })?;
-    let hash = hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref());
+    let hash = sha256_hex(&text);
     let text = String::from_utf8(text).map_err(|_| {
         ConfigError::new(
             path.display().to_string(),
@@ -98,8 +103,10 @@ pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
     Ok((Config::from_file_text(path, &text)?, hash))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of `bytes`, lowercase hex: the config hash.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Reloader {
@@ -289,7 +296,7 @@ mod tests {
     #[test]
     fn the_hash_is_the_sha256_of_the_bytes() {
         assert_eq!(
-            hex(ring::digest::digest(&ring::digest::SHA256, b"abc").as_ref()),
+            sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -26,11 +26,16 @@ pub(crate) struct ServeArgs {
     /// Listen on this address instead of `[server] grpc_listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Reload the config when its file changes (as SIGHUP does); works with editors that
+    /// replace the file and with Kubernetes ConfigMap volumes.
+    #[arg(long)]
+    watch_config: bool,
 }
 
 /// Where the config came from, for reloads: its file and the SHA-256 of what was read.
 pub(crate) struct Source {
     path: PathBuf,
+    watch: bool,
     hash: String,
     /// The config as the file says (before command-line overrides).
     config: Config,
@@ -44,6 +49,7 @@ pub(crate) fn load(args: &ServeArgs) -> Result<(Config, Source), ExitCode> {
     })?;
     let source = Source {
         path: args.config.clone(),
+        watch: args.watch_config,
         hash,
         config: config.clone(),
     };
@@ -88,7 +94,9 @@ pub(crate) async fn serve_config(
             return ExitCode::from(2);
         }
     };
+    let mut _config_watch = None;
     if let Some(source) = source {
+        let watch = source.watch;
         let reloader = Arc::new(Reloader::new(
             source.path,
             handle.clone(),
@@ -99,10 +107,20 @@ pub(crate) async fn serve_config(
         // Registered before anything listens: from here on SIGHUP reloads instead of killing.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hup) => {
-                tokio::spawn(reload_on_sighup(hup, reloader));
+                tokio::spawn(reload_on_sighup(hup, reloader.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "cannot watch SIGHUP; the config will not be reloaded on it")
+            }
+        }
+        if watch {
+            match healthgate::control::watch(reloader, healthgate::control::DEFAULT_DEBOUNCE) {
+                Ok(w) => _config_watch = Some(w),
+                Err(e) => {
+                    eprintln!("error: cannot watch the config file: {e}");
+                    handle.shutdown().await;
+                    return ExitCode::from(1);
+                }
             }
         }
     }

@@ -100,7 +100,7 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
         ),
     )
     .expect("write");
-    let (mut child, addr, http) = serve_file(&file, &[], Stdio::piped()).await;
+    let (mut child, addr, http) = serve_file(&file, &[], &[], Stdio::piped()).await;
     let http = http.expect("http listener");
     let mut logs = log_lines(&mut child);
     let mut client = HealthClient::new(channel(addr).await);
@@ -243,5 +243,71 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
         .is_some_and(|t| t > 1.7e9),
         "{text}"
     );
+    crate::support::terminate(&mut child).await;
+}
+
+/// A Kubernetes ConfigMap volume's update: the file is a symlink through `..data`, which is
+/// swapped to a new directory and the old one removed.
+fn configmap_update(dir: &std::path::Path, version: u32, text: &str) {
+    let data = dir.join(format!("..2026_12_02_{version}"));
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("healthgate.toml"), text).expect("write");
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(data.file_name().expect("named"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap");
+    if version > 1 {
+        std::fs::remove_dir_all(dir.join(format!("..2026_12_02_{}", version - 1))).expect("rm");
+    }
+}
+
+#[tokio::test]
+async fn watch_config_follows_a_configmap_swap_and_reports_a_broken_file_once() {
+    let db = HttpServer::start().await;
+    let dir = temp_dir("configmap");
+    let one = config(&[("db", &db, "1s")], "");
+    configmap_update(&dir, 1, &one);
+    let file = dir.join("healthgate.toml");
+    std::os::unix::fs::symlink("..data/healthgate.toml", &file).expect("symlink");
+    let (mut child, addr, _) = serve_file(&file, &["--watch-config"], &[], Stdio::piped()).await;
+    let mut logs = log_lines(&mut child);
+    let mut client = HealthClient::new(channel(addr).await);
+    let mut watch = client
+        .watch(HealthCheckRequest {
+            service: "readiness".to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::ServiceUnknown);
+
+    let broken = format!("{one}[services.readiness]\ndependencies = {{ nope = \"critical\" }}\n");
+    configmap_update(&dir, 2, &broken);
+    let lines = line_with(&mut logs, "config reload rejected").await;
+    assert!(
+        lines.last().expect("line").contains("file watch"),
+        "{lines:?}"
+    );
+    // Another event in the directory, the same broken content: not tried again. (An absence
+    // can only be observed for a while: 1 s is five debounce periods.)
+    std::fs::write(dir.join("unrelated"), "x").expect("write");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+
+    let two = format!("{one}[services.readiness]\ndependencies = {{ db = \"critical\" }}\n");
+    configmap_update(&dir, 3, &two);
+    let lines = line_with(&mut logs, "config reloaded").await;
+    assert!(
+        !lines.iter().any(|l| l.contains("rejected")),
+        "the broken version is reported once: {lines:#?}"
+    );
+    assert!(
+        lines
+            .last()
+            .expect("line")
+            .contains("trigger=\"file watch\"")
+    );
+    let mut status = next_status(&mut watch).await;
+    while status != ServingStatus::Serving {
+        status = next_status(&mut watch).await;
+    }
     crate::support::terminate(&mut child).await;
 }

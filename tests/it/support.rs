@@ -368,19 +368,21 @@ pub(crate) async fn serve_with(
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
     let file = temp_dir("serve").join("healthgate.toml");
     std::fs::write(&file, config).expect("write");
-    serve_file(&file, env, stderr).await
+    serve_file(&file, &[], env, stderr).await
 }
 
-/// `healthgate serve --config FILE`: the child, its gRPC address and (when the file has
+/// `healthgate serve --config FILE ARGS…`: the child, its gRPC address and (when the file has
 /// `http_listen`) its HTTP address.
 pub(crate) async fn serve_file(
     file: &std::path::Path,
+    args: &[&str],
     env: &[(&str, &str)],
     stderr: std::process::Stdio,
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
     let config = std::fs::read_to_string(file).expect("config file");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"));
     command.args(["serve", "--config", &file.display().to_string()]);
+    command.args(args);
     for var in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
