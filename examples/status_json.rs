@@ -47,6 +47,8 @@ fn main() {
                 kind: "http",
                 target: Arc::from(format!("http://10.0.{}.{}:8080/health", i / 256, i % 256)),
                 health,
+                computed: health,
+                forced: None,
                 last_outcome: Some(Outcome {
                     verdict: if health == Health::Healthy {
                         Verdict::Healthy
@@ -89,6 +91,7 @@ fn main() {
             .map(|(d, i)| (Arc::from(d.as_str()), *i))
             .collect(),
         spec: Arc::new(spec),
+        forced: None,
     });
     let snapshot = Snapshot {
         generation: 1,

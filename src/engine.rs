@@ -36,11 +36,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Health;
 use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
-use crate::snapshot::Snapshot;
-pub use change::{Applied, ChangeError};
+use crate::snapshot::{Override, Snapshot};
+pub use change::{Applied, ChangeError, MAX_OVERRIDE, Target};
 use change::{Command, list};
 use reducer::Reducer;
 pub use shared::ServiceWatch;
@@ -339,6 +340,35 @@ impl Handle {
         .await
     }
 
+    /// Forces `target`'s health for `duration` (at most [`MAX_OVERRIDE`]) with a `reason`: a
+    /// maintenance mute (`Healthy`) or a manual drain (`Unhealthy`). It applies on top of
+    /// hysteresis and before rollup, shows in the snapshot (`forced`), replaces an override the
+    /// target has, survives reloads that keep the target, and ends by itself at its expiry,
+    /// when the computed health applies at once.
+    pub async fn set_override(
+        &self,
+        target: Target,
+        health: Health,
+        duration: std::time::Duration,
+        reason: impl Into<String>,
+    ) -> Result<Arc<Override>, ChangeError> {
+        let reason = reason.into();
+        self.request(|reply| Command::Override {
+            target,
+            health,
+            duration,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends `target`'s override now; `Ok(false)` when it had none.
+    pub async fn clear_override(&self, target: Target) -> Result<bool, ChangeError> {
+        self.request(|reply| Command::ClearOverride { target, reply })
+            .await
+    }
+
     async fn request<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, ChangeError>>) -> Command,
@@ -429,6 +459,7 @@ mod tests {
                 deciding: Vec::new(),
                 inputs: Vec::new(),
                 spec: Arc::default(),
+                forced: None,
             })],
             ..Snapshot::default()
         }));

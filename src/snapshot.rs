@@ -87,6 +87,22 @@ pub struct ServiceState {
     /// The service's spec, so a front can roll it up again without some inputs (the HTTP
     /// twin's `?exclude=`).
     pub spec: Arc<ServiceSpec>,
+    /// An operator's override deciding `status` until it expires (then the rollup decides).
+    pub forced: Option<Arc<Override>>,
+}
+
+/// An operator's override of a dependency's or a service's health: a maintenance mute
+/// (`Healthy`) or a manual drain (`Unhealthy`). It never outlives `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The health it forces.
+    pub health: Health,
+    /// When it was set.
+    pub since: SystemTime,
+    /// When it expires.
+    pub until: SystemTime,
+    /// Why, as the operator said it (sanitized and capped like every reason).
+    pub reason: crate::Reason,
 }
 
 /// One dependency in a snapshot.
@@ -98,8 +114,13 @@ pub struct DependencyState {
     pub kind: &'static str,
     /// What is probed, redacted (no credentials, no query values).
     pub target: Arc<str>,
-    /// Stable health after hysteresis and staleness.
+    /// The health services see: [`DependencyState::computed`], or the override's while one is
+    /// active.
     pub health: Health,
+    /// Stable health after hysteresis and staleness, whatever an override says.
+    pub computed: Health,
+    /// An operator's override deciding `health` until it expires.
+    pub forced: Option<Arc<Override>>,
     /// The latest probe run.
     pub last_outcome: Option<Outcome>,
     /// Consecutive successful runs, ending with the latest.

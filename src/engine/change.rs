@@ -3,8 +3,13 @@
 //! and [`ChangeError`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+
+use crate::Health;
+use crate::snapshot::Override;
 
 use crate::config::{DependencySpec, Problem, ServiceSpec, path_key};
 use crate::probe::BuildError;
@@ -37,9 +42,72 @@ pub(crate) enum Command {
         services: BTreeMap<String, ServiceSpec>,
         reply: oneshot::Sender<Result<Applied, ChangeError>>,
     },
+    /// Forces a dependency's or service's health for a while.
+    Override {
+        target: Target,
+        health: Health,
+        duration: Duration,
+        reason: String,
+        reply: oneshot::Sender<Result<Arc<Override>, ChangeError>>,
+    },
+    /// Ends an override now; answers whether one was active.
+    ClearOverride {
+        target: Target,
+        reply: oneshot::Sender<Result<bool, ChangeError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// What an override or a clear is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// A dependency, by name.
+    Dependency(String),
+    /// A service, by name.
+    Service(String),
+}
+
+impl Target {
+    /// `dependency` or `service`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Dependency(_) => "dependency",
+            Target::Service(_) => "service",
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Dependency(n) | Target::Service(n) => n,
+        }
+    }
+}
+
+/// The longest override: a maintenance window longer than a week belongs in the config.
+pub const MAX_OVERRIDE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Whether an override may be set (the target's existence is the reducer's to check): a
+/// duration above zero and at most [`MAX_OVERRIDE`], a known health, a reason.
+pub(crate) fn check_override(
+    health: Health,
+    duration: Duration,
+    reason: &str,
+) -> Result<(), ChangeError> {
+    let problem = if duration.is_zero() {
+        "the duration must be above zero"
+    } else if duration > MAX_OVERRIDE {
+        "the duration is above the maximum (7d)"
+    } else if health == Health::Unknown {
+        "an override is healthy, degraded or unhealthy"
+    } else if reason.trim().is_empty() {
+        "a reason is required"
+    } else {
+        return Ok(());
+    };
+    Err(ChangeError::InvalidOverride(problem.to_owned()))
 }
 
 /// What applying a whole configuration changed: names by what happened to them. Dependencies
@@ -203,6 +271,9 @@ pub enum ChangeError {
     /// Replacing or removing a dependency that does not exist.
     #[error("no dependency named {0:?}")]
     UnknownDependency(String),
+    /// An override breaks the rules (duration, health, reason).
+    #[error("invalid override: {0}")]
+    InvalidOverride(String),
     /// Removing a service that does not exist.
     #[error("no service named {0:?}")]
     UnknownService(String),

@@ -11,7 +11,7 @@ use super::hysteresis::Hysteresis;
 use super::spawn::Task;
 use super::stale::Slot;
 use crate::config::{DependencySpec, Mode};
-use crate::snapshot::{DependencyState, History, Thresholds};
+use crate::snapshot::{DependencyState, History, Override, Thresholds};
 use crate::{Health, Outcome, Reason};
 
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub(crate) struct Dependency {
     /// The published form, rebuilt whenever something in it changes. Its history is the
     /// dependency's: recorded into a copy, published with the next state.
     state: Arc<DependencyState>,
+    /// An active override and when (on the reducer's clock) it expires.
+    forced: Option<(Arc<Override>, Instant)>,
 }
 
 /// What applying an outcome changed.
@@ -53,6 +55,7 @@ impl Dependency {
             last_failure: None,
             stale_key: None,
             stale_at: Instant::now(),
+            forced: None,
         }
     }
 
@@ -73,8 +76,28 @@ impl Dependency {
         dep
     }
 
+    /// The health services see: the override's while one is active, else the computed one.
     pub(crate) fn health(&self) -> Health {
-        self.hysteresis.health()
+        self.forced
+            .as_ref()
+            .map_or_else(|| self.hysteresis.health(), |(o, _)| o.health)
+    }
+
+    /// Sets or clears the override; returns the health services see, before and after.
+    pub(crate) fn force(
+        &mut self,
+        name: &Arc<str>,
+        forced: Option<(Arc<Override>, Instant)>,
+    ) -> (Health, Health) {
+        let before = self.health();
+        self.forced = forced;
+        self.refresh(name);
+        (before, self.health())
+    }
+
+    /// When the active override expires, on the reducer's clock.
+    pub(crate) fn forced_until(&self) -> Option<Instant> {
+        self.forced.as_ref().map(|(_, at)| *at)
     }
 
     pub(crate) fn has_outcome(&self) -> bool {
@@ -141,6 +164,9 @@ impl Dependency {
     /// Why the dependency has its health, for a service transition's reason: its last reason,
     /// or its health when there is none.
     pub(crate) fn why(&self) -> String {
+        if let Some((o, _)) = &self.forced {
+            return format!("override: {}", o.reason);
+        }
         if self.hysteresis.health() == Health::Unknown {
             return "unknown".to_owned();
         }
@@ -160,7 +186,9 @@ impl Dependency {
     fn refresh_with(&mut self, name: &Arc<str>, history: Arc<History>) {
         let state = DependencyState {
             history,
-            health: self.hysteresis.health(),
+            health: self.health(),
+            computed: self.hysteresis.health(),
+            forced: self.forced.as_ref().map(|(o, _)| o.clone()),
             last_outcome: self.last_outcome.clone(),
             consecutive_successes: self.hysteresis.consecutive_successes(),
             consecutive_failures: self.hysteresis.consecutive_failures(),
@@ -182,6 +210,8 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
         kind: spec.kind(),
         target: Arc::from(spec.target()),
         health: Health::Unknown,
+        computed: Health::Unknown,
+        forced: None,
         last_outcome: None,
         consecutive_successes: 0,
         consecutive_failures: 0,

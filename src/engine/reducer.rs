@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -14,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use super::Shared;
-use super::change::{self, Applied, ChangeError, Command};
+use super::change::{self, Applied, ChangeError, Command, Target};
 use super::dependency::Dependency;
 use super::factory::ProbeFactory;
 use super::publication::Throttle;
@@ -23,11 +24,11 @@ use super::service::Service;
 use super::spawn::Spawner;
 use super::stale::StaleTimers;
 use super::transition;
-use crate::Health;
 use crate::config::{DependencySpec, ServiceSpec};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Override, Snapshot};
+use crate::{Health, Reason};
 
 pub(crate) struct Reducer {
     shared: Arc<Shared>,
@@ -48,6 +49,8 @@ pub(crate) struct Reducer {
     slots_changed: bool,
     /// The probe run whose outcome asked for the rollup, for the transitions it logs.
     rollup_span: tracing::Span,
+    /// When the earliest active override expires.
+    next_expiry: Option<Instant>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -78,6 +81,7 @@ impl Reducer {
             rollup_needed: true,
             slots_changed: true,
             rollup_span: tracing::Span::none(),
+            next_expiry: None,
             metrics,
         }
     }
@@ -97,8 +101,10 @@ impl Reducer {
         self.health_may_change();
     }
 
+    /// Adds or replaces a service (a replaced one keeps its override).
     pub(crate) fn insert_service(&mut self, name: &str, spec: ServiceSpec) {
-        let service = Service::new(Arc::from(name), spec, self.shutting_down);
+        let mut service = Service::new(Arc::from(name), spec, self.shutting_down);
+        service.forced = self.services.get(name).and_then(|s| s.forced.clone());
         self.services.insert(Arc::from(name), service);
         self.health_may_change();
     }
@@ -108,6 +114,8 @@ impl Reducer {
         self.publish();
         let details_due = tokio::time::sleep_until(Instant::now());
         tokio::pin!(details_due);
+        let override_due = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(override_due);
         let mut details_waiting = false;
         loop {
             tokio::select! {
@@ -133,6 +141,12 @@ impl Reducer {
                 }
                 Some(fired) = self.stale.fired() => self.expire(fired),
                 () = &mut details_due, if details_waiting => {}
+                () = &mut override_due, if self.next_expiry.is_some() => self.expire_overrides(),
+            }
+            if let Some(at) = self.next_expiry
+                && at != override_due.deadline()
+            {
+                override_due.as_mut().reset(at);
             }
             self.publish();
             // Details waiting to be published wake the loop when they are due.
@@ -221,6 +235,20 @@ impl Reducer {
                 reply,
             } => {
                 let _ = reply.send(self.apply(dependencies, services));
+                return;
+            }
+            Command::Override {
+                target,
+                health,
+                duration,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.set_override(&target, health, duration, &reason));
+                return;
+            }
+            Command::ClearOverride { target, reply } => {
+                let _ = reply.send(self.clear_override(&target, "cleared"));
                 return;
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
@@ -406,6 +434,127 @@ impl Reducer {
         info!(service = %name, "service removed");
         self.throttle.changed();
         Ok(())
+    }
+
+    /// Forces `target`'s health for `duration` (replacing an override it has).
+    fn set_override(
+        &mut self,
+        target: &Target,
+        health: Health,
+        duration: Duration,
+        reason: &str,
+    ) -> Result<Arc<Override>, ChangeError> {
+        if self.shutting_down {
+            return Err(ChangeError::ShuttingDown);
+        }
+        change::check_override(health, duration, reason)?;
+        let now = SystemTime::now();
+        let forced = Arc::new(Override {
+            health,
+            since: now,
+            until: now + duration,
+            reason: Reason::new(reason.to_owned()),
+        });
+        let expires = Instant::now() + duration;
+        match target {
+            Target::Dependency(name) => {
+                let Some(key) = self
+                    .dependencies
+                    .get_key_value(name.as_str())
+                    .map(|(k, _)| k.clone())
+                else {
+                    return Err(ChangeError::UnknownDependency(name.clone()));
+                };
+                let dep = self.dependencies.get_mut(&key).expect("just found");
+                let (before, after) = dep.force(&key, Some((forced.clone(), expires)));
+                if before != after {
+                    self.rollup_needed = true;
+                }
+            }
+            Target::Service(name) => {
+                let Some(service) = self.services.get_mut(name.as_str()) else {
+                    return Err(ChangeError::UnknownService(name.clone()));
+                };
+                service.forced = Some((forced.clone(), expires));
+                self.rollup_needed = true;
+            }
+        }
+        info!(
+            kind = target.kind(),
+            name = target.name(),
+            health = %health,
+            until = %humantime::format_rfc3339_seconds(forced.until),
+            reason = %forced.reason,
+            "override set"
+        );
+        self.throttle.changed();
+        self.next_expiry = self.earliest_expiry();
+        Ok(forced)
+    }
+
+    /// Ends `target`'s override (`why`: cleared, expired); returns whether it had one.
+    fn clear_override(&mut self, target: &Target, why: &str) -> Result<bool, ChangeError> {
+        let had = match target {
+            Target::Dependency(name) => {
+                let Some(key) = self
+                    .dependencies
+                    .get_key_value(name.as_str())
+                    .map(|(k, _)| k.clone())
+                else {
+                    return Err(ChangeError::UnknownDependency(name.clone()));
+                };
+                let dep = self.dependencies.get_mut(&key).expect("just found");
+                let had = dep.forced_until().is_some();
+                if had {
+                    dep.force(&key, None);
+                }
+                had
+            }
+            Target::Service(name) => {
+                let Some(service) = self.services.get_mut(name.as_str()) else {
+                    return Err(ChangeError::UnknownService(name.clone()));
+                };
+                service.forced.take().is_some()
+            }
+        };
+        if had {
+            info!(
+                kind = target.kind(),
+                name = target.name(),
+                "override {why}: the computed health applies"
+            );
+            self.health_may_change();
+            self.next_expiry = self.earliest_expiry();
+        }
+        Ok(had)
+    }
+
+    /// Ends every override whose time is up.
+    fn expire_overrides(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Target> = (self.dependencies.iter())
+            .filter(|(_, d)| d.forced_until().is_some_and(|at| at <= now))
+            .map(|(n, _)| Target::Dependency(n.to_string()))
+            .chain(
+                (self.services.iter())
+                    .filter(|(_, s)| s.forced.as_ref().is_some_and(|(_, at)| *at <= now))
+                    .map(|(n, _)| Target::Service(n.to_string())),
+            )
+            .collect();
+        for target in &due {
+            let _ = self.clear_override(target, "expired");
+        }
+        self.next_expiry = self.earliest_expiry();
+    }
+
+    fn earliest_expiry(&self) -> Option<Instant> {
+        let deps = self
+            .dependencies
+            .values()
+            .filter_map(Dependency::forced_until);
+        let services =
+            (self.services.values()).filter_map(|s| s.forced.as_ref().map(|(_, at)| *at));
+        deps.chain(services).min()
     }
 
     /// Freezes every service at Unhealthy / not serving and stops every probe.

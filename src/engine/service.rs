@@ -10,12 +10,15 @@ use super::transition::{Kind, deciding_reasons, transition};
 use crate::Health;
 use crate::config::ServiceSpec;
 use crate::metrics::Metrics;
-use crate::snapshot::{ServiceHealth, ServiceState};
+use crate::snapshot::{Override, ServiceHealth, ServiceState};
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub(crate) struct Service {
     pub(crate) spec: Arc<ServiceSpec>,
     pub(crate) state: Arc<ServiceState>,
+    /// An active override and when (on the reducer's clock) it expires.
+    pub(crate) forced: Option<(Arc<Override>, Instant)>,
 }
 
 impl Service {
@@ -29,8 +32,13 @@ impl Service {
             deciding: Vec::new(),
             inputs: rollup::inputs(&spec),
             spec: spec.clone(),
+            forced: None,
         });
-        Service { spec, state }
+        Service {
+            spec,
+            state,
+            forced: None,
+        }
     }
 
     /// Rolls the service up from `deps` (Unhealthy for everyone once shutting down), and
@@ -48,16 +56,28 @@ impl Service {
                 health: Health::Unhealthy,
                 deciding: Vec::new(),
             }
+        } else if let Some((o, _)) = &self.forced {
+            Rolled {
+                health: o.health,
+                deciding: Vec::new(),
+            }
         } else {
             rollup::rollup(&self.spec, &health_of)
         };
         let status = ServiceHealth::new(health, self.spec.degraded, shutting_down);
-        if status == self.state.status && deciding == self.state.deciding {
+        let forced = self.forced.as_ref().map(|(o, _)| o.clone());
+        if status == self.state.status
+            && deciding == self.state.deciding
+            && forced == self.state.forced
+        {
             return;
         }
         let from = self.state.status.health;
         if status.health != from && !shutting_down {
-            let why = deciding_reasons(&deciding, deps);
+            let why = match &forced {
+                Some(o) => format!("override: {}", o.reason),
+                None => deciding_reasons(&deciding, deps),
+            };
             transition(
                 Kind::Service,
                 &self.state.name,
@@ -70,6 +90,7 @@ impl Service {
         self.state = Arc::new(ServiceState {
             status,
             deciding,
+            forced,
             ..(*self.state).clone()
         });
     }

@@ -609,6 +609,174 @@ async fn applying_a_whole_configuration_keeps_what_did_not_change_and_is_all_or_
 }
 
 #[tokio::test(start_paused = true)]
+async fn overrides_decide_until_they_expire_then_the_computed_health_applies_at_once() {
+    use healthgate::engine::{MAX_OVERRIDE, Target};
+    let db = Scripted::new(Verdict::unhealthy("down"));
+    let readiness = ServiceSpec::with_all(["db"], Impact::Critical);
+    let handle = Engine::builder()
+        .dependency("db", every_second(&db))
+        .service("readiness", readiness.clone())
+        .start()
+        .expect("starts");
+    let mut watch = handle.watch_service("readiness");
+    watch
+        .wait_for(|s| s.is_some_and(|s| s.health == Health::Unhealthy))
+        .await
+        .expect("down");
+    let dep = || Target::Dependency("db".to_owned());
+    let service = || Target::Service("readiness".to_owned());
+
+    // Refused: every rule named; nothing changes.
+    for (health, duration, reason, says) in [
+        (Health::Healthy, Duration::ZERO, "m", "above zero"),
+        (Health::Healthy, MAX_OVERRIDE + SECOND, "m", "maximum"),
+        (
+            Health::Unknown,
+            SECOND,
+            "m",
+            "healthy, degraded or unhealthy",
+        ),
+        (Health::Healthy, SECOND, "  ", "reason"),
+    ] {
+        let err = handle
+            .set_override(dep(), health, duration, reason)
+            .await
+            .expect_err("invalid");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let err = handle
+        .set_override(
+            Target::Dependency("nope".into()),
+            Health::Healthy,
+            SECOND,
+            "m",
+        )
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, ChangeError::UnknownDependency(_)), "{err}");
+    assert!(
+        handle
+            .snapshot()
+            .dependency("db")
+            .expect("db")
+            .forced
+            .is_none()
+    );
+
+    // A maintenance mute on the dependency: the service serves, the computed health shows.
+    let muted = handle
+        .set_override(dep(), Health::Healthy, 10 * SECOND, "maintenance")
+        .await
+        .expect("set");
+    watch
+        .wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("muted");
+    let state = handle.snapshot();
+    let db_state = state.dependency("db").expect("db");
+    assert_eq!(
+        (db_state.health, db_state.computed),
+        (Health::Healthy, Health::Unhealthy)
+    );
+    assert_eq!(db_state.forced.as_deref(), Some(&*muted));
+    assert_eq!(muted.reason.as_str(), "maintenance");
+    assert_eq!(
+        muted.until.duration_since(muted.since).ok(),
+        Some(10 * SECOND)
+    );
+
+    // A manual drain of the service decides over its dependencies, and expires first.
+    let started = Instant::now();
+    handle
+        .set_override(service(), Health::Unhealthy, 5 * SECOND, "drain for deploy")
+        .await
+        .expect("set");
+    watch
+        .wait_for(|s| s.is_some_and(|s| !s.serving))
+        .await
+        .expect("drained");
+    assert!(
+        handle
+            .snapshot()
+            .service("readiness")
+            .expect("r")
+            .forced
+            .is_some()
+    );
+    // A reload that keeps both keeps both overrides (the service's spec changes).
+    let mut changed = readiness.clone();
+    changed.degraded = DegradedPolicy::NotServing;
+    handle
+        .apply(
+            [("db".to_owned(), every_second(&db))].into(),
+            [("readiness".to_owned(), changed)].into(),
+        )
+        .await
+        .expect("applied");
+    assert!(
+        handle
+            .snapshot()
+            .service("readiness")
+            .expect("r")
+            .forced
+            .is_some()
+    );
+    watch
+        .wait_for(|s| s.is_some_and(|s| s.serving))
+        .await
+        .expect("the service's override expired; the muted dependency decides");
+    let waited = Instant::now() - started;
+    assert!(
+        (5 * SECOND..6 * SECOND).contains(&waited),
+        "expired at its time: {waited:?}"
+    );
+    assert!(
+        handle
+            .snapshot()
+            .service("readiness")
+            .expect("r")
+            .forced
+            .is_none()
+    );
+    watch
+        .wait_for(|s| s.is_some_and(|s| !s.serving))
+        .await
+        .expect("the dependency's override expired: its computed health applies at once");
+    let waited = Instant::now() - started;
+    assert!((10 * SECOND..11 * SECOND).contains(&waited), "{waited:?}");
+    assert!(
+        handle
+            .snapshot()
+            .dependency("db")
+            .expect("db")
+            .forced
+            .is_none()
+    );
+
+    // Clearing ends one now; clearing again says there was none.
+    handle
+        .set_override(dep(), Health::Degraded, 60 * SECOND, "flaky, known")
+        .await
+        .expect("set");
+    watch
+        .wait_for(|s| s.is_some_and(|s| s.health == Health::Degraded))
+        .await
+        .expect("degraded");
+    assert!(handle.clear_override(dep()).await.expect("cleared"));
+    assert!(
+        !handle
+            .clear_override(dep())
+            .await
+            .expect("nothing to clear")
+    );
+    watch
+        .wait_for(|s| s.is_some_and(|s| s.health == Health::Unhealthy))
+        .await
+        .expect("computed again");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
     let probe = Scripted::new(Verdict::Healthy);
     let handle = Engine::builder()

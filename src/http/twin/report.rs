@@ -240,6 +240,8 @@ mod tests {
             kind: "tcp",
             target: Arc::from("127.0.0.1:1"),
             health,
+            computed: health,
+            forced: None,
             last_outcome: None,
             consecutive_successes: 0,
             consecutive_failures: 0,
@@ -288,6 +290,7 @@ mod tests {
                 },
                 inputs: rollup::inputs(&spec),
                 spec: Arc::new(spec),
+                forced: None,
             })],
             dependencies,
             ..Snapshot::default()
