@@ -282,6 +282,32 @@ impl Collector for HealthGauges {
             "1 when grpc.health.v1 answers SERVING for the service",
             "service",
             services().map(|s| (&*s.name, i64::from(s.status.serving))),
+        )?;
+        // Present only while an override is active: `time() > …` can never fire on a stale one.
+        let expiry = |o: &crate::snapshot::Override| {
+            o.until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        let forced: Vec<(&str, i64)> = deps()
+            .filter_map(|d| Some((&*d.name, expiry(d.forced.as_deref()?))))
+            .collect();
+        gauges(
+            &mut encoder,
+            "dependency_override_expiry_timestamp_seconds",
+            "When the dependency's active override expires, as a Unix time",
+            "dependency",
+            forced.into_iter(),
+        )?;
+        let forced: Vec<(&str, i64)> = services()
+            .filter_map(|s| Some((&*s.name, expiry(s.forced.as_deref()?))))
+            .collect();
+        gauges(
+            &mut encoder,
+            "service_override_expiry_timestamp_seconds",
+            "When the service's active override expires, as a Unix time",
+            "service",
+            forced.into_iter(),
         )
     }
 }

@@ -274,6 +274,7 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
                 }],
                 unmatched: Vec::new(),
                 draining,
+                forced: None,
             };
             let reasons = twin.authorized(request.headers());
             let body = if json {

@@ -185,6 +185,75 @@ async fn runtime_added_and_removed_dependencies_appear_and_disappear() {
 }
 
 #[tokio::test]
+async fn an_active_override_has_its_expiry_as_a_gauge_and_no_series_after() {
+    use healthgate::engine::Target;
+    let metrics = Arc::new(Metrics::new());
+    let switch = Switch::new();
+    let handle = Engine::builder()
+        .dependency("db", switch.spec())
+        .service("readiness", ServiceSpec::with_all(["db"], Impact::Critical))
+        .metrics(metrics.clone())
+        .start()
+        .expect("starts");
+    let addr = serve_metrics(metrics.clone()).await;
+    let hour = std::time::Duration::from_secs(3600);
+    let forced = handle
+        .set_override(
+            Target::Dependency("db".into()),
+            Health::Unhealthy,
+            hour,
+            "drain",
+        )
+        .await
+        .expect("set");
+    handle
+        .set_override(
+            Target::Service("readiness".into()),
+            Health::Healthy,
+            hour,
+            "mute",
+        )
+        .await
+        .expect("set");
+    let until = forced
+        .until
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let text = scrape(addr).await;
+    assert!(
+        text.contains(&format!(
+            "healthgate_dependency_override_expiry_timestamp_seconds{{dependency=\"db\"}} {until}"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "healthgate_service_override_expiry_timestamp_seconds{"
+        )
+        .len(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("healthgate_dependency_health{dependency=\"db\"} 3"));
+    handle
+        .clear_override(Target::Dependency("db".into()))
+        .await
+        .expect("cleared");
+    handle
+        .clear_override(Target::Service("readiness".into()))
+        .await
+        .expect("cleared");
+    let text = scrape(addr).await;
+    assert!(
+        !text.contains("override_expiry_timestamp_seconds{"),
+        "{text}"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn metrics_carry_names_never_urls_reasons_or_secrets() {
     let server = HttpServer::start().await;
     server.set(crate::support::Answer {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::report::{Line, Report};
 use crate::Health;
+use crate::snapshot::Override;
 
 /// The content type of [`render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = "application/health+json";
@@ -16,6 +17,19 @@ pub(crate) const CONTENT_TYPE: &str = "application/health+json";
 /// RFC 3339 with milliseconds, UTC.
 pub(crate) fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// An override: the health it forces, since and until when, and (to callers who may see
+/// reasons) why.
+fn forced(o: &Override, reasons: bool) -> Value {
+    let mut entry = Map::new();
+    entry.insert("health".into(), o.health.as_str().into());
+    entry.insert("since".into(), time(o.since).into());
+    entry.insert("until".into(), time(o.until).into());
+    if reasons {
+        entry.insert("reason".into(), o.reason.as_str().into());
+    }
+    Value::Object(entry)
 }
 
 /// The report as the draft's JSON; `reasons` when the caller may see them.
@@ -65,6 +79,9 @@ pub(crate) fn render(report: &Report<'_>, reasons: bool) -> String {
         if let Some(since) = check.state.and_then(|s| s.since()) {
             entry.insert("since".into(), time(since).into());
         }
+        if let Some(o) = check.state.and_then(|s| s.forced.as_deref()) {
+            entry.insert("override".into(), forced(o, reasons));
+        }
         checks.insert(
             format!("{}:responseTime", check.name),
             Value::Array(vec![Value::Object(entry)]),
@@ -77,6 +94,9 @@ pub(crate) fn render(report: &Report<'_>, reasons: bool) -> String {
         body.insert("serviceId".into(), service.into());
     }
     body.insert("description".into(), report.word.into());
+    if let Some(o) = report.forced {
+        body.insert("override".into(), forced(o, reasons));
+    }
     let mut notes: Vec<Value> = Vec::new();
     if report.draining {
         notes.push("shutting down".into());

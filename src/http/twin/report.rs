@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::engine::rollup;
-use crate::snapshot::{DependencyState, ServiceHealth, ServiceState, Snapshot};
+use crate::snapshot::{DependencyState, Override, ServiceHealth, ServiceState, Snapshot};
 use crate::{Health, Impact};
 
 /// How one check reads in the verbose list.
@@ -49,6 +49,8 @@ pub(crate) struct Report<'a> {
     pub(crate) unmatched: Vec<&'a str>,
     /// Shutdown began.
     pub(crate) draining: bool,
+    /// An operator's override of the service: it decides, whatever the checks say.
+    pub(crate) forced: Option<&'a Override>,
 }
 
 impl Report<'_> {
@@ -70,10 +72,22 @@ impl Report<'_> {
         let mut out = String::new();
         for check in &self.checks {
             let _ = match check.line {
-                Line::Ok => writeln!(out, "[+]{} ok", check.name),
-                Line::Degraded => writeln!(out, "[+]{} degraded: ok", check.name),
-                Line::Excluded => writeln!(out, "[+]{} excluded: ok", check.name),
-                Line::Failed => writeln!(out, "[-]{} failed: reason withheld", check.name),
+                Line::Ok => write!(out, "[+]{} ok", check.name),
+                Line::Degraded => write!(out, "[+]{} degraded: ok", check.name),
+                Line::Excluded => write!(out, "[+]{} excluded: ok", check.name),
+                Line::Failed => write!(out, "[-]{} failed: reason withheld", check.name),
+            };
+            if let Some(o) = check.state.and_then(|s| s.forced.as_deref()) {
+                let _ = write!(out, " (override until {})", rfc3339(o.until));
+            }
+            out.push('\n');
+        }
+        if let Some(o) = self.forced {
+            let until = rfc3339(o.until);
+            let _ = if self.passed() {
+                writeln!(out, "[+]override ok (until {until})")
+            } else {
+                writeln!(out, "[-]override failed: reason withheld (until {until})")
             };
         }
         if self.draining {
@@ -113,6 +127,7 @@ pub(crate) fn endpoint<'a>(
             checks: Vec::new(),
             unmatched,
             draining: false,
+            forced: None,
         };
     };
     let mut seen = BTreeSet::new();
@@ -133,7 +148,8 @@ pub(crate) fn endpoint<'a>(
             .map(String::as_str)
             .filter(|e| !seen.contains(e)),
     );
-    let (status, deciding) = if excluded.is_empty() {
+    // An override decides the service whatever is excluded.
+    let (status, deciding) = if excluded.is_empty() || service.forced.is_some() {
         (
             service.status,
             service.deciding.iter().map(|d| &**d).collect(),
@@ -196,7 +212,13 @@ pub(crate) fn endpoint<'a>(
         checks,
         unmatched,
         draining,
+        forced: service.forced.as_deref(),
     }
+}
+
+/// A time as the twin's lines write it: RFC 3339, UTC, seconds.
+fn rfc3339(at: std::time::SystemTime) -> impl std::fmt::Display {
+    humantime::format_rfc3339_seconds(at)
 }
 
 /// Sorted, without repeats (kube lists unmatched exclusions from a set).
@@ -435,5 +457,48 @@ mod tests {
         let r = endpoint(&s, "livez", None, &[]);
         assert!(r.passed());
         assert_eq!(r.text(true), "livez check passed\n");
+    }
+
+    #[test]
+    fn overrides_show_on_their_lines_and_a_service_override_decides_over_exclusions() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let forced = |health| {
+            Arc::new(Override {
+                health,
+                since: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                until: UNIX_EPOCH + Duration::from_secs(1_800_003_600),
+                reason: crate::Reason::new("maintenance, ticket 42"),
+            })
+        };
+        let mut s = snapshot(
+            spec(&[("db", Critical), ("cache", Degrading)]),
+            &[("db", Healthy), ("cache", Healthy)],
+            false,
+        );
+        let db = Arc::make_mut(&mut s.dependencies[1]);
+        assert_eq!(&*db.name, "db");
+        db.computed = Unhealthy;
+        db.forced = Some(forced(Healthy));
+        let (passed, _, verbose) = text(&s, &[], true);
+        assert!(passed);
+        assert_eq!(
+            verbose,
+            "[+]cache ok\n[+]db ok (override until 2027-01-15T09:00:00Z)\nreadyz check passed\n"
+        );
+        assert!(
+            !verbose.contains("maintenance"),
+            "no reason in the twin's lines"
+        );
+
+        let service = Arc::make_mut(&mut s.services[0]);
+        service.forced = Some(forced(Unhealthy));
+        service.status = ServiceHealth::new(Unhealthy, DegradedPolicy::Serving, false);
+        let (passed, _, body) = text(&s, &["db", "cache"], false);
+        assert!(!passed, "excluding every check does not lift a drain");
+        assert_eq!(
+            body,
+            "[+]cache excluded: ok\n[+]db excluded: ok (override until 2027-01-15T09:00:00Z)\n\
+             [-]override failed: reason withheld (until 2027-01-15T09:00:00Z)\nreadyz check failed\n"
+        );
     }
 }
