@@ -95,6 +95,7 @@ pub(crate) async fn serve_config(
         }
     };
     let mut _config_watch = None;
+    let mut config_reloader = None;
     if let Some(source) = source {
         let watch = source.watch;
         let reloader = Arc::new(Reloader::new(
@@ -104,6 +105,7 @@ pub(crate) async fn serve_config(
             source.hash,
             Some(&metrics),
         ));
+        config_reloader = Some(reloader.clone());
         // Registered before anything listens: from here on SIGHUP reloads instead of killing.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hup) => {
@@ -194,6 +196,7 @@ pub(crate) async fn serve_config(
         detail_token: config.server.detail_token.clone(),
         metrics: Some(metrics),
         limits,
+        reloader: config_reloader,
     };
     let result = serve(listener, handle, options, shutdown_signal()).await;
     http_stop.cancel();

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::pb::detail as pb;
 use super::pb::health::health_check_response::ServingStatus;
 use crate::config::DegradedPolicy;
-use crate::snapshot::{DependencyState, ServiceHealth, ServiceState, Snapshot};
+use crate::snapshot::{DependencyState, Override, ServiceHealth, ServiceState, Snapshot};
 use crate::{Health, Impact};
 
 /// The wire status of a service: `None` (no such service) is `SERVICE_UNKNOWN`.
@@ -86,6 +86,7 @@ pub(crate) fn detail(
             .filter(|d| relevant(&d.name))
             .map(|d| dependency(d, snapshot, history))
             .collect(),
+        config: None,
     }
 }
 
@@ -104,6 +105,25 @@ fn service(s: &ServiceState) -> pb::ServiceDetail {
                 impact: impact(*i),
             })
             .collect(),
+        forced: s.forced.as_deref().map(forced),
+    }
+}
+
+fn forced(o: &Override) -> pb::Override {
+    pb::Override {
+        health: health(o.health),
+        since: Some(timestamp(o.since)),
+        until: Some(timestamp(o.until)),
+        reason: o.reason.to_string(),
+    }
+}
+
+/// The config in force, as the detail response carries it.
+pub(crate) fn config(status: &crate::control::ConfigStatus) -> pb::ConfigInfo {
+    pb::ConfigInfo {
+        hash: status.hash.clone(),
+        loaded_at: Some(timestamp(status.loaded_at)),
+        last_error: status.last_error.clone().unwrap_or_default(),
     }
 }
 
@@ -137,6 +157,8 @@ fn dependency(d: &DependencyState, snapshot: &Snapshot, history: bool) -> pb::De
         kind: d.kind.to_owned(),
         target: d.target.to_string(),
         health: health(d.health),
+        computed: health(d.computed),
+        forced: d.forced.as_deref().map(forced),
         last_outcome: d.last_outcome.as_ref().map(|o| pb::Outcome {
             health: health(o.health()),
             latency: Some(duration(o.latency)),

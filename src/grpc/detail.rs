@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::detail::detail_server::{Detail, DetailServer};
 use super::pb::detail::{DetailRequest, DetailResponse};
+use crate::control::Reloader;
 use crate::snapshot::Snapshot;
 use crate::{Handle, auth};
 
@@ -21,6 +22,7 @@ use crate::{Handle, auth};
 pub struct DetailService {
     handle: Handle,
     token: Option<Arc<str>>,
+    config: Option<Arc<Reloader>>,
     streams_end: CancellationToken,
     feeds: Arc<Feeds>,
 }
@@ -39,11 +41,13 @@ impl DetailService {
     pub(crate) fn new(
         handle: Handle,
         token: Option<String>,
+        config: Option<Arc<Reloader>>,
         streams_end: CancellationToken,
     ) -> DetailService {
         DetailService {
             handle,
             token: token.map(Arc::from),
+            config,
             streams_end,
             feeds: Arc::default(),
         }
@@ -86,11 +90,9 @@ impl Detail for DetailService {
         self.handle.wake_on_demand();
         let snapshot = self.handle.snapshot();
         let request = request.get_ref();
-        Ok(Response::new(convert::detail(
-            &snapshot,
-            &request.services,
-            request.history,
-        )))
+        let mut response = convert::detail(&snapshot, &request.services, request.history);
+        response.config = self.config.as_ref().map(|c| convert::config(&c.status()));
+        Ok(Response::new(response))
     }
 
     type WatchStream = DetailStream;
@@ -107,6 +109,7 @@ impl Detail for DetailService {
             .subscribe(&self.handle, services, history, &self.streams_end)?;
         Ok(Response::new(Box::pin(detail_stream(
             rx,
+            self.config.clone(),
             self.streams_end.clone(),
         ))))
     }
@@ -239,11 +242,18 @@ impl Feeds {
 }
 
 /// A watcher's stream: the feed's latest answer at once, then each one it sends; ends on drain.
+/// The feed's messages, each with the config in force as it is sent (a failed reload changes
+/// no health, so it sends nothing by itself; the next message carries it).
 fn detail_stream(
     rx: watch::Receiver<Arc<DetailResponse>>,
+    config: Option<Arc<Reloader>>,
     end: CancellationToken,
 ) -> impl Stream<Item = Result<DetailResponse, Status>> + Send {
     tokio_stream::wrappers::WatchStream::new(rx)
-        .map(|response| Ok((*response).clone()))
+        .map(move |response| {
+            let mut response = (*response).clone();
+            response.config = config.as_ref().map(|c| convert::config(&c.status()));
+            Ok(response)
+        })
         .take_until(end.cancelled_owned())
 }

@@ -9,7 +9,10 @@ use super::fast_path::FastPathLayer;
 use super::health::HealthService;
 use super::pb::detail::detail_server::DetailServer;
 use super::pb::health::health_server::HealthServer;
+use std::sync::Arc;
+
 use crate::Handle;
+use crate::control::Reloader;
 
 /// The gRPC front of an engine, for embedding in a tonic server.
 ///
@@ -41,6 +44,7 @@ pub struct Front {
     handle: Handle,
     streams_end: CancellationToken,
     detail_token: Option<String>,
+    config: Option<Arc<Reloader>>,
 }
 
 impl Front {
@@ -50,6 +54,7 @@ impl Front {
             handle,
             streams_end: CancellationToken::new(),
             detail_token: None,
+            config: None,
         }
     }
 
@@ -57,6 +62,14 @@ impl Front {
     pub fn with_detail_token(self, token: impl Into<String>) -> Front {
         Front {
             detail_token: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// Shows `reloader`'s config status (hash, load time, last error) in Detail answers.
+    pub fn with_config(self, reloader: Arc<Reloader>) -> Front {
+        Front {
+            config: Some(reloader),
             ..self
         }
     }
@@ -71,6 +84,7 @@ impl Front {
         DetailService::new(
             self.handle.clone(),
             self.detail_token.clone(),
+            self.config.clone(),
             self.streams_end.clone(),
         )
         .into_server()

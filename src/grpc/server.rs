@@ -30,6 +30,7 @@ use super::front::Front;
 use super::observe::ObserveLayer;
 use super::pb;
 use crate::Handle;
+use crate::control::Reloader;
 use crate::listener::{self, Limits};
 use crate::metrics::Metrics;
 
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// Connection and stream limits.
     pub limits: Limits,
+    /// The config file's reloader, whose status the Detail service shows.
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -85,6 +88,9 @@ pub async fn serve(
     let mut front = Front::new(handle.clone());
     if let Some(token) = &options.detail_token {
         front = front.with_detail_token(token.clone());
+    }
+    if let Some(reloader) = &options.reloader {
+        front = front.with_config(reloader.clone());
     }
     let goaway = CancellationToken::new();
     let reflection = tonic_reflection::server::Builder::configure()

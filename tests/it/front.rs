@@ -475,3 +475,71 @@ async fn every_kind_of_health_question_wakes_an_expired_on_demand_dependency() {
     }
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn detail_shows_overrides_with_the_computed_health_beside_them() {
+    use healthgate::engine::Target;
+    let switch = Switch::new();
+    let handle = engine(&switch).await;
+    let front = Front::start(handle.clone(), ServeOptions::default()).await;
+    switch.set(Verdict::unhealthy("HTTP 503"));
+    service_is(&handle, "strict", Health::Unhealthy).await;
+    let hour = Duration::from_secs(3600);
+    handle
+        .set_override(
+            Target::Dependency("db".into()),
+            Health::Healthy,
+            hour,
+            "vendor maintenance",
+        )
+        .await
+        .expect("set");
+    handle
+        .set_override(
+            Target::Service("lenient".into()),
+            Health::Unhealthy,
+            hour,
+            "drain",
+        )
+        .await
+        .expect("set");
+    let mut detail = DetailClient::new(front.channel().await);
+    let response = detail
+        .get(DetailRequest::default())
+        .await
+        .expect("detail")
+        .into_inner();
+    assert!(response.config.is_none(), "not started from a file");
+    let db = response
+        .dependencies
+        .iter()
+        .find(|d| d.name == "db")
+        .expect("db");
+    assert_eq!(db.health(), PbHealth::Healthy);
+    assert_eq!(db.computed(), PbHealth::Unhealthy);
+    let forced = db.forced.as_ref().expect("override shown");
+    assert_eq!(
+        (forced.health(), forced.reason.as_str()),
+        (PbHealth::Healthy, "vendor maintenance")
+    );
+    let until = forced.until.expect("until").seconds - forced.since.expect("since").seconds;
+    assert!((3599..=3601).contains(&until), "{until}");
+    let lenient = response
+        .services
+        .iter()
+        .find(|s| s.name == "lenient")
+        .expect("lenient");
+    assert_eq!(lenient.health(), PbHealth::Unhealthy);
+    assert_eq!(lenient.forced.as_ref().expect("forced").reason, "drain");
+    let strict = response
+        .services
+        .iter()
+        .find(|s| s.name == "strict")
+        .expect("strict");
+    assert_eq!(
+        strict.health(),
+        PbHealth::Healthy,
+        "the muted dependency decides"
+    );
+    assert!(strict.forced.is_none());
+}

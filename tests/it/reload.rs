@@ -11,7 +11,26 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+use healthgate::grpc::pb::detail::detail_client::DetailClient;
+use healthgate::grpc::pb::detail::{ConfigInfo, DetailRequest};
+
 use crate::support::{HttpServer, PATIENCE, channel, get_metrics, serve_file, temp_dir};
+
+fn sha256(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).expect("read");
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn config_info(addr: std::net::SocketAddr) -> ConfigInfo {
+    let mut detail = DetailClient::new(channel(addr).await);
+    let response = detail
+        .get(DetailRequest::default())
+        .await
+        .expect("detail")
+        .into_inner();
+    response.config.expect("serve from a file shows its config")
+}
 
 fn config(dependencies: &[(&str, &HttpServer, &str)], services: &str) -> String {
     let mut text = String::from(
@@ -129,6 +148,12 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
     })
     .await
     .expect("kept probed once");
+    let first_hash = sha256(&file);
+    let info = config_info(addr).await;
+    assert_eq!(
+        (info.hash.as_str(), info.last_error.as_str()),
+        (first_hash.as_str(), "")
+    );
 
     // A broken file: two problems, both logged with the file and key; nothing changes.
     std::fs::write(
@@ -156,6 +181,16 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
     assert_eq!(
         metric(&text, "healthgate_config_last_reload_successful"),
         Some(0.0)
+    );
+    let info = config_info(addr).await;
+    assert_eq!(
+        info.hash, first_hash,
+        "the config in force is still the first"
+    );
+    assert!(
+        info.last_error.contains("dependencies.fast") && info.last_error.contains("gone"),
+        "{}",
+        info.last_error
     );
     let check = |name: &str| {
         let mut client = client.clone();
@@ -235,6 +270,8 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
         metric(&text, "healthgate_config_last_reload_successful"),
         Some(1.0)
     );
+    let info = config_info(addr).await;
+    assert_eq!((info.hash, info.last_error), (sha256(&file), String::new()));
     assert!(
         metric(
             &text,

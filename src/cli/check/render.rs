@@ -137,6 +137,7 @@ mod tests {
         DetailResponse {
             generation: 7,
             shutting_down: false,
+            config: None,
             services: vec![ServiceDetail {
                 name: String::new(),
                 health: PbHealth::Unhealthy as i32,
