@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::Health;
-use crate::snapshot::{DependencyState, History, ServiceState, Snapshot};
+use crate::snapshot::{DependencyState, History, Override, ServiceState, Snapshot};
 
 /// The page's script.
 pub(crate) const SCRIPT: &str = include_str!("status/page.js");
@@ -97,6 +97,28 @@ struct ServiceJson<'a> {
     deciding: Vec<&'a str>,
     /// `[dependency, impact]` pairs.
     dependencies: Vec<(&'a str, &'static str)>,
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    forced: Option<OverrideJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OverrideJson<'a> {
+    health: &'static str,
+    since: u64,
+    until: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl<'a> OverrideJson<'a> {
+    fn new(o: &'a Override, authorized: bool) -> OverrideJson<'a> {
+        OverrideJson {
+            health: o.health.as_str(),
+            since: millis(o.since),
+            until: millis(o.until),
+            reason: authorized.then_some(o.reason.as_str()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -115,6 +137,10 @@ struct DependencyJson<'a> {
     target: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    /// The health from probes alone (differs from `health` under an override).
+    computed: &'static str,
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    forced: Option<OverrideJson<'a>>,
 }
 
 #[derive(Serialize)]
@@ -137,6 +163,10 @@ pub(crate) fn json(snapshot: &Snapshot, authorized: bool) -> String {
             serving: s.status.serving,
             deciding: s.deciding.iter().map(|d| &**d).collect(),
             dependencies: s.inputs.iter().map(|(d, i)| (&**d, i.as_str())).collect(),
+            forced: s
+                .forced
+                .as_deref()
+                .map(|o| OverrideJson::new(o, authorized)),
         })
         .collect();
     let dependencies = dependencies(snapshot)
@@ -166,6 +196,11 @@ pub(crate) fn json(snapshot: &Snapshot, authorized: bool) -> String {
                 .collect(),
             target: authorized.then_some(&*d.target),
             reason: reason(d).filter(|_| authorized),
+            computed: d.computed.as_str(),
+            forced: d
+                .forced
+                .as_deref()
+                .map(|o| OverrideJson::new(o, authorized)),
         })
         .collect();
     let page = PageJson {
@@ -209,6 +244,23 @@ fn at(t: Option<SystemTime>) -> String {
     t.map_or_else(
         || "—".to_owned(),
         |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+/// ` override until T` (with the operator's reason for callers who may see reasons), or
+/// nothing.
+fn forced_note(o: Option<&Override>, authorized: bool) -> String {
+    let Some(o) = o else {
+        return String::new();
+    };
+    let reason = if authorized {
+        format!(": {}", escape(o.reason.as_str()))
+    } else {
+        String::new()
+    };
+    format!(
+        " <small class=\"override\">override until {}{reason}</small>",
+        at(Some(o.until))
     )
 }
 
@@ -274,9 +326,10 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
         let deciding: Vec<String> = s.deciding.iter().map(|d| escape(d)).collect();
         let _ = writeln!(
             out,
-            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n}</td><td>{h}</td><td>{serving}</td>\
+            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n}</td><td>{h}{forced}</td><td>{serving}</td>\
              <td>{deciding}</td><td>{deps}</td></tr>",
             h = s.status.health.as_str(),
+            forced = forced_note(s.forced.as_deref(), authorized),
             n = escape(display_name(&s.name)),
             serving = if s.status.serving {
                 "SERVING"
@@ -320,9 +373,10 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n} <small>{kind}</small></td><td>{h}</td>\
+            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n} <small>{kind}</small></td><td>{h}{forced}</td>\
              <td>{latency}</td><td>{reason}</td><td>{since}</td><td>{transitions}</td><td>{spark}</td></tr>",
             h = d.health.as_str(),
+            forced = forced_note(d.forced.as_deref(), authorized),
             n = escape(&d.name),
             kind = d.kind,
             since = at(d.since()),

@@ -552,3 +552,71 @@ async fn history_reaches_detail_on_request_and_survives_a_replace() {
     );
     s.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_override_shows_on_the_twin_the_json_and_the_page_its_reason_only_with_the_token() {
+    use healthgate::engine::Target;
+    let s = setup(DegradedPolicy::Serving);
+    s.db.set(Verdict::unhealthy("connection refused"));
+    service_is(&s.handle, "readiness", Health::Unhealthy).await;
+    let token = "page-t0ken";
+    let addr = twin(
+        s.handle.clone(),
+        TwinOptions {
+            detail_token: Some(token.into()),
+            ..TwinOptions::default()
+        },
+    )
+    .await;
+    let forced = s
+        .handle
+        .set_override(
+            Target::Dependency("db".into()),
+            Health::Healthy,
+            std::time::Duration::from_secs(1800),
+            "<b>vendor</b> maintenance",
+        )
+        .await
+        .expect("set");
+    service_is(&s.handle, "readiness", Health::Healthy).await;
+    let until = humantime::format_rfc3339_seconds(forced.until).to_string();
+    let r = get(addr, "/readyz?verbose", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("[+]db ok (override until {until})\n")),
+        "{}",
+        r.body
+    );
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let open = get(addr, "/status.json", "").await;
+    let json: serde_json::Value = serde_json::from_str(&open.body).expect("json");
+    let db = json["dependencies"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "db"))
+        .expect("db");
+    assert_eq!(
+        (db["health"].as_str(), db["computed"].as_str()),
+        (Some("healthy"), Some("unhealthy"))
+    );
+    assert_eq!(db["override"]["health"], "healthy");
+    assert!(db["override"].get("reason").is_none(), "{db}");
+    let authed = get(addr, "/status.json", &auth).await;
+    assert!(authed.body.contains("\\u003cb\\u003evendor") || authed.body.contains("<b>vendor"));
+    let page = get(addr, "/", "").await;
+    assert!(
+        page.body
+            .contains(&format!("override until {until}</small>")),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("vendor"));
+    let page = get(addr, "/", &auth).await;
+    assert!(
+        page.body.contains("override until")
+            && page.body.contains("&lt;b&gt;vendor&lt;/b&gt; maintenance"),
+        "escaped: {}",
+        page.body
+    );
+    s.handle.shutdown().await;
+}

@@ -42,14 +42,24 @@
     return svg;
   }
 
-  function services(body, list) {
+  // " override until T" (and the reason, when the caller may see it) under a forced health.
+  function forced(td, o, now) {
+    if (!o) return;
+    const note = document.createElement("small");
+    note.className = "override";
+    note.textContent =
+      " override until " + new Date(o.until).toISOString().slice(0, 19) + "Z" + (o.reason ? ": " + o.reason : "");
+    td.appendChild(note);
+  }
+
+  function services(body, list, now) {
     const rows = list.map((s) => {
       const row = document.createElement("tr");
       row.className = "h-" + s.health;
       const name = s.name === "" ? '"" (server)' : s.name;
       row.dataset.name = name;
       cell(row, name);
-      cell(row, s.health);
+      forced(cell(row, s.health), s.override, now);
       cell(row, s.serving ? "SERVING" : "NOT_SERVING");
       cell(row, s.deciding.join(", "));
       cell(row, s.dependencies.map((d) => d[0] + " (" + d[1] + ")").join(", "));
@@ -67,7 +77,7 @@
       const kind = document.createElement("small");
       kind.textContent = d.kind;
       name.appendChild(kind);
-      cell(row, d.health);
+      forced(cell(row, d.health), d.override, now);
       cell(row, d.latency_ms === null ? "—" : d.latency_ms.toFixed(1) + " ms");
       const reason = reasons
         ? d.reason || ""
@@ -99,7 +109,7 @@
     document.getElementById("generation").textContent = String(state.generation);
     document.getElementById("updated").textContent =
       "updated " + new Date(now).toLocaleTimeString();
-    services(document.querySelector("#services tbody"), state.services);
+    services(document.querySelector("#services tbody"), state.services, now);
     dependencies(document.querySelector("#dependencies tbody"), state.dependencies, state.reasons, now);
   }
 
