@@ -41,7 +41,7 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{Override, Snapshot};
-pub use change::{Applied, ChangeError, MAX_OVERRIDE, Target};
+pub use change::{Applied, ChangeError, MAX_OVERRIDE, Reporter, Target};
 use change::{Command, list};
 use reducer::Reducer;
 pub use shared::ServiceWatch;
@@ -358,6 +358,29 @@ impl Handle {
             health,
             duration,
             reason,
+            reply,
+        })
+        .await
+    }
+
+    /// A report for the push dependency `name`: an outcome (its hysteresis applies, fall and
+    /// rise 1 by default), and its ttl starts again. `reason` (sanitized and capped; default
+    /// `reported HEALTH`) applies to degraded and unhealthy reports. A [`Reporter::Token`] must
+    /// be the dependency's own token. Fails for unknown names, dependencies that are not push,
+    /// a wrong token, and `Unknown`.
+    pub async fn report(
+        &self,
+        name: impl Into<String>,
+        health: Health,
+        reason: Option<String>,
+        reporter: Reporter,
+    ) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::Report {
+            name,
+            health,
+            reason,
+            reporter,
             reply,
         })
         .await

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 mod agent;
 mod metrics;
+mod push;
 mod status;
 mod twin;
 
@@ -36,6 +37,7 @@ pub mod bench {
 pub use agent::{DEFAULT_DEGRADED_WEIGHT, WRITE_TIMEOUT, agent_line, serve_agent};
 
 pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_router};
+pub use push::push_router;
 pub use twin::{ENVOY_DEGRADED, ENVOY_IMMEDIATE_FAIL, READINESS, TwinOptions, twin_router};
 
 use crate::listener::{self, Connection, Limits};

@@ -167,6 +167,7 @@ pub(crate) async fn serve_config(
                 .ok(),
         };
         let app = healthgate::http::metrics_router(metrics.clone())
+            .merge(healthgate::http::push_router(handle.clone(), None))
             .merge(healthgate::http::twin_router(handle.clone(), twin));
         let stop = http_stop.clone();
         let metrics = Some(metrics.clone());

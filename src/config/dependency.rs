@@ -91,6 +91,11 @@ pub enum Mode {
     },
     /// Probed only when a reader finds the cached outcome older than its time to live.
     OnDemand(OnDemand),
+    /// Never probed: reports arrive from outside, and none within `ttl` is a failure.
+    Push {
+        /// How long a report holds.
+        ttl: Duration,
+    },
 }
 
 /// Cache lifetimes of an on-demand dependency.
@@ -104,6 +109,22 @@ pub struct OnDemand {
     pub max_failure_ttl: Duration,
 }
 
+/// A push dependency: a job reports its own health. `token` (secret), when set, lets a
+/// reporter report this dependency only (the admin token can always report).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct PushSpec {
+    /// The dependency's own bearer token for `POST /push/NAME`.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for PushSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushSpec")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
 /// What a dependency probes, by kind.
 #[derive(Clone)]
 pub enum ProbeSpec {
@@ -113,6 +134,8 @@ pub enum ProbeSpec {
     Grpc(Box<GrpcSpec>),
     /// A TCP connect.
     Tcp(TcpSpec),
+    /// No probe: reports arrive (admin `report`, `POST /push/NAME`); see [`Mode::Push`].
+    Push(PushSpec),
     /// An in-process check supplied by a library user.
     Custom {
         /// The probe.
@@ -128,6 +151,7 @@ impl PartialEq for ProbeSpec {
             (ProbeSpec::Http(a), ProbeSpec::Http(b)) => a == b,
             (ProbeSpec::Grpc(a), ProbeSpec::Grpc(b)) => a == b,
             (ProbeSpec::Tcp(a), ProbeSpec::Tcp(b)) => a == b,
+            (ProbeSpec::Push(a), ProbeSpec::Push(b)) => a == b,
             (
                 ProbeSpec::Custom { probe, target },
                 ProbeSpec::Custom {
@@ -146,6 +170,7 @@ impl fmt::Debug for ProbeSpec {
             ProbeSpec::Http(s) => fmt::Debug::fmt(s, f),
             ProbeSpec::Grpc(s) => fmt::Debug::fmt(s, f),
             ProbeSpec::Tcp(s) => fmt::Debug::fmt(s, f),
+            ProbeSpec::Push(s) => fmt::Debug::fmt(s, f),
             ProbeSpec::Custom { target, .. } => {
                 f.debug_struct("Custom").field("target", target).finish()
             }
@@ -221,7 +246,32 @@ impl DependencySpec {
             ProbeSpec::Http(_) => "http",
             ProbeSpec::Grpc(_) => "grpc",
             ProbeSpec::Tcp(_) => "tcp",
+            ProbeSpec::Push(_) => "push",
             ProbeSpec::Custom { .. } => "custom",
+        }
+    }
+
+    /// A push dependency: Unknown until its first report, Unhealthy at once when `ttl` passes
+    /// without one (from the last report, or from when the dependency appeared). Reports are
+    /// outcomes: fall 1 and rise 1 unless set (a nightly job's failure must not wait three
+    /// nights).
+    pub fn push(ttl: Duration, token: Option<String>) -> DependencySpec {
+        let secrets = Secrets::new(token.iter());
+        DependencySpec {
+            mode: Mode::Push { ttl },
+            fall: 1,
+            rise: 1,
+            stale_after: ttl,
+            secrets,
+            ..DependencySpec::new(ProbeSpec::Push(PushSpec { token }))
+        }
+    }
+
+    /// The dependency's own push token, if it is a push dependency with one.
+    pub fn push_token(&self) -> Option<&str> {
+        match &self.probe {
+            ProbeSpec::Push(p) => p.token.as_deref(),
+            _ => None,
         }
     }
 
@@ -244,6 +294,7 @@ impl DependencySpec {
                 Some(template) => template.to_owned(),
                 None => self.secrets.scrub(&s.address).into_owned(),
             },
+            ProbeSpec::Push(_) => "push".to_owned(),
             ProbeSpec::Custom { target, .. } => self.secrets.scrub(target).into_owned(),
         }
     }
@@ -253,12 +304,17 @@ impl DependencySpec {
         match &self.mode {
             Mode::Background { interval, .. } => *interval,
             Mode::OnDemand(o) => o.ttl.max(o.max_failure_ttl),
+            Mode::Push { ttl } => *ttl,
         }
     }
 
     /// `3 × period + timeout`: three missed runs in a row make a dependency Unknown. The only
     /// duration that may exceed [`MAX_DURATION`] (up to [`MAX_STALE_AFTER`]).
     pub fn default_stale_after(&self) -> Duration {
+        if let Mode::Push { ttl } = self.mode {
+            // The missing report is the failure: it expires at the ttl itself.
+            return ttl;
+        }
         self.period()
             .saturating_mul(3)
             .saturating_add(self.timeout)
@@ -286,7 +342,18 @@ impl DependencySpec {
         if self.timeout.is_zero() {
             problem("timeout must be greater than 0".into());
         }
+        if matches!(self.probe, ProbeSpec::Push(_)) != matches!(self.mode, Mode::Push { .. }) {
+            problem("a push dependency has mode push, and only it".into());
+        }
         match &self.mode {
+            Mode::Push { ttl } => {
+                if ttl.is_zero() {
+                    problem("ttl must be greater than 0".into());
+                }
+                if self.stale_after != *ttl {
+                    problem("a push dependency expires at its ttl (no stale_after)".into());
+                }
+            }
             Mode::Background { interval, jitter } => {
                 let i = f(*interval);
                 if self.timeout >= *interval {
@@ -351,6 +418,7 @@ impl DependencySpec {
                 ("failure_ttl", o.failure_ttl),
                 ("max_failure_ttl", o.max_failure_ttl),
             ]),
+            Mode::Push { ttl } => out.push(("ttl", *ttl)),
         }
         out.extend(self.degraded_after.map(|d| ("degraded_after", d)));
         out

@@ -98,17 +98,19 @@ pub(crate) struct RawDependency {
     pub(crate) secret_metadata: Option<Vec<String>>,
     // tcp
     pub(crate) address: Option<String>,
+    // push
+    pub(crate) token: Option<String>,
     // http and grpc
     pub(crate) tls: Option<RawTls>,
 }
 
 /// The probe kinds a config can name.
-pub(crate) const KINDS: [&str; 3] = ["http", "grpc", "tcp"];
+pub(crate) const KINDS: [&str; 4] = ["http", "grpc", "tcp", "push"];
 
 impl RawDependency {
     /// Every key that belongs to one probe kind, with that kind and whether it is set: the one
     /// list validation checks kinds against (keep it beside the fields above).
-    pub(crate) fn kind_keys(&self) -> [(&'static str, &'static str, bool); 17] {
+    pub(crate) fn kind_keys(&self) -> [(&'static str, &'static str, bool); 18] {
         [
             ("http", "url", self.url.is_some()),
             ("http", "method", self.method.is_some()),
@@ -135,6 +137,7 @@ impl RawDependency {
             ("grpc", "metadata", self.metadata.is_some()),
             ("grpc", "secret_metadata", self.secret_metadata.is_some()),
             ("tcp", "address", self.address.is_some()),
+            ("push", "token", self.token.is_some()),
         ]
     }
 }

@@ -107,7 +107,7 @@ dependencies = { paymnts = "critical", db = "fatal" }
     let got = messages(&err);
     let expect = [
         "defaults.intervl: unknown key",
-        "dependencies.cache.kind: unknown kind \"redis\": expected \"http\", \"grpc\" or \"tcp\"",
+        "dependencies.cache.kind: unknown kind \"redis\": expected \"http\", \"grpc\", \"tcp\" or \"push\"",
         "dependencies.db: missing key `url`",
         "dependencies.db.interval: invalid duration \"5\"",
         "dependencies.payments.colour: unknown key",
@@ -527,4 +527,64 @@ address = "db.internal:5432"
     let metadata = config(text("5s", "a", "t2"));
     assert!(base.dependencies["rpc"] != metadata.dependencies["rpc"]);
     assert!(base.dependencies["port"] == metadata.dependencies["port"]);
+}
+
+#[test]
+fn push_dependencies_need_a_ttl_take_a_secret_token_and_nothing_about_probing() {
+    let config = parse(
+        r#"
+[defaults]
+fall = 5
+
+[dependencies.backup]
+kind = "push"
+ttl = "26h"
+token = "${PAYMENTS_TOKEN}"
+"#,
+    )
+    .expect("valid");
+    let spec = &config.dependencies["backup"];
+    assert_eq!(spec.kind(), "push");
+    assert_eq!(
+        spec.mode,
+        Mode::Push {
+            ttl: Duration::from_secs(26 * 3600)
+        }
+    );
+    assert_eq!(
+        (spec.fall, spec.rise),
+        (1, 1),
+        "[defaults] are about probing"
+    );
+    assert_eq!(spec.stale_after, Duration::from_secs(26 * 3600));
+    assert_eq!(spec.push_token(), Some("tok-CANARY-1234"));
+    let shown = format!("{spec:?} {}", spec.target());
+    assert!(!shown.contains("CANARY"), "{shown}");
+    assert_eq!(spec.secrets.scrub("a tok-CANARY-1234 b"), "a [redacted] b");
+
+    let err = parse(
+        r#"
+[dependencies.job]
+kind = "push"
+interval = "5s"
+stale_after = "1h"
+fall = 0
+
+[dependencies.other]
+kind = "http"
+url = "http://x/"
+token = "t"
+"#,
+    )
+    .expect_err("invalid");
+    let m = messages(&err);
+    for expected in [
+        "dependencies.job: missing key `ttl`",
+        "dependencies.job.interval: not used with kind = \"push\"",
+        "dependencies.job.stale_after: not used with kind = \"push\"",
+        "dependencies.job.fall:",
+        "dependencies.other.token: only valid for kind = \"push\"",
+    ] {
+        assert!(m.iter().any(|l| l.contains(expected)), "{expected}: {m:#?}");
+    }
 }

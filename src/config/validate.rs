@@ -145,6 +145,9 @@ impl Validator<'_> {
         self.target_template = None;
         let kind = raw.kind.as_deref();
         self.only_for(path, kind, raw);
+        if kind == Some("push") {
+            return self.push(path, raw);
+        }
         let probe = match kind {
             Some("http") => self
                 .http(path, raw, &mut secrets)
@@ -156,12 +159,17 @@ impl Validator<'_> {
             Some(other) => {
                 self.problem(
                     format!("{path}.kind"),
-                    format!("unknown kind {other:?}: expected \"http\", \"grpc\" or \"tcp\""),
+                    format!(
+                        "unknown kind {other:?}: expected \"http\", \"grpc\", \"tcp\" or \"push\""
+                    ),
                 );
                 None
             }
             None => {
-                self.problem(path, "missing key `kind` (\"http\", \"grpc\" or \"tcp\")");
+                self.problem(
+                    path,
+                    "missing key `kind` (\"http\", \"grpc\", \"tcp\" or \"push\")",
+                );
                 None
             }
         };
@@ -251,6 +259,59 @@ impl Validator<'_> {
         (self.problems.len() == before).then_some(spec)
     }
 
+    /// A push dependency: `ttl` (required), `token`, `fall`, `rise` (1 and 1 unless set here:
+    /// `[defaults]` are about probing); nothing about probing.
+    fn push(&mut self, path: &str, raw: &RawDependency) -> Option<DependencySpec> {
+        let before = self.problems.len();
+        for (name, set) in [
+            ("mode", raw.mode.is_some()),
+            ("interval", raw.interval.is_some()),
+            ("timeout", raw.timeout.is_some()),
+            ("jitter", raw.jitter.is_some()),
+            ("degraded_after", raw.degraded_after.is_some()),
+            ("stale_after", raw.stale_after.is_some()),
+            ("failure_ttl", raw.failure_ttl.is_some()),
+            ("max_failure_ttl", raw.max_failure_ttl.is_some()),
+            ("tls", raw.tls.is_some()),
+        ] {
+            if set {
+                let why = if name == "stale_after" {
+                    "not used with kind = \"push\" (it expires at its ttl)"
+                } else {
+                    "not used with kind = \"push\" (nothing is probed)"
+                };
+                self.problem(format!("{path}.{name}"), why);
+            }
+        }
+        let ttl = match raw.ttl.as_deref() {
+            Some(ttl) => self.duration(&format!("{path}.ttl"), Some(ttl)),
+            None => {
+                self.problem(
+                    path,
+                    "missing key `ttl` (how long a report holds, e.g. \"26h\")",
+                );
+                None
+            }
+        };
+        let mut secrets = Vec::new();
+        let token = raw
+            .token
+            .as_deref()
+            .and_then(|t| self.expand(&format!("{path}.token"), t, &mut secrets))
+            .inspect(|t| secrets.push(t.clone()));
+        if raw.token.is_some() && token.as_deref().is_some_and(str::is_empty) {
+            self.problem(format!("{path}.token"), "must not be empty");
+        }
+        let fall = self.number(&format!("{path}.fall"), raw.fall, 1, MAX_STREAK);
+        let rise = self.number(&format!("{path}.rise"), raw.rise, 1, MAX_STREAK);
+        let mut spec = DependencySpec::push(ttl?, token);
+        spec.fall = fall.unwrap_or(1);
+        spec.rise = rise.unwrap_or(1);
+        spec.secrets = Secrets::new(secrets);
+        self.problems.extend(spec.check(path));
+        (self.problems.len() == before).then_some(spec)
+    }
+
     /// Reports keys that do not belong to the dependency's kind or mode.
     fn only_for(&mut self, path: &str, kind: Option<&str>, raw: &RawDependency) {
         if let Some(kind) = kind.filter(|k| KINDS.contains(k)) {
@@ -272,12 +333,13 @@ impl Validator<'_> {
             );
         }
         let on_demand = raw.mode.as_deref() == Some("on_demand");
+        let push = kind == Some("push");
         for (name, set) in [
             ("ttl", raw.ttl.is_some()),
             ("failure_ttl", raw.failure_ttl.is_some()),
             ("max_failure_ttl", raw.max_failure_ttl.is_some()),
         ] {
-            if set && !on_demand {
+            if set && !on_demand && !(push && name == "ttl") {
                 self.problem(
                     format!("{path}.{name}"),
                     "only valid with mode = \"on_demand\"",

@@ -50,6 +50,14 @@ pub(crate) enum Command {
         reason: String,
         reply: oneshot::Sender<Result<Arc<Override>, ChangeError>>,
     },
+    /// A push dependency's report.
+    Report {
+        name: String,
+        health: Health,
+        reason: Option<String>,
+        reporter: Reporter,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
     /// Ends an override now; answers whether one was active.
     ClearOverride {
         target: Target,
@@ -58,6 +66,24 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// Who reports for a push dependency.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Reporter {
+    /// A caller the front authenticated as an operator (the admin token): any push dependency.
+    Admin,
+    /// A caller presenting this bearer token: only the push dependency whose `token` it is.
+    Token(String),
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reporter::Admin => f.write_str("Admin"),
+            Reporter::Token(_) => f.write_str("Token([redacted])"),
+        }
+    }
 }
 
 /// What an override or a clear is about.
@@ -271,6 +297,15 @@ pub enum ChangeError {
     /// Replacing or removing a dependency that does not exist.
     #[error("no dependency named {0:?}")]
     UnknownDependency(String),
+    /// A report for a dependency that is not a push dependency.
+    #[error("dependency {0:?} is not a push dependency")]
+    NotPush(String),
+    /// A report without the right token.
+    #[error("a valid token is required to report {0:?}")]
+    Unauthenticated(String),
+    /// A report of `unknown`.
+    #[error("a report is healthy, degraded or unhealthy")]
+    InvalidReport,
     /// An override breaks the rules (duration, health, reason).
     #[error("invalid override: {0}")]
     InvalidOverride(String),

@@ -161,6 +161,30 @@ impl Dependency {
         Some(before)
     }
 
+    /// A push dependency's report did not come within its ttl: Unhealthy at once with
+    /// `reason` (recorded as an outcome, so detail and the twin say why). Returns the health
+    /// before when it changed.
+    pub(crate) fn miss(&mut self, name: &Arc<str>, reason: Reason) -> Option<Health> {
+        let before = self.hysteresis.health();
+        self.hysteresis.miss();
+        let now = SystemTime::now();
+        let outcome = Outcome {
+            verdict: crate::Verdict::Unhealthy(reason.clone()),
+            latency: Duration::ZERO,
+            finished_at: now,
+        };
+        let mut history = self.state.history.clone();
+        let record = Arc::make_mut(&mut history);
+        record.record_outcome(&outcome);
+        if before != Health::Unhealthy {
+            record.record_transition(now, before, Health::Unhealthy, Some(reason));
+        }
+        self.last_failure = Some(now);
+        self.last_outcome = Some(outcome);
+        self.refresh_with(name, history);
+        (before != Health::Unhealthy).then_some(before)
+    }
+
     /// Why the dependency has its health, for a service transition's reason: its last reason,
     /// or its health when there is none.
     pub(crate) fn why(&self) -> String {
@@ -204,6 +228,7 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
     let (mode, period) = match spec.mode {
         Mode::Background { interval, .. } => ("background", interval),
         Mode::OnDemand(o) => ("on_demand", o.ttl),
+        Mode::Push { ttl } => ("push", ttl),
     };
     DependencyState {
         name: name.clone(),

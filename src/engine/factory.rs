@@ -44,7 +44,19 @@ impl ProbeFactory {
             }
             ProbeSpec::Tcp(s) => Arc::new(TcpProbe::new(s.address.clone())),
             ProbeSpec::Custom { probe, .. } => probe.clone(),
+            // Never run (push dependencies have no task); a probe that says so if it were.
+            ProbeSpec::Push(_) => Arc::new(NoProbe),
         })
+    }
+}
+
+/// The probe of a push dependency: it has no task, so this never runs.
+#[derive(Debug)]
+struct NoProbe;
+
+impl crate::probe::Probe for NoProbe {
+    fn check(&self, _ctx: crate::probe::ProbeContext) -> crate::probe::ProbeFuture<'_> {
+        Box::pin(async { crate::Verdict::unhealthy("a push dependency is not probed") })
     }
 }
 

@@ -107,6 +107,14 @@ impl Hysteresis {
     pub(crate) fn expire(&mut self) {
         self.stable = Health::Unknown;
     }
+
+    /// A push dependency's report is missing: Unhealthy at once, not damped by `fall` (the
+    /// missing report is itself the failure). The next report applies at once too.
+    pub(crate) fn miss(&mut self) {
+        self.stable = Health::Unhealthy;
+        self.at_least_bad = [0; LEVELS];
+        self.at_least_good = [0; LEVELS];
+    }
 }
 
 #[cfg(test)]

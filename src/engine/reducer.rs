@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use super::Shared;
-use super::change::{self, Applied, ChangeError, Command, Target};
+use super::change::{self, Applied, ChangeError, Command, Reporter, Target};
 use super::dependency::Dependency;
 use super::factory::ProbeFactory;
 use super::publication::Throttle;
@@ -24,11 +24,12 @@ use super::service::Service;
 use super::spawn::Spawner;
 use super::stale::StaleTimers;
 use super::transition;
+use crate::config::Mode;
 use crate::config::{DependencySpec, ServiceSpec};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::snapshot::{Override, Snapshot};
-use crate::{Health, Reason};
+use crate::{Health, Outcome, Reason, Verdict};
 
 pub(crate) struct Reducer {
     shared: Arc<Shared>,
@@ -95,7 +96,11 @@ impl Reducer {
     ) {
         let (name, spec): (Arc<str>, _) = (Arc::from(name), Arc::new(spec));
         let task = self.spawner.spawn(&name, &spec, probe);
-        let dependency = Dependency::new(&name, spec, task);
+        let mut dependency = Dependency::new(&name, spec, task);
+        if let Mode::Push { ttl } = dependency.spec.mode {
+            // No report within the ttl from now is a failure, as after any report.
+            self.stale.set(&mut dependency.stale_key, &name, ttl);
+        }
         self.dependencies.insert(name, dependency);
         self.slots_changed = true;
         self.health_may_change();
@@ -202,6 +207,17 @@ impl Reducer {
             self.stale.set(&mut dep.stale_key, &name, left);
             return;
         }
+        if let Mode::Push { ttl } = dep.spec.mode {
+            let reason = Reason::new(format!("no report for {}", humantime::format_duration(ttl)));
+            if let Some(before) = dep.miss(&name, reason.clone()) {
+                let m = self.metrics.as_deref();
+                transition::dependency(&name, before, Health::Unhealthy, Some(reason.as_str()), m);
+                self.health_may_change();
+            } else {
+                self.throttle.changed();
+            }
+            return;
+        }
         self.expire_now(&name, "no recent outcome (stale)");
     }
 
@@ -218,6 +234,8 @@ impl Reducer {
         }
     }
 
+    /// Applies a command, publishes (so the caller, once answered, reads its effect), and
+    /// answers.
     fn command(&mut self, command: Command) {
         let (reply, result) = match command {
             Command::PutDependency {
@@ -234,7 +252,9 @@ impl Reducer {
                 services,
                 reply,
             } => {
-                let _ = reply.send(self.apply(dependencies, services));
+                let result = self.apply(dependencies, services);
+                self.publish();
+                let _ = reply.send(result);
                 return;
             }
             Command::Override {
@@ -244,15 +264,33 @@ impl Reducer {
                 reason,
                 reply,
             } => {
-                let _ = reply.send(self.set_override(&target, health, duration, &reason));
+                let result = self.set_override(&target, health, duration, &reason);
+                self.publish();
+                let _ = reply.send(result);
+                return;
+            }
+            Command::Report {
+                name,
+                health,
+                reason,
+                reporter,
+                reply,
+            } => {
+                let result = self.report(&name, health, reason, &reporter);
+                self.publish();
+                let _ = reply.send(result);
                 return;
             }
             Command::ClearOverride { target, reply } => {
-                let _ = reply.send(self.clear_override(&target, "cleared"));
+                let result = self.clear_override(&target, "cleared");
+                self.publish();
+                let _ = reply.send(result);
                 return;
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         };
+        // Published before the reply: whoever asked sees the change in the next snapshot.
+        self.publish();
         let _ = reply.send(result);
     }
 
@@ -288,7 +326,7 @@ impl Reducer {
         let spec = Arc::new(spec);
         let task = self.spawner.spawn(&key, &spec, probe);
         let mut dep = old.replaced(&key, spec, task);
-        if dep.has_outcome() {
+        if dep.has_outcome() || matches!(dep.spec.mode, Mode::Push { .. }) {
             let stale_after = dep.spec.stale_after;
             self.stale.set(&mut dep.stale_key, &key, stale_after);
         }
@@ -433,6 +471,60 @@ impl Reducer {
         }
         info!(service = %name, "service removed");
         self.throttle.changed();
+        Ok(())
+    }
+
+    /// A push dependency's report, applied as an outcome (hysteresis applies; its ttl starts
+    /// again).
+    fn report(
+        &mut self,
+        name: &str,
+        health: Health,
+        reason: Option<String>,
+        reporter: &Reporter,
+    ) -> Result<(), ChangeError> {
+        if self.shutting_down {
+            return Err(ChangeError::ShuttingDown);
+        }
+        let Some((key, dep)) = self.dependencies.get_key_value(name) else {
+            return Err(ChangeError::UnknownDependency(name.to_owned()));
+        };
+        if !matches!(dep.spec.mode, Mode::Push { .. }) {
+            return Err(ChangeError::NotPush(name.to_owned()));
+        }
+        if let Reporter::Token(given) = reporter {
+            let own = dep.spec.push_token();
+            if !own
+                .is_some_and(|own| crate::auth::constant_time_eq(given.as_bytes(), own.as_bytes()))
+            {
+                return Err(ChangeError::Unauthenticated(name.to_owned()));
+            }
+        }
+        let reason = || {
+            Reason::new(
+                reason
+                    .clone()
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or_else(|| format!("reported {health}")),
+            )
+        };
+        let verdict = match health {
+            Health::Healthy => Verdict::Healthy,
+            Health::Degraded => Verdict::Degraded(reason()),
+            Health::Unhealthy => Verdict::Unhealthy(reason()),
+            Health::Unknown => return Err(ChangeError::InvalidReport),
+        };
+        let event = Event {
+            dependency: key.clone(),
+            instance: dep.task.instance,
+            outcome: Some(Outcome {
+                verdict,
+                latency: Duration::ZERO,
+                finished_at: SystemTime::now(),
+            }),
+            span: tracing::Span::current(),
+        };
+        self.outcome(event);
         Ok(())
     }
 

@@ -82,6 +82,8 @@ impl Spawner {
                     .spawn(supervisor.supervise(task).instrument(span));
                 Some(slot)
             }
+            // Reports arrive through the reducer; the missing report is its stale timer.
+            Mode::Push { .. } => None,
         };
         Task {
             instance: self.next_instance,

@@ -777,6 +777,125 @@ async fn overrides_decide_until_they_expire_then_the_computed_health_applies_at_
 }
 
 #[tokio::test(start_paused = true)]
+async fn push_dependencies_take_reports_and_a_missing_report_fails_at_once() {
+    use healthgate::engine::Reporter;
+    let ttl = 30 * SECOND;
+    let mut nightly = DependencySpec::push(ttl, Some("job-t0ken".into()));
+    nightly.fall = 3; // damps reports, never the missing one
+    let db = Scripted::new(Verdict::Healthy);
+    let started = Instant::now();
+    let handle = Engine::builder()
+        .dependency("nightly", nightly)
+        .dependency("db", every_second(&db))
+        .service(
+            "backups",
+            ServiceSpec::with_all(["nightly"], Impact::Critical),
+        )
+        .start()
+        .expect("starts");
+    let state = || {
+        handle
+            .snapshot()
+            .dependency("nightly")
+            .cloned()
+            .expect("nightly")
+    };
+    assert_eq!(state().health, Health::Unknown, "before the first report");
+    assert_eq!(state().kind, "push");
+
+    // Never reported: Unhealthy once the ttl has passed since it appeared.
+    let missed = state_where(&handle, "nightly", |d| d.health == Health::Unhealthy).await;
+    assert!(Instant::now() - started >= ttl);
+    let reason = missed.last_outcome.expect("recorded").verdict;
+    assert_eq!(
+        reason.reason().map(|r| r.as_str()),
+        Some("no report for 30s")
+    );
+
+    // Who may report.
+    let token = |t: &str| Reporter::Token(t.to_owned());
+    let err = handle
+        .report("nightly", Health::Healthy, None, token("wrong"))
+        .await
+        .expect_err("wrong token");
+    assert!(matches!(err, ChangeError::Unauthenticated(_)), "{err}");
+    let err = handle
+        .report("db", Health::Healthy, None, Reporter::Admin)
+        .await
+        .expect_err("not push");
+    assert!(matches!(err, ChangeError::NotPush(_)), "{err}");
+    let err = handle
+        .report("nope", Health::Healthy, None, Reporter::Admin)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, ChangeError::UnknownDependency(_)), "{err}");
+    let err = handle
+        .report("nightly", Health::Unknown, None, Reporter::Admin)
+        .await
+        .expect_err("unknown is no report");
+    assert!(matches!(err, ChangeError::InvalidReport), "{err}");
+    assert_eq!(
+        state().health,
+        Health::Unhealthy,
+        "refused reports change nothing"
+    );
+
+    // A report is an outcome: the first after a miss applies at once.
+    handle
+        .report("nightly", Health::Healthy, None, token("job-t0ken"))
+        .await
+        .expect("reported");
+    assert_eq!(state().health, Health::Healthy);
+    let reported_at = Instant::now();
+    // Unhealthy reports are damped by fall (3 here) and carry the reporter's reason.
+    for _ in 0..2 {
+        handle
+            .report(
+                "nightly",
+                Health::Unhealthy,
+                Some("disk full".into()),
+                Reporter::Admin,
+            )
+            .await
+            .expect("reported");
+    }
+    assert_eq!(state().health, Health::Healthy, "damped");
+    handle
+        .report(
+            "nightly",
+            Health::Unhealthy,
+            Some("disk full".into()),
+            Reporter::Admin,
+        )
+        .await
+        .expect("reported");
+    let down = state();
+    assert_eq!(down.health, Health::Unhealthy);
+    assert_eq!(
+        down.last_outcome
+            .expect("o")
+            .verdict
+            .reason()
+            .map(|r| r.as_str()),
+        Some("disk full")
+    );
+    // Healthy again, then silence: Unhealthy at once when the ttl passes (not after 3 misses).
+    for _ in 0..1 {
+        handle
+            .report("nightly", Health::Healthy, None, Reporter::Admin)
+            .await
+            .expect("reported");
+    }
+    state_where(&handle, "nightly", |d| d.health == Health::Healthy).await;
+    let last = Instant::now();
+    state_where(&handle, "nightly", |d| d.health == Health::Unhealthy).await;
+    let silent = Instant::now() - last;
+    assert!((ttl..ttl + SECOND).contains(&silent), "{silent:?}");
+    assert!(last >= reported_at);
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
     let probe = Scripted::new(Verdict::Healthy);
     let handle = Engine::builder()

@@ -17,6 +17,7 @@ mod probe_grpc;
 mod probe_http;
 mod probe_http2;
 mod probe_tcp;
+mod push;
 mod reload;
 mod secrets;
 mod tls;
