@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["grpc/health/v1/health.proto", "healthgate/v1/detail.proto"];
+const PROTOS: &[&str] = &[
+    "grpc/health/v1/health.proto",
+    "healthgate/v1/detail.proto",
+    "healthgate/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

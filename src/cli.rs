@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch.
 
+mod admin;
 mod check;
 mod demo;
 mod serve;
@@ -66,6 +67,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Ask a health server (drop-in for grpc_health_probe; same flags and exit codes).
     Check(Box<check::CheckArgs>),
+    /// Change a running server: push reports, overrides, reloads (needs `[admin] token`).
+    Admin(admin::AdminArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -94,6 +97,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
         }
         Command::Demo(args) => demo::run(args, cli.log_format).await,
         Command::Check(args) => check::run(*args).await,
+        Command::Admin(args) => admin::run(args).await,
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => match healthgate::Config::load(&file) {

@@ -55,6 +55,24 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The `[limits]` section: connection and stream bounds, for each listener.
     pub limits: Limits,
+    /// The `[admin]` section: the control plane, off without a token.
+    pub admin: AdminConfig,
+}
+
+/// The `[admin]` section.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The bearer token of `healthgate.v1.Admin` (and of `POST /push/NAME` for any push
+    /// dependency). The Admin service is not served without it. Usually `"${VAR}"`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| redact::REDACTED))
+            .finish()
+    }
 }
 
 /// The `[telemetry]` section: OTLP trace export. The standard `OTEL_*` variables apply where a

@@ -223,10 +223,12 @@ impl Reloader {
         let server = state.config.server.clone();
         let limits = state.config.limits;
         let telemetry = state.config.telemetry.clone();
+        let admin = state.config.admin.clone();
         state.config = Config {
             server,
             limits,
             telemetry,
+            admin,
             ..config
         };
         state.status.hash = hash;
@@ -264,6 +266,7 @@ fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
         a.haproxy_agent_degraded_weight != b.haproxy_agent_degraded_weight,
     );
     differs("server.detail_token", a.detail_token != b.detail_token);
+    differs("admin.token", old.admin != new.admin);
     differs("limits", old.limits != new.limits);
     differs("telemetry", old.telemetry != new.telemetry);
     keys

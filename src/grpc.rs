@@ -2,6 +2,7 @@
 //! ([`DetailService`]), reflection, and [`serve`] with the drain sequence. The only part of the
 //! crate that touches generated types.
 
+mod admin;
 pub mod client;
 mod convert;
 mod detail;
@@ -13,6 +14,7 @@ mod observe;
 pub mod pb;
 mod server;
 
+pub use admin::AdminService;
 pub use detail::{DetailService, DetailStream, MAX_DETAIL_FEEDS};
 
 /// The largest request message any of our RPCs accepts, decompressed (tonic's default is

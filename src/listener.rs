@@ -100,17 +100,21 @@ impl Drop for InFlight {
 pub(crate) struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// The connection's addresses, given to each request as tonic's `TcpConnectInfo` (so
+    /// `Request::remote_addr` names the caller, e.g. in the admin audit).
+    addresses: tonic::transport::server::TcpConnectInfo,
 }
 
-impl<S, R, B> hyper::service::Service<R> for Tracked<S>
+impl<S, RB, B> hyper::service::Service<http::Request<RB>> for Tracked<S>
 where
-    S: hyper::service::Service<R, Response = http::Response<B>>,
+    S: hyper::service::Service<http::Request<RB>, Response = http::Response<B>>,
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, request: R) -> Self::Future {
+    fn call(&self, mut request: http::Request<RB>) -> Self::Future {
+        request.extensions_mut().insert(self.addresses.clone());
         TrackedFuture {
             call: self.inner.call(request),
             in_flight: Some(self.activity.begin()),
@@ -208,7 +212,7 @@ pub(crate) async fn accept<S, C>(
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = goaway.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
@@ -244,11 +248,16 @@ pub(crate) async fn accept<S, C>(
             debug!(error = %e, "TCP keep-alive");
         }
         let activity = Arc::new(Activity::default());
+        let stream_local = stream.local_addr().ok();
         let connection = serve(
             stream,
             Tracked {
                 inner: service.clone(),
                 activity: activity.clone(),
+                addresses: tonic::transport::server::TcpConnectInfo {
+                    local_addr: stream_local,
+                    remote_addr: Some(peer),
+                },
             },
         );
         let slot = OpenSlot::new(open.clone(), metrics.clone());

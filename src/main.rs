@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config. `check` follows
 //! grpc_health_probe instead: 0 serving, 1 bad arguments, 2 connection failure, 3 RPC failure,
-//! 4 not serving.
+//! 4 not serving. `admin`: 0 done, 1 bad arguments, 2 connection failure, 3 rejected.
 
 mod cli;
 mod telemetry;
@@ -15,7 +15,8 @@ use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
     let args = cli::normalize_args(std::env::args_os().collect());
-    let is_check = args.get(1).is_some_and(|a| a == "check");
+    // `check` (grpc_health_probe's codes) and `admin` say 1 for bad arguments.
+    let is_check = args.get(1).is_some_and(|a| a == "check" || a == "admin");
     let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {

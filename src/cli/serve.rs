@@ -167,7 +167,10 @@ pub(crate) async fn serve_config(
                 .ok(),
         };
         let app = healthgate::http::metrics_router(metrics.clone())
-            .merge(healthgate::http::push_router(handle.clone(), None))
+            .merge(healthgate::http::push_router(
+                handle.clone(),
+                config.admin.token.clone(),
+            ))
             .merge(healthgate::http::twin_router(handle.clone(), twin));
         let stop = http_stop.clone();
         let metrics = Some(metrics.clone());
@@ -198,6 +201,7 @@ pub(crate) async fn serve_config(
         metrics: Some(metrics),
         limits,
         reloader: config_reloader,
+        admin_token: config.admin.token.clone(),
     };
     let result = serve(listener, handle, options, shutdown_signal()).await;
     http_stop.cancel();

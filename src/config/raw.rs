@@ -22,6 +22,13 @@ pub(crate) struct RawConfig {
     pub(crate) telemetry: RawTelemetry,
     #[serde(default)]
     pub(crate) limits: RawLimits,
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,7 +21,7 @@ use super::dependency::*;
 use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
-use super::{Config, Limits, ServerConfig, TelemetryConfig, env};
+use super::{AdminConfig, Config, Limits, ServerConfig, TelemetryConfig, env};
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{
     BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
@@ -79,12 +79,25 @@ impl Validator<'_> {
         }
         let telemetry = self.telemetry(&raw.telemetry);
         let limits = self.limits(&raw.limits);
+        let mut admin = AdminConfig::default();
+        if let Some(token) = &raw.admin.token
+            && let Some(token) = self.expand("admin.token", token, &mut Vec::new())
+        {
+            if token.len() < 16 {
+                self.problem(
+                    "admin.token",
+                    "must be at least 16 characters (it grants every change)",
+                );
+            }
+            admin.token = Some(token);
+        }
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),
             dependencies,
             services,
             telemetry,
             limits,
+            admin,
         })
     }
 

@@ -40,7 +40,7 @@ fn impact(i: Impact) -> i32 {
     }) as i32
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -198,5 +198,16 @@ fn dependency(d: &DependencyState, snapshot: &Snapshot, history: bool) -> pb::De
         since: d.since().map(timestamp),
         history: outcomes,
         transitions,
+    }
+}
+
+/// Our health from the wire's (`HEALTH_UNSPECIFIED` and unknown numbers: `None`).
+pub(crate) fn from_health(h: i32) -> Option<Health> {
+    match pb::Health::try_from(h).ok()? {
+        pb::Health::Unknown => Some(Health::Unknown),
+        pb::Health::Healthy => Some(Health::Healthy),
+        pb::Health::Degraded => Some(Health::Degraded),
+        pb::Health::Unhealthy => Some(Health::Unhealthy),
+        pb::Health::Unspecified => None,
     }
 }

@@ -13,12 +13,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::metrics::Metrics;
 
 /// RPC methods counted by name; anything else is `other`.
-const KNOWN_METHODS: [&str; 7] = [
+const KNOWN_METHODS: [&str; 11] = [
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",
     "/healthgate.v1.Detail/Get",
     "/healthgate.v1.Detail/Watch",
+    "/healthgate.v1.Admin/Report",
+    "/healthgate.v1.Admin/Override",
+    "/healthgate.v1.Admin/Clear",
+    "/healthgate.v1.Admin/Reload",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];

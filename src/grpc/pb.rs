@@ -29,3 +29,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("desc
 
 pub use grpc::health::v1 as health;
 pub use healthgate::v1 as detail;
+pub use healthgate::v1 as admin;

@@ -26,6 +26,7 @@ use tonic::service::Routes;
 use tower_layer::Layer;
 use tracing::{info, warn};
 
+use super::admin::AdminService;
 use super::front::Front;
 use super::observe::ObserveLayer;
 use super::pb;
@@ -47,8 +48,11 @@ pub struct ServeOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// Connection and stream limits.
     pub limits: Limits,
-    /// The config file's reloader, whose status the Detail service shows.
+    /// The config file's reloader, whose status the Detail service shows (and which the Admin
+    /// service's `Reload` uses).
     pub reloader: Option<Arc<Reloader>>,
+    /// When set, `healthgate.v1.Admin` is served for callers with this bearer token.
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -60,6 +64,10 @@ impl std::fmt::Debug for ServeOptions {
             .field(
                 "detail_token",
                 &self.detail_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "[redacted]"),
             )
             .finish()
     }
@@ -103,11 +111,15 @@ pub async fn serve(
     let reflection_v1alpha = reflection
         .build_v1alpha()?
         .max_decoding_message_size(super::MAX_REQUEST_MESSAGE);
-    let routes = Routes::new(front.health_server())
+    let mut routes = Routes::new(front.health_server())
         .add_service(front.detail_server())
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .prepare();
+        .add_service(reflection_v1alpha);
+    if let Some(token) = &options.admin_token {
+        let admin = AdminService::new(handle.clone(), token.clone(), options.reloader.clone());
+        routes = routes.add_service(admin.into_server());
+    }
+    let routes = routes.prepare();
     // The fast path sits inside the observation layer, so fast answers are counted and traced
     // like the rest.
     let service = ObserveLayer {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod browser;
 mod cli;
 mod config_file;

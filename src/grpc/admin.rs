@@ -1,0 +1,216 @@
+//! `healthgate.v1.Admin`: the control plane over gRPC (DESIGN §10) — push reports, overrides,
+//! reloads. Served only with `[admin] token`; every call must carry
+//! `authorization: Bearer TOKEN` (compared in constant time; a refusal is counted by the RPC
+//! metrics as `UNAUTHENTICATED` and logged without the token), and every accepted call is
+//! audited at info level: action, target, parameters, reason, caller (peer address).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::convert;
+use super::pb::admin::admin_server::{Admin, AdminServer};
+use super::pb::admin::{
+    ClearRequest, ClearResponse, OverrideRequest, OverrideResponse, ReloadRequest, ReloadResponse,
+    ReportRequest, ReportResponse, TargetKind,
+};
+use crate::control::{ReloadError, Reloader};
+use crate::engine::{ChangeError, Reporter, Target};
+use crate::{Handle, Health, auth};
+
+/// The `healthgate.v1.Admin` implementation.
+#[derive(Clone)]
+pub struct AdminService {
+    handle: Handle,
+    token: Arc<str>,
+    reloader: Option<Arc<Reloader>>,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminService {
+    /// The service over `handle`, for callers presenting `token`; `reloader` serves `Reload`
+    /// (without one, `Reload` is `FAILED_PRECONDITION`: nothing was loaded from a file).
+    pub fn new(handle: Handle, token: String, reloader: Option<Arc<Reloader>>) -> AdminService {
+        AdminService {
+            handle,
+            token: Arc::from(token),
+            reloader,
+        }
+    }
+
+    /// The tonic server.
+    pub fn into_server(self) -> AdminServer<AdminService> {
+        AdminServer::new(self).max_decoding_message_size(super::MAX_REQUEST_MESSAGE)
+    }
+
+    /// The caller, for the audit line: its peer address.
+    fn authorize<T>(&self, request: &Request<T>, action: &str) -> Result<String, Status> {
+        let caller = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::bearer_token);
+        match given {
+            Some(given) if auth::constant_time_eq(given.as_bytes(), self.token.as_bytes()) => {
+                Ok(caller)
+            }
+            _ => {
+                warn!(action, caller, "admin call refused: missing or wrong token");
+                Err(Status::unauthenticated(
+                    "a valid admin bearer token is required",
+                ))
+            }
+        }
+    }
+}
+
+fn target(kind: i32, name: String) -> Result<Target, Status> {
+    match TargetKind::try_from(kind) {
+        Ok(TargetKind::Dependency) => Ok(Target::Dependency(name)),
+        Ok(TargetKind::Service) => Ok(Target::Service(name)),
+        _ => Err(Status::invalid_argument(
+            "kind must be TARGET_KIND_DEPENDENCY or TARGET_KIND_SERVICE",
+        )),
+    }
+}
+
+fn health(h: i32) -> Result<Health, Status> {
+    convert::from_health(h)
+        .filter(|h| *h != Health::Unknown)
+        .ok_or_else(|| Status::invalid_argument("health must be healthy, degraded or unhealthy"))
+}
+
+/// A refusal as a status: what the caller can act on, in its words.
+fn refused(e: ChangeError) -> Status {
+    let message = e.to_string();
+    match e {
+        ChangeError::UnknownDependency(_) | ChangeError::UnknownService(_) => {
+            Status::not_found(message)
+        }
+        ChangeError::NotPush(_) => Status::failed_precondition(message),
+        ChangeError::ShuttingDown => Status::unavailable(message),
+        ChangeError::Unauthenticated(_) => Status::unauthenticated(message),
+        _ => Status::invalid_argument(message),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let caller = self.authorize(&request, "report")?;
+        let r = request.into_inner();
+        let health = health(r.health)?;
+        let reason = (!r.reason.is_empty()).then_some(r.reason);
+        self.handle
+            .report(&r.dependency, health, reason.clone(), Reporter::Admin)
+            .await
+            .map_err(refused)?;
+        info!(
+            action = "report",
+            dependency = %r.dependency,
+            health = %health,
+            reason = reason.as_deref().unwrap_or(""),
+            caller,
+            "admin"
+        );
+        Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn r#override(
+        &self,
+        request: Request<OverrideRequest>,
+    ) -> Result<Response<OverrideResponse>, Status> {
+        let caller = self.authorize(&request, "override")?;
+        let r = request.into_inner();
+        let target = target(r.kind, r.name)?;
+        let health = health(r.health)?;
+        let duration = r
+            .duration
+            .and_then(|d| Duration::try_from(d).ok())
+            .ok_or_else(|| Status::invalid_argument("a duration above zero is required"))?;
+        let forced = self
+            .handle
+            .set_override(target.clone(), health, duration, r.reason)
+            .await
+            .map_err(refused)?;
+        info!(
+            action = "override",
+            kind = target.kind(),
+            name = target.name(),
+            health = %health,
+            duration = %humantime::format_duration(duration),
+            until = %humantime::format_rfc3339_seconds(forced.until),
+            reason = %forced.reason,
+            caller,
+            "admin"
+        );
+        Ok(Response::new(OverrideResponse {
+            until: Some(convert::timestamp(forced.until)),
+        }))
+    }
+
+    async fn clear(
+        &self,
+        request: Request<ClearRequest>,
+    ) -> Result<Response<ClearResponse>, Status> {
+        let caller = self.authorize(&request, "clear")?;
+        let r = request.into_inner();
+        let target = target(r.kind, r.name)?;
+        let was_active = self
+            .handle
+            .clear_override(target.clone())
+            .await
+            .map_err(refused)?;
+        info!(
+            action = "clear",
+            kind = target.kind(),
+            name = target.name(),
+            was_active,
+            caller,
+            "admin"
+        );
+        Ok(Response::new(ClearResponse { was_active }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        let caller = self.authorize(&request, "reload")?;
+        let Some(reloader) = &self.reloader else {
+            return Err(Status::failed_precondition(
+                "this server was not started from a config file",
+            ));
+        };
+        info!(action = "reload", caller, "admin");
+        let applied = reloader.reload("admin").await.map_err(|e| match e {
+            ReloadError::ShuttingDown => Status::unavailable("shutting down"),
+            e => Status::invalid_argument(e.to_string()),
+        })?;
+        Ok(Response::new(ReloadResponse {
+            hash: reloader.status().hash,
+            added_dependencies: applied.added_dependencies,
+            replaced_dependencies: applied.replaced_dependencies,
+            removed_dependencies: applied.removed_dependencies,
+            kept_dependencies: u32::try_from(applied.kept_dependencies).unwrap_or(u32::MAX),
+            added_services: applied.added_services,
+            changed_services: applied.changed_services,
+            removed_services: applied.removed_services,
+        }))
+    }
+}

@@ -1,0 +1,183 @@
+//! The admin CLI against the real binary: exit codes, audit lines, the token never logged.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{PATIENCE, channel, closed_port, get_metrics, serve_file, temp_dir};
+
+const ADMIN: &str = "admin-Tok3n-0123456789";
+
+/// `healthgate admin --addr ADDR ARGS…` with `token`: exit code, stdout, stderr.
+async fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"));
+    command.args(["admin", "--addr", addr]).args(args);
+    command.env_remove("HEALTHGATE_ADMIN_TOKEN");
+    if let Some(token) = token {
+        command.env("HEALTHGATE_ADMIN_TOKEN", token);
+    }
+    let out = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("in time")
+        .expect("runs");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn readiness(client: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
+    client
+        .check(HealthCheckRequest {
+            service: "readiness".to_owned(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn the_admin_cli_reports_overrides_clears_and_reloads_with_its_exit_codes() {
+    let good = r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+drain_delay = "0s"
+
+[admin]
+token = "${ADMIN_TOKEN}"
+
+[dependencies.nightly]
+kind = "push"
+ttl = "1h"
+
+[services.readiness]
+dependencies = { nightly = "critical" }
+"#;
+    let file = temp_dir("admin").join("healthgate.toml");
+    std::fs::write(&file, good).expect("write");
+    let (mut child, grpc, http) =
+        serve_file(&file, &[], &[("ADMIN_TOKEN", ADMIN)], Stdio::piped()).await;
+    let addr = grpc.to_string();
+    let mut client = HealthClient::new(channel(grpc).await);
+
+    // Bad arguments: 1. No server: 2. Wrong token: 3.
+    let (code, _, err) = admin(&addr, None, &["reload"]).await;
+    assert_eq!(code, 1, "{err}");
+    let (code, _, _) = admin(&addr, Some(ADMIN), &["report", "nightly", "fine"]).await;
+    assert_eq!(code, 1);
+    let (code, _, err) = admin(&closed_port().await.to_string(), Some(ADMIN), &["reload"]).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = admin(&addr, Some("wrong-token-wrong-token"), &["reload"]).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("admin bearer token"), "{err}");
+
+    let (code, out, err) = admin(&addr, Some(ADMIN), &["report", "nightly", "healthy"]).await;
+    assert_eq!((code, out.trim()), (0, "reported nightly"), "{err}");
+    assert_eq!(readiness(&mut client).await, ServingStatus::Serving);
+
+    let args = [
+        "override",
+        "dependency",
+        "nightly",
+        "unhealthy",
+        "--for",
+        "10m",
+        "--reason",
+        "restore test",
+    ];
+    let (code, out, err) = admin(&addr, Some(ADMIN), &args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("nightly overridden until 20"), "{out}");
+    assert_eq!(readiness(&mut client).await, ServingStatus::NotServing);
+    let args = [
+        "override",
+        "service",
+        "readiness",
+        "healthy",
+        "--for",
+        "8d",
+        "--reason",
+        "x",
+    ];
+    let (code, _, err) = admin(&addr, Some(ADMIN), &args).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("maximum"), "{err}");
+    let args = [
+        "override", "service", "nope", "healthy", "--for", "1m", "--reason", "x",
+    ];
+    let (code, _, err) = admin(&addr, Some(ADMIN), &args).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("no service named \"nope\""), "{err}");
+    let (code, out, _) = admin(&addr, Some(ADMIN), &["clear", "dependency", "nightly"]).await;
+    assert_eq!((code, out.trim()), (0, "override of nightly cleared"));
+    assert_eq!(readiness(&mut client).await, ServingStatus::Serving);
+    let (_, out, _) = admin(&addr, Some(ADMIN), &["clear", "dependency", "nightly"]).await;
+    assert_eq!(out.trim(), "nightly had no override");
+
+    // The admin token reports any push dependency over HTTP too.
+    let status = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
+        .arg(format!(
+            "http://{}/push/nightly?status=degraded",
+            http.expect("http")
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
+
+    // Reload: a file with problems is refused with every problem, one per line.
+    std::fs::write(&file, format!("{good}\n[dependencies.bad]\nkind = \"tcp\"\n[services.x]\ndependencies = {{ gone = \"critical\" }}\n")).expect("write");
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["reload"]).await;
+    assert_eq!(code, 3);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(
+        lines.iter().all(|l| l.contains("healthgate.toml: ")),
+        "{err}"
+    );
+    std::fs::write(&file, good).expect("write");
+    let (code, out, err) = admin(&addr, Some(ADMIN), &["reload"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("0 added, 0 replaced, 0 removed, 1 kept"),
+        "{out}"
+    );
+
+    let metrics = get_metrics(http.expect("http")).await;
+    assert!(
+        metrics.contains(
+            "healthgate_grpc_requests_total{method=\"/healthgate.v1.Admin/Reload\",code=\"UNAUTHENTICATED\"} 1"
+        ),
+        "refusals are counted: {metrics}"
+    );
+    crate::support::terminate(&mut child).await;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut logs)
+        .await
+        .expect("logs");
+    assert!(!logs.contains(ADMIN), "the token is never logged");
+    let audit = logs
+        .lines()
+        .find(|l| l.contains("action=\"override\"") || l.contains("action=override"))
+        .unwrap_or_else(|| panic!("an audit line: {logs}"));
+    for part in [
+        "nightly",
+        "unhealthy",
+        "restore test",
+        "caller=\"127.0.0.1:",
+    ] {
+        assert!(audit.contains(part), "{part}: {audit}");
+    }
+    assert!(logs.contains("admin call refused"), "{logs}");
+}
