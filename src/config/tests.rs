@@ -592,9 +592,15 @@ token = "t"
 #[test]
 fn the_admin_token_is_long_enough_from_the_environment_and_never_shown() {
     let config = parse("[admin]\ntoken = \"${PAYMENTS_TOKEN}-and-more\"\n").expect("valid");
-    assert_eq!(config.admin.token.as_deref(), Some("tok-CANARY-1234-and-more"));
+    assert_eq!(
+        config.admin.token.as_deref(),
+        Some("tok-CANARY-1234-and-more")
+    );
     assert!(!format!("{:?}", config.admin).contains("CANARY"));
     let err = parse("[admin]\ntoken = \"short\"\n").expect_err("too short");
     assert!(messages(&err)[0].starts_with("admin.token: must be at least 16 characters"));
-    assert!(parse("").expect("valid").admin.token.is_none(), "off unless configured");
+    assert!(
+        parse("").expect("valid").admin.token.is_none(),
+        "off unless configured"
+    );
 }
