@@ -204,6 +204,19 @@ fn parse(
     base_dir: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    parse_known(text, source, base_dir, env, &|_| false)
+}
+
+/// `text` validated as a config whose services may also rely on the dependencies `known`
+/// accepts (a runtime change's services rely on the running ones). `${NAME}` from the process
+/// environment; problems name `source`.
+pub(crate) fn parse_known(
+    text: &str,
+    source: &str,
+    base_dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Config, ConfigError> {
     let fail = |problems| ConfigError::new(source, problems);
     let de = toml::Deserializer::parse(text)
         .map_err(|e| fail(vec![Problem::new("", syntax_message(text, &e))]))?;
@@ -221,6 +234,7 @@ fn parse(
         env,
         base_dir,
         target_template: None,
+        known,
     };
     match v.config(raw) {
         Some(config) => Ok(config),

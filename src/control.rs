@@ -17,6 +17,7 @@
 mod metrics;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use std::time::SystemTime;
 
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, Problem};
+use crate::config::{Config, ConfigError, DependencySpec, Problem, ServiceSpec};
 use crate::engine::{Applied, ChangeError, Handle};
 use metrics::ReloadMetrics;
 pub use watch::{ConfigWatch, DEFAULT_DEBOUNCE, watch};
@@ -74,6 +75,65 @@ pub struct Reloader {
 struct InForce {
     config: Config,
     status: ConfigStatus,
+    /// Runtime changes (admin): a layer over the file that survives reloads until removed.
+    runtime: Layer,
+}
+
+/// The runtime layer: dependencies and services added by the admin API. A name belongs to
+/// one layer: the admin API cannot add or remove what the file defines, and when a reloaded
+/// file defines a name the layer has, the file's wins and the layer's entry is dropped (with
+/// a warning) — so what the file says is always what runs for its names.
+#[derive(Debug, Clone, Default)]
+struct Layer {
+    dependencies: BTreeMap<String, DependencySpec>,
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+/// Where an item of the effective configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file.
+    File,
+    /// A runtime change through the admin API.
+    Runtime,
+}
+
+impl Origin {
+    /// `file` or `runtime`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Runtime => "runtime",
+        }
+    }
+}
+
+/// A runtime change was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeRefused {
+    /// The spec text has problems: every one, with its key path.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The name is the file's: edit the file instead.
+    #[error("{kind} {name:?} is defined in the config file; change it there")]
+    InFile {
+        /// `dependency` or `service`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No such runtime item.
+    #[error("no runtime {kind} named {name:?}")]
+    Unknown {
+        /// `dependency` or `service`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The engine refused the result (a service would name a missing dependency, a probe
+    /// cannot be built, …).
+    #[error("{0}")]
+    Rejected(#[from] ChangeError),
 }
 
 impl fmt::Debug for Reloader {
@@ -136,6 +196,7 @@ impl Reloader {
                     loaded_at: now,
                     last_error: None,
                 },
+                runtime: Layer::default(),
             }),
             turn: tokio::sync::Mutex::new(()),
             metrics,
@@ -187,18 +248,26 @@ impl Reloader {
 
     async fn try_reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let (config, hash) = read(&self.path)?;
-        let ignored = {
+        let (ignored, runtime, shadowed) = {
             let state = self.lock();
-            not_reloadable(&state.config, &config)
+            let (runtime, shadowed) = state.runtime.without(&config);
+            (not_reloadable(&state.config, &config), runtime, shadowed)
         };
+        let (dependencies, services) = effective(&config, &runtime);
         let applied = self
             .handle
-            .apply(config.dependencies.clone(), config.services.clone())
+            .apply(dependencies, services)
             .await
             .map_err(|e| match e {
                 ChangeError::ShuttingDown => ReloadError::ShuttingDown,
                 e => ReloadError::Rejected(anyhow::Error::from(e)),
             })?;
+        for name in &shadowed {
+            warn!(
+                name,
+                "config reload: the file now defines this name; its runtime change is dropped"
+            );
+        }
         if !ignored.is_empty() {
             warn!(
                 keys = %ignored.join(", "),
@@ -232,12 +301,202 @@ impl Reloader {
             ..config
         };
         state.status.hash = hash;
+        state.runtime = runtime;
+        Ok(applied)
+    }
+
+    /// Adds or replaces the runtime dependency `name` from `toml` (the keys of a
+    /// `[dependencies.NAME]` table, validated as the file's are, built-in defaults).
+    pub async fn put_dependency(&self, name: &str, toml: &str) -> Result<Applied, ChangeRefused> {
+        let spec = parse_table("dependencies", name, toml, &|_| false)?
+            .dependencies
+            .remove(name)
+            .ok_or_else(|| ChangeRefused::Unknown {
+                kind: "dependency",
+                name: name.to_owned(),
+            })?;
+        self.change(|file, layer| {
+            if file.dependencies.contains_key(name) {
+                return Err(in_file("dependency", name));
+            }
+            layer.dependencies.insert(name.to_owned(), spec);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds or replaces the runtime service `name` from `toml` (the keys of a
+    /// `[services.NAME]` table); it may rely on the file's dependencies and the runtime ones.
+    pub async fn put_service(&self, name: &str, toml: &str) -> Result<Applied, ChangeRefused> {
+        let known = {
+            let state = self.lock();
+            let mut names: Vec<String> = state.config.dependencies.keys().cloned().collect();
+            names.extend(state.runtime.dependencies.keys().cloned());
+            names
+        };
+        let mut config = parse_table("services", name, toml, &|d| known.iter().any(|k| k == d))?;
+        let spec = config.services.remove(name).unwrap_or_default();
+        self.change(|file, layer| {
+            if file.services.contains_key(name) {
+                return Err(in_file("service", name));
+            }
+            layer.services.insert(name.to_owned(), spec);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a runtime dependency (no service may still rely on it).
+    pub async fn remove_dependency(&self, name: &str) -> Result<Applied, ChangeRefused> {
+        self.change(|file, layer| {
+            if file.dependencies.contains_key(name) {
+                return Err(in_file("dependency", name));
+            }
+            layer
+                .dependencies
+                .remove(name)
+                .map(drop)
+                .ok_or_else(|| ChangeRefused::Unknown {
+                    kind: "dependency",
+                    name: name.to_owned(),
+                })
+        })
+        .await
+    }
+
+    /// Removes a runtime service.
+    pub async fn remove_service(&self, name: &str) -> Result<Applied, ChangeRefused> {
+        self.change(|file, layer| {
+            if file.services.contains_key(name) {
+                return Err(in_file("service", name));
+            }
+            layer
+                .services
+                .remove(name)
+                .map(drop)
+                .ok_or_else(|| ChangeRefused::Unknown {
+                    kind: "service",
+                    name: name.to_owned(),
+                })
+        })
+        .await
+    }
+
+    /// Every dependency and service in force, by name, with its origin.
+    pub fn origins(&self) -> (BTreeMap<String, Origin>, BTreeMap<String, Origin>) {
+        let state = self.lock();
+        let of = |file: Vec<&String>, runtime: Vec<&String>| {
+            file.into_iter()
+                .map(|n| (n.clone(), Origin::File))
+                .chain(runtime.into_iter().map(|n| (n.clone(), Origin::Runtime)))
+                .collect()
+        };
+        (
+            of(
+                state.config.dependencies.keys().collect(),
+                state.runtime.dependencies.keys().collect(),
+            ),
+            of(
+                state.config.services.keys().collect(),
+                state.runtime.services.keys().collect(),
+            ),
+        )
+    }
+
+    /// Applies `edit` to a copy of the runtime layer and swaps the result in; on any refusal
+    /// the layer and the engine are as they were.
+    async fn change(
+        &self,
+        edit: impl FnOnce(&Config, &mut Layer) -> Result<(), ChangeRefused>,
+    ) -> Result<Applied, ChangeRefused> {
+        let _turn = self.turn.lock().await;
+        let (mut layer, file) = {
+            let state = self.lock();
+            (state.runtime.clone(), state.config.clone())
+        };
+        edit(&file, &mut layer)?;
+        let (dependencies, services) = effective(&file, &layer);
+        let applied = self.handle.apply(dependencies, services).await?;
+        self.lock().runtime = layer;
         Ok(applied)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, InForce> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+impl Layer {
+    /// This layer without the names `file` defines (the file's win), and those names.
+    fn without(&self, file: &Config) -> (Layer, Vec<String>) {
+        let mut layer = self.clone();
+        let mut shadowed = Vec::new();
+        layer.dependencies.retain(|n, _| {
+            let keep = !file.dependencies.contains_key(n);
+            if !keep {
+                shadowed.push(format!("dependencies.{n}"));
+            }
+            keep
+        });
+        layer.services.retain(|n, _| {
+            let keep = !file.services.contains_key(n) || n.is_empty();
+            if !keep {
+                shadowed.push(format!("services.{n}"));
+            }
+            keep
+        });
+        (layer, shadowed)
+    }
+}
+
+/// The file's dependencies and services with the runtime layer's added. The file's `""`,
+/// when it was defaulted (every dependency, critical), covers the runtime dependencies too.
+fn effective(
+    file: &Config,
+    layer: &Layer,
+) -> (
+    BTreeMap<String, DependencySpec>,
+    BTreeMap<String, ServiceSpec>,
+) {
+    let mut dependencies = file.dependencies.clone();
+    dependencies.extend(layer.dependencies.clone());
+    let mut services = file.services.clone();
+    services.extend(layer.services.clone());
+    let defaulted =
+        ServiceSpec::with_all(file.dependencies.keys().cloned(), crate::Impact::Critical);
+    if services.get("") == Some(&defaulted) {
+        services.remove("");
+    }
+    (dependencies, services)
+}
+
+fn in_file(kind: &'static str, name: &str) -> ChangeRefused {
+    ChangeRefused::InFile {
+        kind,
+        name: name.to_owned(),
+    }
+}
+
+/// `toml` as the body of `[SECTION.NAME]`, validated like the file (built-in defaults; a
+/// service may rely on any dependency `known` accepts). Problems name `admin`.
+fn parse_table(
+    section: &str,
+    name: &str,
+    toml: &str,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Config, ConfigError> {
+    if toml.lines().any(|l| l.trim_start().starts_with('[')) {
+        return Err(ConfigError::new(
+            "admin",
+            vec![Problem::new(
+                format!("{section}.{}", crate::config::path_key(name)),
+                "the spec is the keys of one table, without [headers]",
+            )],
+        ));
+    }
+    let key = crate::config::path_key(name);
+    let text = format!("[{section}.{key}]\n{toml}\n");
+    crate::config::parse_known(&text, "admin", None, &|v| std::env::var(v).ok(), known)
 }
 
 /// The keys of `[server]`, `[limits]` and `[telemetry]` that differ between `old` and `new`.

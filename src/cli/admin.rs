@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use healthgate::grpc::pb::admin::admin_client::AdminClient;
 use healthgate::grpc::pb::admin::{
-    ClearRequest, OverrideRequest, ReloadRequest, ReportRequest, TargetKind,
+    ChangeResponse, ClearRequest, OverrideRequest, PutRequest, ReloadRequest, RemoveRequest,
+    ReportRequest, ShowRequest, TargetKind,
 };
 use healthgate::grpc::pb::detail::Health as PbHealth;
 use tonic::transport::Endpoint;
@@ -55,6 +56,27 @@ enum Verb {
     Clear { kind: KindArg, name: String },
     /// Re-read the config file, as SIGHUP does.
     Reload,
+    /// Add or replace a runtime dependency (not one the file defines).
+    AddDependency {
+        name: String,
+        /// The keys of a `[dependencies.NAME]` table, e.g. 'kind = "tcp"\naddress = "db:5432"'.
+        #[arg(long)]
+        spec: String,
+    },
+    /// Add or replace a runtime service.
+    SetService {
+        name: String,
+        /// The keys of a `[services.NAME]` table, e.g. 'dependencies = { db = "critical" }'.
+        #[arg(long)]
+        spec: String,
+    },
+    /// Remove a runtime dependency.
+    RemoveDependency { name: String },
+    /// Remove a runtime service.
+    RemoveService { name: String },
+    /// The configuration in force: each dependency and service, where it comes from, and
+    /// every active override.
+    Show,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -191,6 +213,26 @@ pub(crate) async fn run(args: AdminArgs) -> ExitCode {
                 r.kept_dependencies
             )
         }),
+        Verb::AddDependency { name, spec } => client
+            .add_dependency(PutRequest { name, spec })
+            .await
+            .map(|r| summary(&r.into_inner())),
+        Verb::SetService { name, spec } => client
+            .set_service(PutRequest { name, spec })
+            .await
+            .map(|r| summary(&r.into_inner())),
+        Verb::RemoveDependency { name } => client
+            .remove_dependency(RemoveRequest { name })
+            .await
+            .map(|r| summary(&r.into_inner())),
+        Verb::RemoveService { name } => client
+            .remove_service(RemoveRequest { name })
+            .await
+            .map(|r| summary(&r.into_inner())),
+        Verb::Show => client
+            .show(ShowRequest {})
+            .await
+            .map(|r| show(&r.into_inner())),
     };
     match result {
         Ok(done) => {
@@ -214,4 +256,88 @@ pub(crate) async fn run(args: AdminArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// What a runtime change did, one line.
+fn summary(r: &ChangeResponse) -> String {
+    let part = |what: &str, names: &[String]| {
+        let names: Vec<&str> = (names.iter())
+            .map(|n| if n.is_empty() { "\"\"" } else { n.as_str() })
+            .collect();
+        (!names.is_empty()).then(|| format!("{what} {}", names.join(", ")))
+    };
+    let parts: Vec<String> = [
+        part("added dependency", &r.added_dependencies),
+        part("replaced dependency", &r.replaced_dependencies),
+        part("removed dependency", &r.removed_dependencies),
+        part("added service", &r.added_services),
+        part("changed service", &r.changed_services),
+        part("removed service", &r.removed_services),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The configuration in force as text: one line per item.
+fn show(r: &healthgate::grpc::pb::admin::ShowResponse) -> String {
+    let forced = |o: &Option<healthgate::grpc::pb::detail::Override>| {
+        o.as_ref().map_or(String::new(), |o| {
+            let until = o
+                .until
+                .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_default();
+            format!(
+                "  override {} until {until}: {}",
+                o.health()
+                    .as_str_name()
+                    .trim_start_matches("HEALTH_")
+                    .to_lowercase(),
+                o.reason
+            )
+        })
+    };
+    let mut out = format!("config {}\ndependencies:\n", r.config_hash);
+    for d in &r.dependencies {
+        out.push_str(&format!(
+            "  {} [{}] {} {} ({}){}\n",
+            d.name,
+            d.origin,
+            d.kind,
+            d.target,
+            d.settings,
+            forced(&d.forced)
+        ));
+    }
+    out.push_str("services:\n");
+    for s in &r.services {
+        let inputs: Vec<String> = s
+            .inputs
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    i.dependency,
+                    i.impact()
+                        .as_str_name()
+                        .trim_start_matches("IMPACT_")
+                        .to_lowercase()
+                )
+            })
+            .collect();
+        let name = if s.name.is_empty() { "\"\"" } else { &s.name };
+        out.push_str(&format!(
+            "  {name} [{}] {{ {} }}{}\n",
+            s.origin,
+            inputs.join(", "),
+            forced(&s.forced)
+        ));
+    }
+    out.trim_end().to_owned()
 }

@@ -43,6 +43,8 @@ pub(crate) struct Validator<'a> {
     pub(crate) base_dir: Option<&'a Path>,
     /// The current dependency's target as written, when it used `${NAME}`.
     pub(crate) target_template: Option<String>,
+    /// Dependencies that exist besides the text's (a runtime service may rely on them).
+    pub(crate) known: &'a dyn Fn(&str) -> bool,
 }
 
 impl Validator<'_> {
@@ -74,7 +76,9 @@ impl Validator<'_> {
         });
         for (name, spec) in &services {
             // Skip references to dependencies that failed validation: they were reported already.
-            let exists = |d: &str| dependencies.contains_key(d) || raw.dependencies.contains_key(d);
+            let exists = |d: &str| {
+                dependencies.contains_key(d) || raw.dependencies.contains_key(d) || (self.known)(d)
+            };
             self.problems.extend(spec.check(name, &exists));
         }
         let telemetry = self.telemetry(&raw.telemetry);

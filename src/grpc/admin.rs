@@ -13,10 +13,12 @@ use tracing::{info, warn};
 use super::convert;
 use super::pb::admin::admin_server::{Admin, AdminServer};
 use super::pb::admin::{
-    ClearRequest, ClearResponse, OverrideRequest, OverrideResponse, ReloadRequest, ReloadResponse,
-    ReportRequest, ReportResponse, TargetKind,
+    ChangeResponse, ClearRequest, ClearResponse, Input, OverrideRequest, OverrideResponse,
+    PutRequest, ReloadRequest, ReloadResponse, RemoveRequest, ReportRequest, ReportResponse,
+    ShowRequest, ShowResponse, ShownDependency, ShownService, TargetKind,
 };
-use crate::control::{ReloadError, Reloader};
+use crate::control::{ChangeRefused, ReloadError, Reloader};
+use crate::engine::Applied;
 use crate::engine::{ChangeError, Reporter, Target};
 use crate::{Handle, Health, auth};
 
@@ -106,8 +108,158 @@ fn refused(e: ChangeError) -> Status {
     }
 }
 
+fn changed(applied: Applied) -> ChangeResponse {
+    ChangeResponse {
+        added_dependencies: applied.added_dependencies,
+        replaced_dependencies: applied.replaced_dependencies,
+        removed_dependencies: applied.removed_dependencies,
+        added_services: applied.added_services,
+        changed_services: applied.changed_services,
+        removed_services: applied.removed_services,
+    }
+}
+
+fn change_refused(e: ChangeRefused) -> Status {
+    match e {
+        ChangeRefused::Invalid(e) => Status::invalid_argument(e.to_string()),
+        e @ ChangeRefused::InFile { .. } => Status::failed_precondition(e.to_string()),
+        e @ ChangeRefused::Unknown { .. } => Status::not_found(e.to_string()),
+        ChangeRefused::Rejected(e) => refused(e),
+    }
+}
+
+impl AdminService {
+    fn reloader(&self) -> Result<&Reloader, Status> {
+        self.reloader.as_deref().ok_or_else(|| {
+            Status::failed_precondition("this server was not started from a config file")
+        })
+    }
+
+    /// Audits and answers a runtime change.
+    fn audited(
+        &self,
+        action: &str,
+        name: &str,
+        caller: &str,
+        result: Result<Applied, ChangeRefused>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let applied = result.map_err(change_refused)?;
+        info!(action, name, caller, "admin");
+        Ok(Response::new(changed(applied)))
+    }
+}
+
+/// A dependency's settings in one line, from its published thresholds.
+fn settings(t: &crate::snapshot::Thresholds) -> String {
+    let f = |d: Duration| humantime::format_duration(d).to_string();
+    match t.mode {
+        "push" => format!(
+            "push, ttl {}, fall {}, rise {}",
+            f(t.period),
+            t.fall,
+            t.rise
+        ),
+        "on_demand" => format!(
+            "on demand, ttl {}, timeout {}, fall {}, rise {}",
+            f(t.period),
+            f(t.timeout),
+            t.fall,
+            t.rise
+        ),
+        _ => format!(
+            "every {}, timeout {}, fall {}, rise {}",
+            f(t.period),
+            f(t.timeout),
+            t.fall,
+            t.rise
+        ),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn add_dependency(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let caller = self.authorize(&request, "add-dependency")?;
+        let r = request.into_inner();
+        let result = self.reloader()?.put_dependency(&r.name, &r.spec).await;
+        self.audited("add-dependency", &r.name, &caller, result)
+    }
+
+    async fn set_service(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let caller = self.authorize(&request, "set-service")?;
+        let r = request.into_inner();
+        let result = self.reloader()?.put_service(&r.name, &r.spec).await;
+        self.audited("set-service", &r.name, &caller, result)
+    }
+
+    async fn remove_dependency(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let caller = self.authorize(&request, "remove-dependency")?;
+        let r = request.into_inner();
+        let result = self.reloader()?.remove_dependency(&r.name).await;
+        self.audited("remove-dependency", &r.name, &caller, result)
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let caller = self.authorize(&request, "remove-service")?;
+        let r = request.into_inner();
+        let result = self.reloader()?.remove_service(&r.name).await;
+        self.audited("remove-service", &r.name, &caller, result)
+    }
+
+    async fn show(&self, request: Request<ShowRequest>) -> Result<Response<ShowResponse>, Status> {
+        self.authorize(&request, "show")?;
+        let reloader = self.reloader()?;
+        let (dependency_origins, service_origins) = reloader.origins();
+        let snapshot = self.handle.snapshot();
+        let origin = |map: &std::collections::BTreeMap<String, crate::control::Origin>, n: &str| {
+            map.get(n).map_or("library", |o| o.as_str()).to_owned()
+        };
+        Ok(Response::new(ShowResponse {
+            config_hash: reloader.status().hash,
+            dependencies: snapshot
+                .dependencies
+                .iter()
+                .map(|d| ShownDependency {
+                    name: d.name.to_string(),
+                    origin: origin(&dependency_origins, &d.name),
+                    kind: d.kind.to_owned(),
+                    target: d.target.to_string(),
+                    settings: settings(&d.thresholds),
+                    forced: d.forced.as_deref().map(convert::forced),
+                })
+                .collect(),
+            services: snapshot
+                .services
+                .iter()
+                .map(|s| ShownService {
+                    name: s.name.to_string(),
+                    origin: origin(&service_origins, &s.name),
+                    inputs: s
+                        .inputs
+                        .iter()
+                        .map(|(d, i)| Input {
+                            dependency: d.to_string(),
+                            impact: convert::impact(*i),
+                        })
+                        .collect(),
+                    degraded_serves: s.degraded == crate::config::DegradedPolicy::Serving,
+                    forced: s.forced.as_deref().map(convert::forced),
+                })
+                .collect(),
+        }))
+    }
     async fn report(
         &self,
         request: Request<ReportRequest>,

@@ -32,7 +32,7 @@ fn health(h: Health) -> i32 {
     }) as i32
 }
 
-fn impact(i: Impact) -> i32 {
+pub(crate) fn impact(i: Impact) -> i32 {
     (match i {
         Impact::Critical => pb::Impact::Critical,
         Impact::Degrading => pb::Impact::Degrading,
@@ -109,7 +109,7 @@ fn service(s: &ServiceState) -> pb::ServiceDetail {
     }
 }
 
-fn forced(o: &Override) -> pb::Override {
+pub(crate) fn forced(o: &Override) -> pb::Override {
     pb::Override {
         health: health(o.health),
         since: Some(timestamp(o.since)),

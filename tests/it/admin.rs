@@ -181,3 +181,182 @@ dependencies = { nightly = "critical" }
     }
     assert!(logs.contains("admin call refused"), "{logs}");
 }
+
+#[tokio::test]
+async fn runtime_changes_are_a_layer_over_the_file_that_survives_reloads_until_the_file_takes_a_name()
+ {
+    let web = crate::support::HttpServer::start().await;
+    let file_text = |extra: &str| {
+        format!(
+            r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+drain_delay = "0s"
+
+[admin]
+token = "${{ADMIN_TOKEN}}"
+
+[dependencies.file-dep]
+kind = "http"
+url = "{}"
+interval = "1s"
+timeout = "500ms"
+{extra}"#,
+            web.url("/file")
+        )
+    };
+    let file = temp_dir("layer").join("healthgate.toml");
+    std::fs::write(&file, file_text("")).expect("write");
+    let (mut child, grpc, _) =
+        serve_file(&file, &[], &[("ADMIN_TOKEN", ADMIN)], Stdio::piped()).await;
+    let addr = grpc.to_string();
+    let mut client = HealthClient::new(channel(grpc).await);
+    let check = |client: &mut HealthClient<tonic::transport::Channel>, name: &str| {
+        let mut client = client.clone();
+        let name = name.to_owned();
+        async move { client.check(HealthCheckRequest { service: name }).await }
+    };
+
+    let spec = format!(
+        "kind = \"http\"\nurl = \"{}\"\ninterval = \"1s\"\ntimeout = \"500ms\"",
+        web.url("/rt")
+    );
+    let (code, out, err) = admin(
+        &addr,
+        Some(ADMIN),
+        &["add-dependency", "rt", "--spec", &spec],
+    )
+    .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "added dependency rt; changed service \"\""),
+        "{err}"
+    );
+    let (code, _, err) = admin(
+        &addr,
+        Some(ADMIN),
+        &[
+            "set-service",
+            "rt-svc",
+            "--spec",
+            "dependencies = { rt = \"critical\", file-dep = \"degrading\" }",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::timeout(PATIENCE, async {
+        while check(&mut client, "rt-svc")
+            .await
+            .map(|r| r.into_inner().status())
+            .ok()
+            != Some(ServingStatus::Serving)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the runtime service serves");
+
+    // The file owns its names; a dependency in use stays; a spec is one table.
+    let (code, _, err) = admin(
+        &addr,
+        Some(ADMIN),
+        &[
+            "add-dependency",
+            "file-dep",
+            "--spec",
+            "kind = \"tcp\"\naddress = \"x:1\"",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3);
+    assert!(err.contains("defined in the config file"), "{err}");
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["remove-dependency", "rt"]).await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("services.rt-svc.dependencies.rt: no dependency named \"rt\""),
+        "{err}"
+    );
+    let (code, _, err) = admin(
+        &addr,
+        Some(ADMIN),
+        &[
+            "add-dependency",
+            "x",
+            "--spec",
+            "kind = \"tcp\"\naddress = \"x:1\"\n[server]\ngrpc_listen = \"0.0.0.0:1\"",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3);
+    assert!(err.contains("without [headers]"), "{err}");
+    let (code, _, err) = admin(
+        &addr,
+        Some(ADMIN),
+        &["add-dependency", "y", "--spec", "kind = \"tcp\""],
+    )
+    .await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("dependencies.y"),
+        "the validator's key paths: {err}"
+    );
+
+    let (code, out, _) = admin(&addr, Some(ADMIN), &["show"]).await;
+    assert_eq!(code, 0);
+    for line in [
+        "  rt [runtime] http",
+        "  file-dep [file] http",
+        "  rt-svc [runtime] { ",
+        "every 1s, timeout 500ms, fall 3, rise 2",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+
+    // A reload keeps the layer.
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["reload"]).await;
+    assert_eq!(code, 0, "{err}");
+    let status = check(&mut client, "rt-svc")
+        .await
+        .expect("kept")
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    // The file takes the name: its definition wins, the runtime one is dropped.
+    std::fs::write(
+        &file,
+        file_text("\n[services.rt-svc]\ndependencies = { file-dep = \"critical\" }\n"),
+    )
+    .expect("write");
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["reload"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = admin(&addr, Some(ADMIN), &["show"]).await;
+    assert!(
+        out.contains("  rt-svc [file] { file-dep critical }"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  rt [runtime]"),
+        "the runtime dependency stays: {out}"
+    );
+    let (code, _, _) = admin(&addr, Some(ADMIN), &["remove-dependency", "rt"]).await;
+    assert_eq!(code, 0, "no longer in use");
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["remove-service", "rt-svc"]).await;
+    assert_eq!(code, 3, "the file's now: {err}");
+
+    crate::support::terminate(&mut child).await;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut logs)
+        .await
+        .expect("logs");
+    assert!(logs.contains("its runtime change is dropped"), "{logs}");
+    assert!(
+        logs.contains("action=\"add-dependency\" name=\"rt\""),
+        "{logs}"
+    );
+}
