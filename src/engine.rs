@@ -386,6 +386,14 @@ impl Handle {
         .await
     }
 
+    /// Probes the dependency `name` now, bypassing its interval, its cached outcome and its
+    /// failure back-off; the outcome arrives in a later snapshot (this does not wait for it).
+    /// Fails for unknown names and push dependencies.
+    pub async fn refresh(&self, name: impl Into<String>) -> Result<(), ChangeError> {
+        let name = name.into();
+        self.request(|reply| Command::Refresh { name, reply }).await
+    }
+
     /// Ends `target`'s override now; `Ok(false)` when it had none.
     pub async fn clear_override(&self, target: Target) -> Result<bool, ChangeError> {
         self.request(|reply| Command::ClearOverride { target, reply })

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use healthgate::grpc::pb::admin::admin_client::AdminClient;
 use healthgate::grpc::pb::admin::{
-    ChangeResponse, ClearRequest, OverrideRequest, PutRequest, ReloadRequest, RemoveRequest,
-    ReportRequest, ShowRequest, TargetKind,
+    ChangeResponse, ClearRequest, OverrideRequest, PutRequest, RefreshRequest, ReloadRequest,
+    RemoveRequest, ReportRequest, ShowRequest, TargetKind,
 };
 use healthgate::grpc::pb::detail::Health as PbHealth;
 use tonic::transport::Endpoint;
@@ -54,6 +54,8 @@ enum Verb {
     },
     /// End an override now.
     Clear { kind: KindArg, name: String },
+    /// Probe a dependency now (bypassing interval, cache and failure back-off).
+    Refresh { dependency: String },
     /// Re-read the config file, as SIGHUP does.
     Reload,
     /// Add or replace a runtime dependency (not one the file defines).
@@ -229,6 +231,12 @@ pub(crate) async fn run(args: AdminArgs) -> ExitCode {
             .remove_service(RemoveRequest { name })
             .await
             .map(|r| summary(&r.into_inner())),
+        Verb::Refresh { dependency } => client
+            .refresh(RefreshRequest {
+                dependency: dependency.clone(),
+            })
+            .await
+            .map(|_| format!("probing {dependency} now")),
         Verb::Show => client
             .show(ShowRequest {})
             .await

@@ -58,6 +58,11 @@ pub(crate) enum Command {
         reporter: Reporter,
         reply: oneshot::Sender<Result<(), ChangeError>>,
     },
+    /// Probes a dependency now.
+    Refresh {
+        name: String,
+        reply: oneshot::Sender<Result<(), ChangeError>>,
+    },
     /// Ends an override now; answers whether one was active.
     ClearOverride {
         target: Target,
@@ -300,6 +305,9 @@ pub enum ChangeError {
     /// A report for a dependency that is not a push dependency.
     #[error("dependency {0:?} is not a push dependency")]
     NotPush(String),
+    /// A refresh of a push dependency (nothing to probe).
+    #[error("dependency {0:?} is a push dependency: nothing to probe")]
+    NotProbed(String),
     /// A report without the right token.
     #[error("a valid token is required to report {0:?}")]
     Unauthenticated(String),

@@ -280,6 +280,7 @@ mod tests {
             instance: 1,
             cancel: CancellationToken::new(),
             slot: None,
+            refresh: None,
         };
         let name: Arc<str> = Arc::from("db");
         let dep = Dependency::new(&name, Arc::new(spec), task);
@@ -382,6 +383,7 @@ mod tests {
             instance: 2,
             cancel: CancellationToken::new(),
             slot: None,
+            refresh: None,
         };
         let mut dep = dep.replaced(&name, Arc::new(spec), task);
         assert_eq!(dep.health(), Health::Healthy);

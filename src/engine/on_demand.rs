@@ -67,6 +67,7 @@ pub(crate) async fn on_demand(
     runner: Runner,
     slot: std::sync::Arc<OnDemandSlot>,
     ttls: OnDemand,
+    refresh: std::sync::Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let mut failure_ttl = ttls.failure_ttl;
@@ -86,6 +87,8 @@ pub(crate) async fn on_demand(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = slot.wake.notified() => {}
+            // `refresh`: probe now, whatever the cache says, and forget the back-off.
+            _ = refresh.notified() => failure_ttl = ttls.failure_ttl,
         }
     }
 }

@@ -281,6 +281,21 @@ impl Reducer {
                 let _ = reply.send(result);
                 return;
             }
+            Command::Refresh { name, reply } => {
+                let result = match self.dependencies.get(name.as_str()) {
+                    None => Err(ChangeError::UnknownDependency(name.clone())),
+                    Some(dep) => match &dep.task.refresh {
+                        Some(refresh) => {
+                            refresh.notify_one();
+                            info!(dependency = %name, "refresh: probing now");
+                            Ok(())
+                        }
+                        None => Err(ChangeError::NotProbed(name.clone())),
+                    },
+                };
+                let _ = reply.send(result);
+                return;
+            }
             Command::ClearOverride { target, reply } => {
                 let result = self.clear_override(&target, "cleared");
                 self.publish();

@@ -195,13 +195,16 @@ pub(crate) async fn background(
     runner: Runner,
     interval: Duration,
     jitter: f64,
+    refresh: std::sync::Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let mut next = Instant::now() + interval.mul_f64(jitter * fastrand::f64());
     loop {
+        // A refresh probes now; the schedule then continues from that run.
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = sleep_until(next) => {}
+            _ = refresh.notified() => {}
         }
         let started = Instant::now();
         if runner.run_and_report(&cancel).await.is_none() {

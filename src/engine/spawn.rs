@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
@@ -20,6 +20,8 @@ pub(crate) struct Task {
     pub(crate) instance: u64,
     pub(crate) cancel: CancellationToken,
     pub(crate) slot: Option<Arc<OnDemandSlot>>,
+    /// Wakes the task to probe now (`refresh`); `None` for push dependencies.
+    pub(crate) refresh: Option<Arc<Notify>>,
 }
 
 /// Starts probe tasks: each gets an instance number, a child of the engine's cancellation, and
@@ -68,16 +70,23 @@ impl Spawner {
         };
         let span = info_span!("dependency", dependency = %name, kind = spec.kind());
         let supervisor = runner.clone();
+        let refresh = Arc::new(Notify::new());
         let slot = match spec.mode {
             Mode::Background { interval, jitter } => {
-                let task = background(runner, interval, jitter, cancel.clone());
+                let task = background(runner, interval, jitter, refresh.clone(), cancel.clone());
                 self.tracker
                     .spawn(supervisor.supervise(task).instrument(span));
                 None
             }
             Mode::OnDemand(ttls) => {
                 let slot = Arc::new(OnDemandSlot::new());
-                let task = on_demand::on_demand(runner, slot.clone(), ttls, cancel.clone());
+                let task = on_demand::on_demand(
+                    runner,
+                    slot.clone(),
+                    ttls,
+                    refresh.clone(),
+                    cancel.clone(),
+                );
                 self.tracker
                     .spawn(supervisor.supervise(task).instrument(span));
                 Some(slot)
@@ -85,10 +94,12 @@ impl Spawner {
             // Reports arrive through the reducer; the missing report is its stale timer.
             Mode::Push { .. } => None,
         };
+        let refresh = (!matches!(spec.mode, Mode::Push { .. })).then_some(refresh);
         Task {
             instance: self.next_instance,
             cancel,
             slot,
+            refresh,
         }
     }
 }

@@ -14,8 +14,9 @@ use super::convert;
 use super::pb::admin::admin_server::{Admin, AdminServer};
 use super::pb::admin::{
     ChangeResponse, ClearRequest, ClearResponse, Input, OverrideRequest, OverrideResponse,
-    PutRequest, ReloadRequest, ReloadResponse, RemoveRequest, ReportRequest, ReportResponse,
-    ShowRequest, ShowResponse, ShownDependency, ShownService, TargetKind,
+    PutRequest, RefreshRequest, RefreshResponse, ReloadRequest, ReloadResponse, RemoveRequest,
+    ReportRequest, ReportResponse, ShowRequest, ShowResponse, ShownDependency, ShownService,
+    TargetKind,
 };
 use crate::control::{ChangeRefused, ReloadError, Reloader};
 use crate::engine::Applied;
@@ -337,6 +338,20 @@ impl Admin for AdminService {
             "admin"
         );
         Ok(Response::new(ClearResponse { was_active }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let caller = self.authorize(&request, "refresh")?;
+        let name = request.into_inner().dependency;
+        self.handle.refresh(&name).await.map_err(|e| match e {
+            e @ ChangeError::NotProbed(_) => Status::failed_precondition(e.to_string()),
+            e => refused(e),
+        })?;
+        info!(action = "refresh", dependency = %name, caller, "admin");
+        Ok(Response::new(RefreshResponse {}))
     }
 
     async fn reload(

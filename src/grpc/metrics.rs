@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::metrics::Metrics;
 
 /// RPC methods counted by name; anything else is `other`.
-const KNOWN_METHODS: [&str; 11] = [
+const KNOWN_METHODS: [&str; 17] = [
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",
@@ -23,6 +23,12 @@ const KNOWN_METHODS: [&str; 11] = [
     "/healthgate.v1.Admin/Override",
     "/healthgate.v1.Admin/Clear",
     "/healthgate.v1.Admin/Reload",
+    "/healthgate.v1.Admin/Refresh",
+    "/healthgate.v1.Admin/AddDependency",
+    "/healthgate.v1.Admin/SetService",
+    "/healthgate.v1.Admin/RemoveDependency",
+    "/healthgate.v1.Admin/RemoveService",
+    "/healthgate.v1.Admin/Show",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];

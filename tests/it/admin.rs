@@ -119,6 +119,9 @@ dependencies = { nightly = "critical" }
     assert_eq!(readiness(&mut client).await, ServingStatus::Serving);
     let (_, out, _) = admin(&addr, Some(ADMIN), &["clear", "dependency", "nightly"]).await;
     assert_eq!(out.trim(), "nightly had no override");
+    let (code, _, err) = admin(&addr, Some(ADMIN), &["refresh", "nightly"]).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("nothing to probe"), "{err}");
 
     // The admin token reports any push dependency over HTTP too.
     let status = std::process::Command::new("curl")
@@ -312,6 +315,9 @@ timeout = "500ms"
     ] {
         assert!(out.contains(line), "{line}: {out}");
     }
+
+    let (code, out, err) = admin(&addr, Some(ADMIN), &["refresh", "rt"]).await;
+    assert_eq!((code, out.trim()), (0, "probing rt now"), "{err}");
 
     // A reload keeps the layer.
     let (code, _, err) = admin(&addr, Some(ADMIN), &["reload"]).await;

@@ -896,6 +896,47 @@ async fn push_dependencies_take_reports_and_a_missing_report_fails_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn refresh_probes_now_bypassing_interval_cache_and_back_off() {
+    let slow = Scripted::new(Verdict::Healthy);
+    let cached = Scripted::new(Verdict::unhealthy("down"));
+    let minute = 60 * SECOND;
+    let handle = Engine::builder()
+        .dependency(
+            "slow",
+            DependencySpec::custom(slow.clone(), "s").every(minute, 0.0),
+        )
+        .dependency("cached", on_demand(&cached, minute, minute, 10 * minute))
+        .dependency("job", DependencySpec::push(minute, None))
+        .start()
+        .expect("starts");
+    state_where(&handle, "slow", |d| d.last_outcome.is_some()).await;
+    state_where(&handle, "cached", |d| d.last_outcome.is_some()).await;
+    let (slow_runs, cached_runs) = (slow.runs().len(), cached.runs().len());
+    let asked = Instant::now();
+    handle.refresh("slow").await.expect("refresh");
+    handle.refresh("cached").await.expect("refresh");
+    state_where(&handle, "slow", |d| d.consecutive_successes == 2).await;
+    state_where(&handle, "cached", |d| d.consecutive_failures == 2).await;
+    assert_eq!(
+        (slow.runs().len(), cached.runs().len()),
+        (slow_runs + 1, cached_runs + 1)
+    );
+    assert!(
+        slow.runs()[slow_runs] - asked < SECOND,
+        "now, not in a minute"
+    );
+    assert!(
+        cached.runs()[cached_runs] - asked < SECOND,
+        "whatever the cache and back-off say"
+    );
+    let err = handle.refresh("job").await.expect_err("push");
+    assert!(matches!(err, ChangeError::NotProbed(_)), "{err}");
+    let err = handle.refresh("nope").await.expect_err("unknown");
+    assert!(matches!(err, ChangeError::UnknownDependency(_)), "{err}");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_freezes_every_service_not_serving_and_stops_probing() {
     let probe = Scripted::new(Verdict::Healthy);
     let handle = Engine::builder()
