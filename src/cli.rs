@@ -102,6 +102,9 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Validate { file },
         } => match healthgate::Config::load(&file) {
             Ok(config) => {
+                for w in healthgate::engine::capacity::warnings(&config.dependencies) {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!(
                     "{}: ok ({} dependencies, {} services)",
                     file.display(),

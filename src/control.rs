@@ -254,6 +254,9 @@ impl Reloader {
             (not_reloadable(&state.config, &config), runtime, shadowed)
         };
         let (dependencies, services) = effective(&config, &runtime);
+        for w in crate::engine::capacity::warnings(&dependencies) {
+            warn!(trigger, "config reload: performance warning: {w}");
+        }
         let applied = self
             .handle
             .apply(dependencies, services)

@@ -11,6 +11,7 @@
 
 #[doc(hidden)]
 pub mod bench;
+pub mod capacity;
 mod change;
 mod dependency;
 mod factory;

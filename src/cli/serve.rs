@@ -86,6 +86,9 @@ pub(crate) async fn serve_config(
             return ExitCode::from(2);
         }
     };
+    for w in healthgate::engine::capacity::warnings(&config.dependencies) {
+        warn!("performance warning: {w}");
+    }
     // The engine starts (and can still refuse a probe) before anything listens.
     let handle = match Engine::from_config(config).metrics(metrics.clone()).start() {
         Ok(handle) => handle,

@@ -69,6 +69,29 @@ async fn config_validate_lists_every_problem_with_its_key_path_and_exits_2() {
     );
     let out = run(&["config", "validate", &good]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn config_validate_warns_without_failing_when_probing_cannot_keep_on_time() {
+    // 3,000 dependencies at 1 s with 500 ms timeouts: 1,500 in flight if all time out.
+    let mut text = String::from("[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\n");
+    for i in 0..3_000 {
+        text.push_str(&format!(
+            "[dependencies.d{i}]\nkind = \"tcp\"\naddress = \"10.0.0.1:{}\"\n",
+            1000 + i
+        ));
+    }
+    let file = write("heavy.toml", &text);
+    let out = run(&["config", "validate", &file]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{file}: warning: if every probe ran to its timeout, 1500 would be in flight"
+        )),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
