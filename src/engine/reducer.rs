@@ -565,14 +565,7 @@ impl Reducer {
         let expires = Instant::now() + duration;
         match target {
             Target::Dependency(name) => {
-                let Some(key) = self
-                    .dependencies
-                    .get_key_value(name.as_str())
-                    .map(|(k, _)| k.clone())
-                else {
-                    return Err(ChangeError::UnknownDependency(name.clone()));
-                };
-                let dep = self.dependencies.get_mut(&key).expect("just found");
+                let (key, dep) = self.dependency_mut(name)?;
                 let (before, after) = dep.force(&key, Some((forced.clone(), expires)));
                 if before != after {
                     self.rollup_needed = true;
@@ -599,18 +592,21 @@ impl Reducer {
         Ok(forced)
     }
 
+    /// The dependency `name`, with its key (the name its state is published under).
+    fn dependency_mut(&mut self, name: &str) -> Result<(Arc<str>, &mut Dependency), ChangeError> {
+        let unknown = || ChangeError::UnknownDependency(name.to_owned());
+        let key = (self.dependencies.get_key_value(name))
+            .map(|(k, _)| k.clone())
+            .ok_or_else(unknown)?;
+        let dep = self.dependencies.get_mut(&key).ok_or_else(unknown)?;
+        Ok((key, dep))
+    }
+
     /// Ends `target`'s override (`why`: cleared, expired); returns whether it had one.
     fn clear_override(&mut self, target: &Target, why: &str) -> Result<bool, ChangeError> {
         let had = match target {
             Target::Dependency(name) => {
-                let Some(key) = self
-                    .dependencies
-                    .get_key_value(name.as_str())
-                    .map(|(k, _)| k.clone())
-                else {
-                    return Err(ChangeError::UnknownDependency(name.clone()));
-                };
-                let dep = self.dependencies.get_mut(&key).expect("just found");
+                let (key, dep) = self.dependency_mut(name)?;
                 let had = dep.forced_until().is_some();
                 if had {
                     dep.force(&key, None);

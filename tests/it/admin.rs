@@ -2,7 +2,6 @@
 
 use std::process::Stdio;
 
-use tokio::io::AsyncReadExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -31,14 +30,7 @@ async fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, 
 }
 
 async fn readiness(client: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
-    client
-        .check(HealthCheckRequest {
-            service: "readiness".to_owned(),
-        })
-        .await
-        .expect("check")
-        .into_inner()
-        .status()
+    crate::support::serving_status(client, "readiness").await
 }
 
 #[tokio::test]
@@ -160,15 +152,7 @@ dependencies = { nightly = "critical" }
         ),
         "refusals are counted: {metrics}"
     );
-    crate::support::terminate(&mut child).await;
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut logs)
-        .await
-        .expect("logs");
+    let logs = crate::support::terminate_and_read_logs(&mut child).await;
     assert!(!logs.contains(ADMIN), "the token is never logged");
     let audit = logs
         .lines()
@@ -351,15 +335,7 @@ timeout = "500ms"
     let (code, _, err) = admin(&addr, Some(ADMIN), &["remove-service", "rt-svc"]).await;
     assert_eq!(code, 3, "the file's now: {err}");
 
-    crate::support::terminate(&mut child).await;
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut logs)
-        .await
-        .expect("logs");
+    let logs = crate::support::terminate_and_read_logs(&mut child).await;
     assert!(logs.contains("its runtime change is dropped"), "{logs}");
     assert!(
         logs.contains("action=\"add-dependency\" name=\"rt\""),

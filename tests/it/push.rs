@@ -2,8 +2,6 @@
 
 use std::process::Stdio;
 
-use tokio::io::AsyncReadExt;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -28,14 +26,7 @@ async fn curl(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
 }
 
 async fn readiness(client: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
-    client
-        .check(HealthCheckRequest {
-            service: "readiness".to_owned(),
-        })
-        .await
-        .expect("check")
-        .into_inner()
-        .status()
+    crate::support::serving_status(client, "readiness").await
 }
 
 #[tokio::test]
@@ -109,15 +100,7 @@ dependencies = { nightly-backup = "critical" }
     let (_, json) = curl("GET", &url("/status.json"), None).await;
     assert!(json.contains("\"kind\":\"push\""), "{json}");
 
-    crate::support::terminate(&mut child).await;
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut logs)
-        .await
-        .expect("logs");
+    let logs = crate::support::terminate_and_read_logs(&mut child).await;
     assert!(
         !logs.contains(TOKEN),
         "the token never reaches the log: {logs}"

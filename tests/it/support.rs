@@ -419,3 +419,30 @@ pub(crate) async fn serve_file(
     });
     (child, addr, http)
 }
+
+/// SIGTERM, a successful exit, then everything the child wrote to its (piped) stderr.
+pub(crate) async fn terminate_and_read_logs(child: &mut tokio::process::Child) -> String {
+    terminate(child).await;
+    let mut logs = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs)
+            .await
+            .expect("logs");
+    }
+    logs
+}
+
+/// `Check(service)` on `client`: the serving status.
+pub(crate) async fn serving_status(
+    client: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status()
+}
