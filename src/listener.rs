@@ -100,10 +100,14 @@ impl Drop for InFlight {
 pub(crate) struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// The connection's addresses, given to each request as tonic's `TcpConnectInfo` (so
-    /// `Request::remote_addr` names the caller, e.g. in the admin audit).
+    /// The connection's addresses, given as tonic's `TcpConnectInfo` to requests under
+    /// [`PEER_PATHS`] (so `Request::remote_addr` names the caller in the admin audit).
     addresses: tonic::transport::server::TcpConnectInfo,
 }
+
+/// Request paths that get the connection's addresses in their extensions. Only these: the
+/// first extension a request gets allocates its map, and Check and Watch must not pay for it.
+pub(crate) const PEER_PATHS: &[&str] = &["/healthgate.v1.Admin/"];
 
 impl<S, RB, B> hyper::service::Service<http::Request<RB>> for Tracked<S>
 where
@@ -114,7 +118,10 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, mut request: http::Request<RB>) -> Self::Future {
-        request.extensions_mut().insert(self.addresses.clone());
+        let path = request.uri().path();
+        if PEER_PATHS.iter().any(|p| path.starts_with(p)) {
+            request.extensions_mut().insert(self.addresses.clone());
+        }
         TrackedFuture {
             call: self.inner.call(request),
             in_flight: Some(self.activity.begin()),
