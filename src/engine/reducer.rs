@@ -501,11 +501,21 @@ impl Reducer {
         if self.shutting_down {
             return Err(ChangeError::ShuttingDown);
         }
+        // A caller with a dependency's token learns nothing about other names: for it an
+        // unknown name or one that is not push is a wrong token. Operators get the reason.
+        let operator = *reporter == Reporter::Admin;
+        let refuse = |e: ChangeError| {
+            if operator {
+                e
+            } else {
+                ChangeError::Unauthenticated(name.to_owned())
+            }
+        };
         let Some((key, dep)) = self.dependencies.get_key_value(name) else {
-            return Err(ChangeError::UnknownDependency(name.to_owned()));
+            return Err(refuse(ChangeError::UnknownDependency(name.to_owned())));
         };
         if !matches!(dep.spec.mode, Mode::Push { .. }) {
-            return Err(ChangeError::NotPush(name.to_owned()));
+            return Err(refuse(ChangeError::NotPush(name.to_owned())));
         }
         if let Reporter::Token(given) = reporter {
             let own = dep.spec.push_token();

@@ -126,6 +126,20 @@ dependencies = { nightly = "critical" }
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
+    let code = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
+            .arg(format!("http://{}{path}", http.expect("http")))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        code("/push/nope"),
+        "404",
+        "operators learn the name is unknown"
+    );
 
     // Reload: a file with problems is refused with every problem, one per line.
     std::fs::write(&file, format!("{good}\n[dependencies.bad]\nkind = \"tcp\"\n[services.x]\ndependencies = {{ gone = \"critical\" }}\n")).expect("write");
