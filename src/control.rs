@@ -130,6 +130,12 @@ pub enum ChangeRefused {
         /// The name.
         name: String,
     },
+    /// The runtime layer holds [`MAX_RUNTIME_ITEMS`] of this kind already.
+    #[error("the runtime layer holds {MAX_RUNTIME_ITEMS} {kind} entries already; remove one first")]
+    Full {
+        /// `dependency` or `service`.
+        kind: &'static str,
+    },
     /// The engine refused the result (a service would name a missing dependency, a probe
     /// cannot be built, …).
     #[error("{0}")]
@@ -322,6 +328,7 @@ impl Reloader {
             if file.dependencies.contains_key(name) {
                 return Err(in_file("dependency", name));
             }
+            room(&layer.dependencies, "dependency", name)?;
             layer.dependencies.insert(name.to_owned(), spec);
             Ok(())
         })
@@ -343,6 +350,7 @@ impl Reloader {
             if file.services.contains_key(name) {
                 return Err(in_file("service", name));
             }
+            room(&layer.services, "service", name)?;
             layer.services.insert(name.to_owned(), spec);
             Ok(())
         })
@@ -473,6 +481,22 @@ fn effective(
     (dependencies, services)
 }
 
+/// The most runtime dependencies, and separately services: a bound on what the admin API
+/// can make the engine hold (the file has its own size; this layer must not grow without one).
+pub const MAX_RUNTIME_ITEMS: usize = 10_000;
+
+/// Whether `name` may be put in `items`: a replacement always, a new name below the bound.
+fn room<T>(
+    items: &BTreeMap<String, T>,
+    kind: &'static str,
+    name: &str,
+) -> Result<(), ChangeRefused> {
+    if items.len() >= MAX_RUNTIME_ITEMS && !items.contains_key(name) {
+        return Err(ChangeRefused::Full { kind });
+    }
+    Ok(())
+}
+
 fn in_file(kind: &'static str, name: &str) -> ChangeRefused {
     ChangeRefused::InFile {
         kind,
@@ -556,6 +580,24 @@ mod tests {
                 "limits"
             ]
         );
+    }
+
+    #[test]
+    fn the_runtime_layer_refuses_the_newest_name_at_its_bound_and_still_replaces() {
+        let full: BTreeMap<String, ()> = (0..MAX_RUNTIME_ITEMS)
+            .map(|i| (format!("d{i}"), ()))
+            .collect();
+        assert!(matches!(
+            room(&full, "dependency", "new"),
+            Err(ChangeRefused::Full { .. })
+        ));
+        assert!(
+            room(&full, "dependency", "d7").is_ok(),
+            "a replacement takes no room"
+        );
+        let mut almost = full;
+        almost.remove("d0");
+        assert!(room(&almost, "dependency", "new").is_ok());
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn change_refused(e: ChangeRefused) -> Status {
         ChangeRefused::Invalid(e) => Status::invalid_argument(e.to_string()),
         e @ ChangeRefused::InFile { .. } => Status::failed_precondition(e.to_string()),
         e @ ChangeRefused::Unknown { .. } => Status::not_found(e.to_string()),
+        e @ ChangeRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
         ChangeRefused::Rejected(e) => refused(e),
     }
 }

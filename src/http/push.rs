@@ -4,8 +4,8 @@
 //! `?status=healthy|degraded|unhealthy` (default `healthy`: a bare POST is a heartbeat) and
 //! `&reason=TEXT` (sanitized and capped like every reason). Answers: `200` reported, `400` a bad
 //! query, `401` no or a wrong token (nothing changes), `404` no such dependency and `409` not a
-//! push dependency (to the admin token only: a dependency's token gets `401` for other names), `405` another method, `503` shutting down. The body is never read; a
-//! request head is bounded by the listener (32 KiB), so a report costs no more than a Check.
+//! push dependency (to the admin token only: a dependency's token gets `401` for other names),
+//! `405` another method, `503` shutting down. The body is never read; a request head is bounded by the listener (32 KiB), so a report costs no more than a Check.
 
 use std::sync::Arc;
 
