@@ -6,7 +6,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{PATIENCE, channel, closed_port, get_metrics, serve_file, temp_dir};
+use crate::support::{
+    PATIENCE, channel, closed_port, get_metrics, http_call, serve_file, temp_dir,
+};
 
 const ADMIN: &str = "admin-Tok3n-0123456789";
 
@@ -116,30 +118,17 @@ dependencies = { nightly = "critical" }
     assert!(err.contains("nothing to probe"), "{err}");
 
     // The admin token reports any push dependency over HTTP too.
-    let status = std::process::Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
-        .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
-        .arg(format!(
-            "http://{}/push/nightly?status=degraded",
-            http.expect("http")
-        ))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
-    let code = |path: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
-            .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
-            .arg(format!("http://{}{path}", http.expect("http")))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert_eq!(
-        code("/push/nope"),
-        "404",
-        "operators learn the name is unknown"
-    );
+    let http_addr = http.expect("http");
+    let (code, _) = http_call(
+        http_addr,
+        "POST",
+        "/push/nightly?status=degraded",
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = http_call(http_addr, "POST", "/push/nope", Some(ADMIN)).await;
+    assert_eq!(code, 404, "operators learn the name is unknown");
 
     // Reload: a file with problems is refused with every problem, one per line.
     std::fs::write(&file, format!("{good}\n[dependencies.bad]\nkind = \"tcp\"\n[services.x]\ndependencies = {{ gone = \"critical\" }}\n")).expect("write");

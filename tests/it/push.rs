@@ -1,29 +1,13 @@
-//! Push dependencies through the real binary, reported with curl as a cron job would.
+//! Push dependencies through the real binary, reported over plain HTTP as a cron job would.
 
 use std::process::Stdio;
 
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{PATIENCE, channel, serve_with};
+use crate::support::{channel, http_call, serve_with};
 
 const TOKEN: &str = "nightly-Sekr1t-9876";
-
-/// `curl -X METHOD URL [-H Authorization: Bearer TOKEN]`: the status code and the body.
-async fn curl(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
-    let mut command = tokio::process::Command::new("curl");
-    command.args(["-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}", url]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    let out = tokio::time::timeout(PATIENCE, command.output())
-        .await
-        .expect("curl in time")
-        .expect("curl runs (Debian: curl)");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let (body, code) = text.rsplit_once('\n').expect("a status code");
-    (code.parse().expect("a number"), body.to_owned())
-}
 
 async fn readiness(client: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
     crate::support::serving_status(client, "readiness").await
@@ -52,7 +36,6 @@ dependencies = { nightly-backup = "critical" }
     let (mut child, addr, http) =
         serve_with(config, &[("NIGHTLY_TOKEN", TOKEN)], Stdio::piped()).await;
     let http = http.expect("http");
-    let url = |path: &str| format!("http://{http}{path}");
     let mut client = HealthClient::new(channel(addr).await);
     assert_eq!(
         readiness(&mut client).await,
@@ -60,18 +43,18 @@ dependencies = { nightly-backup = "critical" }
         "no report yet"
     );
 
-    let (code, _) = curl("POST", &url("/push/nightly-backup"), None).await;
+    let (code, _) = http_call(http, "POST", "/push/nightly-backup", None).await;
     assert_eq!(code, 401);
-    let (code, _) = curl("POST", &url("/push/nightly-backup"), Some("wrong")).await;
+    let (code, _) = http_call(http, "POST", "/push/nightly-backup", Some("wrong")).await;
     assert_eq!(code, 401);
     // A dependency's token learns nothing about other names (the admin token gets 404 / 409).
-    let (code, _) = curl("POST", &url("/push/nope"), Some(TOKEN)).await;
+    let (code, _) = http_call(http, "POST", "/push/nope", Some(TOKEN)).await;
     assert_eq!(code, 401);
-    let (code, _) = curl("POST", &url("/push/port"), Some(TOKEN)).await;
+    let (code, _) = http_call(http, "POST", "/push/port", Some(TOKEN)).await;
     assert_eq!(code, 401);
-    let (code, _) = curl("GET", &url("/push/nightly-backup"), Some(TOKEN)).await;
+    let (code, _) = http_call(http, "GET", "/push/nightly-backup", Some(TOKEN)).await;
     assert_eq!(code, 405);
-    let (code, body) = curl("POST", &url("/push/nightly-backup?state=ok"), Some(TOKEN)).await;
+    let (code, body) = http_call(http, "POST", "/push/nightly-backup?state=ok", Some(TOKEN)).await;
     assert_eq!(code, 400, "{body}");
     assert_eq!(
         readiness(&mut client).await,
@@ -80,25 +63,26 @@ dependencies = { nightly-backup = "critical" }
     );
 
     // A bare POST is a heartbeat.
-    let (code, body) = curl("POST", &url("/push/nightly-backup"), Some(TOKEN)).await;
+    let (code, body) = http_call(http, "POST", "/push/nightly-backup", Some(TOKEN)).await;
     assert_eq!((code, body.as_str()), (200, "reported healthy\n"));
     assert_eq!(readiness(&mut client).await, ServingStatus::Serving);
 
-    let (code, _) = curl(
+    let (code, _) = http_call(
+        http,
         "POST",
-        &url("/push/nightly-backup?status=unhealthy&reason=disk%20full%20on%20%2Fbackup"),
+        "/push/nightly-backup?status=unhealthy&reason=disk%20full%20on%20%2Fbackup",
         Some(TOKEN),
     )
     .await;
     assert_eq!(code, 200);
     assert_eq!(readiness(&mut client).await, ServingStatus::NotServing);
-    let (code, body) = curl("GET", &url("/readyz?verbose"), None).await;
+    let (code, body) = http_call(http, "GET", "/readyz?verbose", None).await;
     assert_eq!(code, 503);
     assert!(
         body.contains("[-]nightly-backup failed: reason withheld"),
         "{body}"
     );
-    let (_, json) = curl("GET", &url("/status.json"), None).await;
+    let (_, json) = http_call(http, "GET", "/status.json", None).await;
     assert!(json.contains("\"kind\":\"push\""), "{json}");
 
     let logs = crate::support::terminate_and_read_logs(&mut child).await;

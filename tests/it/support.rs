@@ -446,3 +446,31 @@ pub(crate) async fn serving_status(
         .into_inner()
         .status()
 }
+
+/// `METHOD path` over HTTP/1.1 (`Connection: close`), with a bearer token when given: the
+/// status code and the body. A raw client, so the tests need no curl.
+pub(crate) async fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hg\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut out))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
