@@ -124,6 +124,9 @@ pub struct ServerConfig {
     /// When set, the detail RPCs require `authorization: Bearer TOKEN` (the standard health
     /// service never does). Usually `"${VAR}"`.
     pub detail_token: Option<String>,
+    /// Where overrides, push reports and runtime changes are kept across restarts (relative
+    /// paths against the config file's directory); nothing is kept when not set.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -139,6 +142,7 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("drain_delay", &self.drain_delay)
             .field("drain_timeout", &self.drain_timeout)
+            .field("state_file", &self.state_file)
             .field(
                 "detail_token",
                 &self.detail_token.as_ref().map(|_| redact::REDACTED),
@@ -158,6 +162,7 @@ impl Default for ServerConfig {
             http_failure_status: 503,
             haproxy_agent_listen: None,
             haproxy_agent_degraded_weight: 50,
+            state_file: None,
         }
     }
 }

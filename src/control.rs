@@ -15,6 +15,7 @@
 //! warning, and the rest of the file still applies.
 
 mod metrics;
+pub mod state;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError, DependencySpec, Problem, ServiceSpec};
 use crate::engine::{Applied, ChangeError, Handle};
 use metrics::ReloadMetrics;
+pub use state::StateFile;
 pub use watch::{ConfigWatch, DEFAULT_DEBOUNCE, watch};
 
 /// What a [`Reloader`] reports about the configuration in force.
@@ -70,6 +72,8 @@ pub struct Reloader {
     /// One reload at a time: two triggers at once apply in turn, each reading the file anew.
     turn: tokio::sync::Mutex<()>,
     metrics: Option<Arc<ReloadMetrics>>,
+    /// Where runtime changes are written before they are answered.
+    kept: std::sync::OnceLock<Arc<StateFile>>,
 }
 
 struct InForce {
@@ -85,8 +89,16 @@ struct InForce {
 /// a warning) — so what the file says is always what runs for its names.
 #[derive(Debug, Clone, Default)]
 struct Layer {
-    dependencies: BTreeMap<String, DependencySpec>,
-    services: BTreeMap<String, ServiceSpec>,
+    dependencies: BTreeMap<String, Runtime<DependencySpec>>,
+    services: BTreeMap<String, Runtime<ServiceSpec>>,
+}
+
+/// A runtime item: its spec, and the TOML it was given as (what the state file keeps, so a
+/// restart parses it again — `${ENV}` references stay references).
+#[derive(Debug, Clone)]
+struct Runtime<T> {
+    spec: T,
+    toml: Arc<str>,
 }
 
 /// Where an item of the effective configuration comes from.
@@ -140,6 +152,9 @@ pub enum ChangeRefused {
     /// cannot be built, …).
     #[error("{0}")]
     Rejected(#[from] ChangeError),
+    /// The change applied, but the state file could not be written.
+    #[error("the change applied, but {0}")]
+    NotSaved(#[from] state::StateError),
 }
 
 impl fmt::Debug for Reloader {
@@ -206,7 +221,14 @@ impl Reloader {
             }),
             turn: tokio::sync::Mutex::new(()),
             metrics,
+            kept: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runtime changes (and reloads, which may drop runtime items the file now defines) are
+    /// written to `state` before they are answered. Set once; later calls are ignored.
+    pub fn keep_state(&self, state: Arc<StateFile>) {
+        let _ = self.kept.set(state);
     }
 
     /// The configuration in force: hash, load time, last error.
@@ -225,6 +247,11 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let _turn = self.turn.lock().await;
         let result = self.try_reload(trigger).await;
+        if let (Ok(_), Some(state)) = (&result, self.kept.get()) {
+            // The reload itself applied; a state write that fails is logged by the writer and
+            // retried with the next change.
+            let _ = state.save().await;
+        }
         let now = SystemTime::now();
         let mut state = self.lock();
         match &result {
@@ -329,7 +356,10 @@ impl Reloader {
                 return Err(in_file("dependency", name));
             }
             room(&layer.dependencies, "dependency", name)?;
-            layer.dependencies.insert(name.to_owned(), spec);
+            let toml = Arc::from(toml);
+            layer
+                .dependencies
+                .insert(name.to_owned(), Runtime { spec, toml });
             Ok(())
         })
         .await
@@ -351,7 +381,10 @@ impl Reloader {
                 return Err(in_file("service", name));
             }
             room(&layer.services, "service", name)?;
-            layer.services.insert(name.to_owned(), spec);
+            let toml = Arc::from(toml);
+            layer
+                .services
+                .insert(name.to_owned(), Runtime { spec, toml });
             Ok(())
         })
         .await
@@ -414,6 +447,58 @@ impl Reloader {
         )
     }
 
+    /// The runtime layer as it was given: each dependency's and service's TOML, by name.
+    pub fn runtime_sources(&self) -> RuntimeSources {
+        fn sources<T>(items: &BTreeMap<String, Runtime<T>>) -> Vec<(String, Arc<str>)> {
+            (items.iter())
+                .map(|(n, r)| (n.clone(), r.toml.clone()))
+                .collect()
+        }
+        let state = self.lock();
+        RuntimeSources {
+            dependencies: sources(&state.runtime.dependencies),
+            services: sources(&state.runtime.services),
+        }
+    }
+
+    /// Puts back a runtime layer a state file kept (at start, before anything listens): each
+    /// item parsed and validated again, as if it were added now. An item the file now defines,
+    /// or that no longer validates, is dropped; so is a service that relies on a dropped
+    /// dependency. Returns what was dropped and why, one line each.
+    pub async fn restore_runtime(&self, sources: RuntimeSources) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let built = {
+            let _turn = self.turn.lock().await;
+            let file = self.lock().config.clone();
+            let layer = restored_layer(&file, &sources, &mut dropped);
+            let (dependencies, services) = effective(&file, &layer);
+            match self.handle.apply(dependencies, services).await {
+                Ok(_) => {
+                    self.lock().runtime = layer;
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "the kept runtime layer does not apply as a whole; restoring it item by item");
+                    false
+                }
+            }
+        };
+        if !built {
+            // One at a time, so one bad item (a probe that cannot be built now) costs only itself.
+            for (name, toml) in &sources.dependencies {
+                if let Err(e) = self.put_dependency(name, toml).await {
+                    dropped.push(format!("runtime dependency {name:?}: {e}"));
+                }
+            }
+            for (name, toml) in &sources.services {
+                if let Err(e) = self.put_service(name, toml).await {
+                    dropped.push(format!("runtime service {name:?}: {e}"));
+                }
+            }
+        }
+        dropped
+    }
+
     /// Applies `edit` to a copy of the runtime layer and swaps the result in; on any refusal
     /// the layer and the engine are as they were.
     async fn change(
@@ -429,6 +514,9 @@ impl Reloader {
         let (dependencies, services) = effective(&file, &layer);
         let applied = self.handle.apply(dependencies, services).await?;
         self.lock().runtime = layer;
+        if let Some(state) = self.kept.get() {
+            state.save().await?;
+        }
         Ok(applied)
     }
 
@@ -460,6 +548,67 @@ impl Layer {
     }
 }
 
+/// A runtime layer as TOML, by name: what [`Reloader::runtime_sources`] gives and
+/// [`Reloader::restore_runtime`] takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSources {
+    /// `[dependencies.NAME]` bodies.
+    pub dependencies: Vec<(String, Arc<str>)>,
+    /// `[services.NAME]` bodies.
+    pub services: Vec<(String, Arc<str>)>,
+}
+
+/// The layer `sources` describe, over `file`: every item that still parses and validates and
+/// that the file does not define (the others are named in `dropped`), within the bounds.
+fn restored_layer(file: &Config, sources: &RuntimeSources, dropped: &mut Vec<String>) -> Layer {
+    let mut layer = Layer::default();
+    for (name, toml) in &sources.dependencies {
+        let what = format!("runtime dependency {name:?}");
+        if file.dependencies.contains_key(name) {
+            dropped.push(format!("{what}: the config file defines it now"));
+            continue;
+        }
+        if room(&layer.dependencies, "dependency", name).is_err() {
+            dropped.push(format!("{what}: the runtime layer is full"));
+            continue;
+        }
+        match parse_table("dependencies", name, toml, &|_| false) {
+            Ok(mut c) => {
+                if let Some(spec) = c.dependencies.remove(name) {
+                    let toml = toml.clone();
+                    layer
+                        .dependencies
+                        .insert(name.clone(), Runtime { spec, toml });
+                }
+            }
+            Err(e) => dropped.extend(e.to_string().lines().map(|l| format!("{what}: {l}"))),
+        }
+    }
+    let known = |d: &str| file.dependencies.contains_key(d) || layer.dependencies.contains_key(d);
+    let mut services = BTreeMap::new();
+    for (name, toml) in &sources.services {
+        let what = format!("runtime service {name:?}");
+        if file.services.contains_key(name) {
+            dropped.push(format!("{what}: the config file defines it now"));
+            continue;
+        }
+        if room(&services, "service", name).is_err() {
+            dropped.push(format!("{what}: the runtime layer is full"));
+            continue;
+        }
+        match parse_table("services", name, toml, &known) {
+            Ok(mut c) => {
+                let spec = c.services.remove(name).unwrap_or_default();
+                let toml = toml.clone();
+                services.insert(name.clone(), Runtime { spec, toml });
+            }
+            Err(e) => dropped.extend(e.to_string().lines().map(|l| format!("{what}: {l}"))),
+        }
+    }
+    layer.services = services;
+    layer
+}
+
 /// The file's dependencies and services with the runtime layer's added. The file's `""`,
 /// when it was defaulted (every dependency, critical), covers the runtime dependencies too.
 fn effective(
@@ -470,9 +619,9 @@ fn effective(
     BTreeMap<String, ServiceSpec>,
 ) {
     let mut dependencies = file.dependencies.clone();
-    dependencies.extend(layer.dependencies.clone());
+    dependencies.extend((layer.dependencies.iter()).map(|(n, r)| (n.clone(), r.spec.clone())));
     let mut services = file.services.clone();
-    services.extend(layer.services.clone());
+    services.extend((layer.services.iter()).map(|(n, r)| (n.clone(), r.spec.clone())));
     let defaulted =
         ServiceSpec::with_all(file.dependencies.keys().cloned(), crate::Impact::Critical);
     if services.get("") == Some(&defaulted) {
@@ -552,6 +701,7 @@ fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
         a.haproxy_agent_degraded_weight != b.haproxy_agent_degraded_weight,
     );
     differs("server.detail_token", a.detail_token != b.detail_token);
+    differs("server.state_file", a.state_file != b.state_file);
     differs("admin.token", old.admin != new.admin);
     differs("limits", old.limits != new.limits);
     differs("telemetry", old.telemetry != new.telemetry);

@@ -42,7 +42,7 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{Override, Snapshot};
-pub use change::{Applied, ChangeError, MAX_OVERRIDE, Reporter, Target};
+pub use change::{Applied, ChangeError, MAX_OVERRIDE, Reporter, Saved, SavedReport, Target};
 use change::{Command, list};
 use reducer::Reducer;
 pub use shared::ServiceWatch;
@@ -393,6 +393,24 @@ impl Handle {
     pub async fn refresh(&self, name: impl Into<String>) -> Result<(), ChangeError> {
         let name = name.into();
         self.request(|reply| Command::Refresh { name, reply }).await
+    }
+
+    /// Restores what a state file kept, in one step (meant for the start, before anything
+    /// listens): overrides keep their `since` and `until` (expired ones are dropped); a push
+    /// report within its ttl restores the dependency's health and reason, and the ttl runs on
+    /// from the report's time; an older one counts as missing (Unhealthy, `no report for
+    /// TTL`). Returns what was dropped and why, one line each (unknown names, expired
+    /// overrides, dependencies that are no longer push).
+    pub async fn restore(&self, saved: Saved) -> Result<Vec<String>, ChangeError> {
+        self.request(|reply| Command::Restore { saved, reply })
+            .await
+    }
+
+    /// What a state file must keep now (the inverse of [`Handle::restore`]): every active
+    /// override and every push dependency's last report, as the engine holds them at this
+    /// moment — a change this handle was told has applied is in it.
+    pub async fn saved(&self) -> Result<Saved, ChangeError> {
+        self.request(|reply| Command::Saved { reply }).await
     }
 
     /// Ends `target`'s override now; `Ok(false)` when it had none.

@@ -131,6 +131,9 @@ pub struct DependencyState {
     pub last_success: Option<SystemTime>,
     /// When a run last failed.
     pub last_failure: Option<SystemTime>,
+    /// A push dependency's last report: when it arrived (`None` before the first, and for
+    /// probed dependencies).
+    pub reported_at: Option<SystemTime>,
     /// The settings that explain the health.
     pub thresholds: Thresholds,
     /// The latest outcomes and transitions, bounded.

@@ -129,6 +129,18 @@ pub(crate) async fn serve_config(
             }
         }
     }
+    // What the state file kept is back before anything listens: no client sees the state
+    // from before it.
+    let state = match &config.server.state_file {
+        Some(path) => match keep_state(path, &handle, config_reloader.as_ref(), &metrics).await {
+            Ok(state) => Some(state),
+            Err(code) => {
+                handle.shutdown().await;
+                return code;
+            }
+        },
+        None => None,
+    };
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -173,6 +185,7 @@ pub(crate) async fn serve_config(
             .merge(healthgate::http::push_router(
                 handle.clone(),
                 config.admin.token.clone(),
+                state.clone(),
             ))
             .merge(healthgate::http::twin_router(handle.clone(), twin));
         let stop = http_stop.clone();
@@ -205,6 +218,7 @@ pub(crate) async fn serve_config(
         limits,
         reloader: config_reloader,
         admin_token: config.admin.token.clone(),
+        state,
     };
     let result = serve(listener, handle, options, shutdown_signal()).await;
     http_stop.cancel();
@@ -216,6 +230,34 @@ pub(crate) async fn serve_config(
             ExitCode::from(1)
         }
     }
+}
+
+/// Restores the state file at `path` into the engine and the reloader, then keeps it: written
+/// once now (so a file that cannot be written stops the start, exit 2, instead of failing every
+/// later change) and on every change after.
+async fn keep_state(
+    path: &std::path::Path,
+    handle: &healthgate::Handle,
+    reloader: Option<&Arc<Reloader>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<healthgate::control::StateFile>, ExitCode> {
+    use healthgate::control::state;
+    let kept = state::load(path);
+    state::restore(kept, handle, reloader.map(|r| &**r)).await;
+    let file = healthgate::control::StateFile::start(
+        path,
+        handle.clone(),
+        reloader.cloned(),
+        Some(metrics),
+    );
+    if let Err(e) = file.save().await {
+        eprintln!("error: server.state_file: {e}");
+        return Err(ExitCode::from(2));
+    }
+    if let Some(reloader) = reloader {
+        reloader.keep_state(file.clone());
+    }
+    Ok(file)
 }
 
 /// Binds an optional listener; on failure says why and returns exit code 1.

@@ -58,6 +58,7 @@ pub(crate) struct RawServer {
     pub(crate) http_failure_status: Option<i64>,
     pub(crate) haproxy_agent_listen: Option<String>,
     pub(crate) haproxy_agent_degraded_weight: Option<i64>,
+    pub(crate) state_file: Option<String>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

@@ -84,3 +84,39 @@ impl ReloadMetrics {
             .inc();
     }
 }
+
+/// The state file's writes, by result: `healthgate_state_writes_total{result}`.
+#[derive(Debug)]
+pub(crate) struct StateMetrics {
+    writes: Family<ResultLabels, Counter>,
+}
+
+impl StateMetrics {
+    pub(crate) fn of(metrics: &Metrics) -> Arc<StateMetrics> {
+        metrics.instruments(|registry| {
+            let m = StateMetrics {
+                writes: Family::default(),
+            };
+            for result in ["success", "failure"] {
+                drop(m.writes.get_or_create(&ResultLabels {
+                    result: result.to_owned(),
+                }));
+            }
+            registry.register(
+                "state_writes",
+                "State file writes, by result (one write answers every change waiting for it)",
+                m.writes.clone(),
+            );
+            m
+        })
+    }
+
+    pub(crate) fn wrote(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.writes
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}

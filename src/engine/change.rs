@@ -63,6 +63,15 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), ChangeError>>,
     },
+    /// What a state file kept (at start, before anything listens): see [`Saved`].
+    Restore {
+        saved: Saved,
+        reply: oneshot::Sender<Result<Vec<String>, ChangeError>>,
+    },
+    /// What a state file must keep now.
+    Saved {
+        reply: oneshot::Sender<Result<Saved, ChangeError>>,
+    },
     /// Ends an override now; answers whether one was active.
     ClearOverride {
         target: Target,
@@ -115,6 +124,29 @@ impl Target {
             Target::Dependency(n) | Target::Service(n) => n,
         }
     }
+}
+
+/// What a state file kept for [`Handle::restore`](super::Handle::restore): the active
+/// overrides and the push dependencies' last reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Saved {
+    /// Overrides as they were set: their `since` and `until` are kept.
+    pub overrides: Vec<(Target, Override)>,
+    /// Push dependencies' last reports.
+    pub reports: Vec<SavedReport>,
+}
+
+/// A push dependency's state when it was saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedReport {
+    /// The push dependency.
+    pub dependency: String,
+    /// Its health after hysteresis.
+    pub health: Health,
+    /// Its reason (degraded and unhealthy reports).
+    pub reason: Option<String>,
+    /// When its last report arrived.
+    pub at: std::time::SystemTime,
 }
 
 /// The longest override: a maintenance window longer than a week belongs in the config.

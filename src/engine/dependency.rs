@@ -22,6 +22,8 @@ pub(crate) struct Dependency {
     last_outcome: Option<Outcome>,
     last_success: Option<SystemTime>,
     last_failure: Option<SystemTime>,
+    /// Push: when the last report arrived.
+    pub(crate) last_report: Option<SystemTime>,
     /// The reducer's stale timer for this dependency, if one is set.
     pub(crate) stale_key: Slot,
     /// When the last outcome goes stale (the timer may fire earlier, see `engine::stale`).
@@ -53,6 +55,7 @@ impl Dependency {
             last_outcome: None,
             last_success: None,
             last_failure: None,
+            last_report: None,
             stale_key: None,
             stale_at: Instant::now(),
             forced: None,
@@ -100,6 +103,29 @@ impl Dependency {
         self.forced.as_ref().map(|(_, at)| *at)
     }
 
+    /// The active override.
+    pub(crate) fn forced(&self) -> Option<&Arc<Override>> {
+        self.forced.as_ref().map(|(o, _)| o)
+    }
+
+    /// A push dependency's state for the state file: its health and reason, and when its
+    /// last report arrived (`None` before the first report).
+    pub(crate) fn saved_report(&self, name: &str) -> Option<crate::engine::SavedReport> {
+        let at = self.last_report?;
+        let health = self.hysteresis.health();
+        if health == Health::Unknown {
+            return None;
+        }
+        Some(crate::engine::SavedReport {
+            dependency: name.to_owned(),
+            health,
+            reason: (self.last_outcome.as_ref())
+                .and_then(|o| o.verdict.reason())
+                .map(|r| r.to_string()),
+            at,
+        })
+    }
+
     pub(crate) fn has_outcome(&self) -> bool {
         self.last_outcome.is_some()
     }
@@ -136,6 +162,12 @@ impl Dependency {
             after,
             reason_changed,
         }
+    }
+
+    /// Makes the last outcome go stale `left` from now instead (a restored push report keeps
+    /// the rest of its ttl).
+    pub(crate) fn stale_in_at_most(&mut self, left: Duration) {
+        self.stale_at = self.stale_at.min(Instant::now() + left);
     }
 
     /// How long until the last outcome is stale, from now (zero when it is).
@@ -218,6 +250,7 @@ impl Dependency {
             consecutive_failures: self.hysteresis.consecutive_failures(),
             last_success: self.last_success,
             last_failure: self.last_failure,
+            reported_at: self.last_report,
             ..initial_state(name, &self.spec)
         };
         self.state = Arc::new(state);
@@ -242,6 +275,7 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
         consecutive_failures: 0,
         last_success: None,
         last_failure: None,
+        reported_at: None,
         thresholds: Thresholds {
             mode,
             period,

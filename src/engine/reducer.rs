@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+mod restore;
+
 use super::Shared;
 use super::change::{self, Applied, ChangeError, Command, Reporter, Target};
 use super::dependency::Dependency;
@@ -296,6 +298,20 @@ impl Reducer {
                 let _ = reply.send(result);
                 return;
             }
+            Command::Restore { saved, reply } => {
+                let result = if self.shutting_down {
+                    Err(ChangeError::ShuttingDown)
+                } else {
+                    Ok(self.restore(saved))
+                };
+                self.publish();
+                let _ = reply.send(result);
+                return;
+            }
+            Command::Saved { reply } => {
+                let _ = reply.send(Ok(self.saved()));
+                return;
+            }
             Command::ClearOverride { target, reply } => {
                 let result = self.clear_override(&target, "cleared");
                 self.publish();
@@ -539,13 +555,17 @@ impl Reducer {
             Health::Unhealthy => Verdict::Unhealthy(reason()),
             Health::Unknown => return Err(ChangeError::InvalidReport),
         };
+        let (key, instance, now) = (key.clone(), dep.task.instance, SystemTime::now());
+        if let Some(dep) = self.dependencies.get_mut(&key) {
+            dep.last_report = Some(now);
+        }
         let event = Event {
-            dependency: key.clone(),
-            instance: dep.task.instance,
+            dependency: key,
+            instance,
             outcome: Some(Outcome {
                 verdict,
                 latency: Duration::ZERO,
-                finished_at: SystemTime::now(),
+                finished_at: now,
             }),
             span: tracing::Span::current(),
         };
@@ -572,23 +592,7 @@ impl Reducer {
             until: now + duration,
             reason: Reason::new(reason.to_owned()),
         });
-        let expires = Instant::now() + duration;
-        match target {
-            Target::Dependency(name) => {
-                let (key, dep) = self.dependency_mut(name)?;
-                let (before, after) = dep.force(&key, Some((forced.clone(), expires)));
-                if before != after {
-                    self.rollup_needed = true;
-                }
-            }
-            Target::Service(name) => {
-                let Some(service) = self.services.get_mut(name.as_str()) else {
-                    return Err(ChangeError::UnknownService(name.clone()));
-                };
-                service.forced = Some((forced.clone(), expires));
-                self.rollup_needed = true;
-            }
-        }
+        self.force(target, forced.clone(), duration)?;
         info!(
             kind = target.kind(),
             name = target.name(),
@@ -597,9 +601,36 @@ impl Reducer {
             reason = %forced.reason,
             "override set"
         );
+        Ok(forced)
+    }
+
+    /// Puts `forced` on `target` for `left` (on the reducer's clock).
+    fn force(
+        &mut self,
+        target: &Target,
+        forced: Arc<Override>,
+        left: Duration,
+    ) -> Result<(), ChangeError> {
+        let expires = Instant::now() + left;
+        match target {
+            Target::Dependency(name) => {
+                let (key, dep) = self.dependency_mut(name)?;
+                let (before, after) = dep.force(&key, Some((forced, expires)));
+                if before != after {
+                    self.rollup_needed = true;
+                }
+            }
+            Target::Service(name) => {
+                let Some(service) = self.services.get_mut(name.as_str()) else {
+                    return Err(ChangeError::UnknownService(name.clone()));
+                };
+                service.forced = Some((forced, expires));
+                self.rollup_needed = true;
+            }
+        }
         self.throttle.changed();
         self.next_expiry = self.earliest_expiry();
-        Ok(forced)
+        Ok(())
     }
 
     /// The dependency `name`, with its key (the name its state is published under).

@@ -18,7 +18,7 @@ use super::pb::admin::{
     ReportRequest, ReportResponse, ShowRequest, ShowResponse, ShownDependency, ShownService,
     TargetKind,
 };
-use crate::control::{ChangeRefused, ReloadError, Reloader};
+use crate::control::{ChangeRefused, ReloadError, Reloader, StateFile};
 use crate::engine::Applied;
 use crate::engine::{ChangeError, Reporter, Target};
 use crate::{Handle, Health, auth};
@@ -29,6 +29,7 @@ pub struct AdminService {
     handle: Handle,
     token: Arc<str>,
     reloader: Option<Arc<Reloader>>,
+    state: Option<Arc<StateFile>>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -47,6 +48,24 @@ impl AdminService {
             handle,
             token: Arc::from(token),
             reloader,
+            state: None,
+        }
+    }
+
+    /// Overrides, clears and reports are written to `state` before they are answered (a
+    /// runtime change is written by the reloader, which keeps the same file).
+    pub fn keeping_state(mut self, state: Option<Arc<StateFile>>) -> AdminService {
+        self.state = state;
+        self
+    }
+
+    /// Waits until the state file holds what just changed; `INTERNAL` when it cannot be
+    /// written (the change applied in memory, and the message says so).
+    async fn saved(&self) -> Result<(), Status> {
+        match &self.state {
+            Some(state) => (state.save().await)
+                .map_err(|e| Status::internal(format!("the change applied, but {e}"))),
+            None => Ok(()),
         }
     }
 
@@ -127,6 +146,7 @@ fn change_refused(e: ChangeRefused) -> Status {
         e @ ChangeRefused::Unknown { .. } => Status::not_found(e.to_string()),
         e @ ChangeRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
         ChangeRefused::Rejected(e) => refused(e),
+        e @ ChangeRefused::NotSaved(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -274,6 +294,7 @@ impl Admin for AdminService {
             .report(&r.dependency, health, reason.clone(), Reporter::Admin)
             .await
             .map_err(refused)?;
+        self.saved().await?;
         info!(
             action = "report",
             dependency = %r.dependency,
@@ -302,6 +323,7 @@ impl Admin for AdminService {
             .set_override(target.clone(), health, duration, r.reason)
             .await
             .map_err(refused)?;
+        self.saved().await?;
         info!(
             action = "override",
             kind = target.kind(),
@@ -330,6 +352,7 @@ impl Admin for AdminService {
             .clear_override(target.clone())
             .await
             .map_err(refused)?;
+        self.saved().await?;
         info!(
             action = "clear",
             kind = target.kind(),

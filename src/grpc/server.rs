@@ -31,7 +31,7 @@ use super::front::Front;
 use super::observe::ObserveLayer;
 use super::pb;
 use crate::Handle;
-use crate::control::Reloader;
+use crate::control::{Reloader, StateFile};
 use crate::listener::{self, Limits};
 use crate::metrics::Metrics;
 
@@ -53,6 +53,9 @@ pub struct ServeOptions {
     pub reloader: Option<Arc<Reloader>>,
     /// When set, `healthgate.v1.Admin` is served for callers with this bearer token.
     pub admin_token: Option<String>,
+    /// Where the Admin service keeps overrides and reports before it answers (`[server]
+    /// state_file`).
+    pub state: Option<Arc<StateFile>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for ServeOptions {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "[redacted]"),
             )
+            .field("state", &self.state.as_deref().map(StateFile::path))
             .finish()
     }
 }
@@ -116,7 +120,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     if let Some(token) = &options.admin_token {
-        let admin = AdminService::new(handle.clone(), token.clone(), options.reloader.clone());
+        let admin = AdminService::new(handle.clone(), token.clone(), options.reloader.clone())
+            .keeping_state(options.state.clone());
         routes = routes.add_service(admin.into_server());
     }
     let routes = routes.prepare();

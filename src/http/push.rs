@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::control::StateFile;
 use crate::engine::{ChangeError, Reporter};
 use crate::{Handle, Health, auth};
 
@@ -21,14 +22,21 @@ use crate::{Handle, Health, auth};
 struct Push {
     handle: Handle,
     admin_token: Option<Arc<str>>,
+    state: Option<Arc<StateFile>>,
 }
 
 /// The `/push/NAME` route for `handle`; `admin_token`, when set, may report any push
-/// dependency.
-pub fn push_router(handle: Handle, admin_token: Option<String>) -> axum::Router {
+/// dependency. With `state`, a report is answered once the state file holds it (`500` when
+/// it cannot be written: the report applied in memory, and the answer says so).
+pub fn push_router(
+    handle: Handle,
+    admin_token: Option<String>,
+    state: Option<Arc<StateFile>>,
+) -> axum::Router {
     let push = Arc::new(Push {
         handle,
         admin_token: admin_token.map(Arc::from),
+        state,
     });
     axum::Router::new()
         .route("/push/{*name}", axum::routing::any(report))
@@ -79,7 +87,16 @@ async fn report(State(push): State<Arc<Push>>, request: Request) -> Response {
         _ => Reporter::Token(given.to_owned()),
     };
     match push.handle.report(&*name, health, reason, reporter).await {
-        Ok(()) => text(StatusCode::OK, format!("reported {health}\n")),
+        Ok(()) => match push.state.as_deref().map(StateFile::save) {
+            Some(saving) => match saving.await {
+                Ok(()) => text(StatusCode::OK, format!("reported {health}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the report applied, but {e}\n"),
+                ),
+            },
+            None => text(StatusCode::OK, format!("reported {health}\n")),
+        },
         Err(ChangeError::Unauthenticated(_)) => unauthorized(),
         Err(ChangeError::UnknownDependency(_)) => {
             text(StatusCode::NOT_FOUND, "no such dependency\n")

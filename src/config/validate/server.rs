@@ -62,7 +62,41 @@ impl Validator<'_> {
             }
             server.detail_token = Some(token);
         }
+        server.state_file = raw.state_file.as_deref().and_then(|f| self.state_file(f));
         Some(server)
+    }
+
+    /// `server.state_file`: resolved against the config's directory; its directory must exist
+    /// (the file itself is created at the first change).
+    fn state_file(&mut self, file: &str) -> Option<std::path::PathBuf> {
+        let key = "server.state_file";
+        if file.is_empty() {
+            self.problem(key, "must not be empty (omit it to keep no state)");
+            return None;
+        }
+        let full = match self.base_dir {
+            Some(dir) => dir.join(file),
+            None => Path::new(file).to_path_buf(),
+        };
+        if full.is_dir() {
+            self.problem(
+                key,
+                format!("{} is a directory, not a file", full.display()),
+            );
+            return None;
+        }
+        let dir = match full.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => Path::new(".").to_path_buf(),
+        };
+        if !dir.is_dir() {
+            self.problem(
+                key,
+                format!("the directory {} does not exist", dir.display()),
+            );
+            return None;
+        }
+        Some(full)
     }
 
     pub(super) fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {

@@ -269,6 +269,7 @@ mod tests {
             consecutive_failures: 0,
             last_success: None,
             last_failure: None,
+            reported_at: None,
             thresholds: Thresholds {
                 mode: "background",
                 period: std::time::Duration::from_secs(1),
