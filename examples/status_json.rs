@@ -62,6 +62,7 @@ fn main() {
                 consecutive_failures: 0,
                 last_success: Some(now),
                 last_failure: None,
+                reported_at: None,
                 thresholds: Thresholds {
                     mode: "background",
                     period: Duration::from_secs(1),

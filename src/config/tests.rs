@@ -604,3 +604,28 @@ fn the_admin_token_is_long_enough_from_the_environment_and_never_shown() {
         "off unless configured"
     );
 }
+
+#[test]
+fn the_state_file_is_resolved_beside_the_config_and_its_directory_must_exist() {
+    let dir = std::env::temp_dir().join(format!("healthgate-cfg-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("healthgate.toml");
+    let config =
+        Config::from_file_text(&file, "[server]\nstate_file = \"state.json\"\n").expect("valid");
+    assert_eq!(config.server.state_file, Some(dir.join("state.json")));
+    for (value, says) in [
+        ("missing/state.json", "the directory"),
+        ("", "must not be empty"),
+        (".", "is a directory"),
+    ] {
+        let err = Config::from_file_text(&file, &format!("[server]\nstate_file = {value:?}\n"))
+            .expect_err(value);
+        let got = messages(&err);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("server.state_file: ") && g.contains(says)),
+            "{value:?}: {got:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("clean");
+}

@@ -13,7 +13,7 @@ use crate::support::{
 const ADMIN: &str = "admin-Tok3n-0123456789";
 
 /// `healthgate admin --addr ADDR ARGS…` with `token`: exit code, stdout, stderr.
-async fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn admin(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_healthgate"));
     command.args(["admin", "--addr", addr]).args(args);
     command.env_remove("HEALTHGATE_ADMIN_TOKEN");

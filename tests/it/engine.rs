@@ -896,6 +896,117 @@ async fn push_dependencies_take_reports_and_a_missing_report_fails_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restored_state_keeps_override_times_and_the_rest_of_each_push_ttl() {
+    use healthgate::engine::{Saved, SavedReport, Target};
+    use healthgate::snapshot::Override;
+    use std::time::SystemTime;
+    let ttl = 30 * SECOND;
+    let db = Scripted::new(Verdict::Healthy);
+    let handle = Engine::builder()
+        .dependency("fresh", DependencySpec::push(ttl, None))
+        .dependency("old", DependencySpec::push(ttl, None))
+        .dependency("never", DependencySpec::push(ttl, None))
+        .dependency("db", every_second(&db))
+        .service("shop", ServiceSpec::with_all(["db"], Impact::Critical))
+        .start()
+        .expect("starts");
+    // The wall clock does not pause: times are made relative to it.
+    let now = SystemTime::now();
+    let drain = Override {
+        health: Health::Unhealthy,
+        since: now - 60 * SECOND,
+        until: now + 10 * SECOND,
+        reason: healthgate::Reason::new("drain for upgrade".to_owned()),
+    };
+    let report = |name: &str, health, age| SavedReport {
+        dependency: name.to_owned(),
+        health,
+        reason: (health != Health::Healthy).then(|| "slow".to_owned()),
+        at: now - age,
+    };
+    let saved = Saved {
+        overrides: vec![
+            (Target::Service("shop".into()), drain.clone()),
+            (
+                Target::Dependency("db".into()),
+                Override {
+                    until: now - SECOND,
+                    ..drain.clone()
+                },
+            ),
+            (Target::Dependency("ghost".into()), drain.clone()),
+        ],
+        reports: vec![
+            report("fresh", Health::Degraded, 20 * SECOND),
+            report("old", Health::Healthy, 40 * SECOND),
+            report("db", Health::Healthy, SECOND),
+        ],
+    };
+    let started = Instant::now();
+    let mut dropped = handle.restore(saved).await.expect("restored");
+    dropped.sort();
+    assert_eq!(dropped.len(), 3, "{dropped:?}");
+    assert!(dropped[0].contains("\"db\": expired"), "{dropped:?}");
+    assert!(dropped[1].contains("\"ghost\""), "{dropped:?}");
+    assert!(
+        dropped[2].contains("\"db\": no longer a push"),
+        "{dropped:?}"
+    );
+
+    let snapshot = handle.snapshot();
+    let shop = snapshot.service("shop").expect("shop");
+    assert_eq!(
+        shop.status.health,
+        Health::Unhealthy,
+        "the override decides"
+    );
+    assert_eq!(shop.forced.as_deref(), Some(&drain), "since and until kept");
+    let fresh = snapshot.dependency("fresh").expect("fresh");
+    assert_eq!(fresh.health, Health::Degraded, "the saved health");
+    assert_eq!(fresh.reported_at, Some(now - 20 * SECOND));
+    let old = snapshot.dependency("old").expect("old");
+    assert_eq!(old.health, Health::Unhealthy, "older than its ttl: missing");
+    assert_eq!(
+        old.last_outcome
+            .as_ref()
+            .and_then(|o| o.verdict.reason())
+            .map(|r| r.as_str()),
+        Some("no report for 30s")
+    );
+    assert_eq!(
+        snapshot.dependency("never").expect("never").health,
+        Health::Unknown
+    );
+
+    // What is saved now is what was restored (minus what was dropped).
+    let again = handle.saved().await.expect("saved");
+    assert_eq!(
+        again.overrides,
+        vec![(Target::Service("shop".into()), drain)]
+    );
+    assert_eq!(
+        again
+            .reports
+            .iter()
+            .map(|r| (r.dependency.as_str(), r.health))
+            .collect::<Vec<_>>(),
+        [("fresh", Health::Degraded), ("old", Health::Unhealthy)]
+    );
+
+    // The ttl runs on from the report: missing 10 s after the restore, not 30.
+    state_where(&handle, "fresh", |d| d.health == Health::Unhealthy).await;
+    let missed = Instant::now() - started;
+    assert!((10 * SECOND..11 * SECOND).contains(&missed), "{missed:?}");
+    // And the override ends at its own expiry.
+    let mut shop = handle.watch_service("shop");
+    shop.wait_for(|s| s.is_some_and(|s| s.health == Health::Healthy))
+        .await
+        .expect("expired");
+    assert!(Instant::now() - started < 11 * SECOND);
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn refresh_probes_now_bypassing_interval_cache_and_back_off() {
     let slow = Scripted::new(Verdict::Healthy);
     let cached = Scripted::new(Verdict::unhealthy("down"));

@@ -21,5 +21,6 @@ mod probe_tcp;
 mod push;
 mod reload;
 mod secrets;
+mod state;
 mod tls;
 mod wire;
