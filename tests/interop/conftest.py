@@ -42,6 +42,7 @@ class Healthgate:
     def __init__(self, dependency, extra_service="readiness"):
         self.dir = tempfile.mkdtemp(prefix="healthgate-interop-")
         config = os.path.join(self.dir, "healthgate.toml")
+        self.config = config
         with open(config, "w") as f:
             f.write(
                 f"""
@@ -75,6 +76,27 @@ dependencies = {{ api = "critical" }}
         )
         self.addr = self._listening("grpc")
         self.http_addr = self._listening("http")
+
+    def reload_with(self, text):
+        """Replaces the config file (atomically, as an editor or a ConfigMap does) and sends
+        SIGHUP."""
+        import signal
+
+        tmp = self.config + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config)
+        self.process.send_signal(signal.SIGHUP)
+
+    def config_text(self):
+        with open(self.config) as f:
+            return f.read()
+
+    def metrics(self):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.http_addr}/metrics", timeout=2) as response:
+            return response.read().decode()
 
     def _listening(self, kind):
         line = self.process.stdout.readline().strip()

@@ -60,6 +60,40 @@ def test_watch_of_an_unknown_service_stays_open(healthgate):
     stream.cancel()
 
 
+def test_watch_streams_see_services_appear_and_disappear_across_reloads(healthgate, dependency):
+    health = stub(healthgate.addr)
+    assert wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=2).status == SERVING)
+    base = healthgate.config_text()
+    readiness = health.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=30)
+    orders = health.Watch(health_pb2.HealthCheckRequest(service="orders"), timeout=30)
+    assert next(readiness).status == SERVING
+    assert next(orders).status == SERVICE_UNKNOWN
+
+    # Added by a reload: the stream already open on the name sees it.
+    healthgate.reload_with(base + '\n[services.orders]\ndependencies = { api = "critical" }\n')
+    assert next(orders).status == SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service="orders"), timeout=2).status == SERVING
+
+    # A broken file changes nothing and sends nothing.
+    healthgate.reload_with(base + "\n[services.orders\n")
+    assert wait_for(lambda: 'healthgate_config_reloads_total{result="failure"} 1' in healthgate.metrics())
+    assert health.Check(health_pb2.HealthCheckRequest(service="orders"), timeout=2).status == SERVING
+
+    # Removed by a reload: SERVICE_UNKNOWN on its stream, NOT_FOUND for Check.
+    healthgate.reload_with(base)
+    assert next(orders).status == SERVICE_UNKNOWN
+    with pytest.raises(grpc.RpcError) as err:
+        health.Check(health_pb2.HealthCheckRequest(service="orders"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # Three reloads later, the stream of a service they did not touch got nothing: its next
+    # message is the next real change.
+    dependency.status = 503
+    assert next(readiness).status == NOT_SERVING
+    readiness.cancel()
+    orders.cancel()
+
+
 def test_list_returns_every_service(healthgate):
     health = stub(healthgate.addr)
     assert wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == SERVING)
