@@ -19,6 +19,28 @@ struct ResultLabels {
     result: String,
 }
 
+/// A counter family by `result`, with both `success` and `failure` series present from the
+/// start (so `rate()` sees the first failure).
+fn by_result() -> Family<ResultLabels, Counter> {
+    let family = Family::<ResultLabels, Counter>::default();
+    for result in ["success", "failure"] {
+        drop(family.get_or_create(&ResultLabels {
+            result: result.to_owned(),
+        }));
+    }
+    family
+}
+
+/// Counts one `success` or failure in `family`.
+fn count(family: &Family<ResultLabels, Counter>, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    family
+        .get_or_create(&ResultLabels {
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
 #[derive(Debug)]
 pub(crate) struct ReloadMetrics {
     reloads: Family<ResultLabels, Counter>,
@@ -30,16 +52,10 @@ impl ReloadMetrics {
     pub(crate) fn of(metrics: &Metrics) -> Arc<ReloadMetrics> {
         metrics.instruments(|registry| {
             let m = ReloadMetrics {
-                reloads: Family::default(),
+                reloads: by_result(),
                 last_successful: Gauge::default(),
                 last_success: Gauge::default(),
             };
-            for result in ["success", "failure"] {
-                // Both series exist from the start, so `rate()` sees the first failure.
-                drop(m.reloads.get_or_create(&ResultLabels {
-                    result: result.to_owned(),
-                }));
-            }
             registry.register(
                 "config_reloads",
                 "Config reloads, by result",
@@ -68,20 +84,12 @@ impl ReloadMetrics {
     }
 
     pub(crate) fn succeeded(&self) {
-        self.reloads
-            .get_or_create(&ResultLabels {
-                result: "success".to_owned(),
-            })
-            .inc();
+        count(&self.reloads, true);
     }
 
     pub(crate) fn failed(&self) {
         self.last_successful.set(0);
-        self.reloads
-            .get_or_create(&ResultLabels {
-                result: "failure".to_owned(),
-            })
-            .inc();
+        count(&self.reloads, false);
     }
 }
 
@@ -95,13 +103,8 @@ impl StateMetrics {
     pub(crate) fn of(metrics: &Metrics) -> Arc<StateMetrics> {
         metrics.instruments(|registry| {
             let m = StateMetrics {
-                writes: Family::default(),
+                writes: by_result(),
             };
-            for result in ["success", "failure"] {
-                drop(m.writes.get_or_create(&ResultLabels {
-                    result: result.to_owned(),
-                }));
-            }
             registry.register(
                 "state_writes",
                 "State file writes, by result (one write answers every change waiting for it)",
@@ -112,11 +115,6 @@ impl StateMetrics {
     }
 
     pub(crate) fn wrote(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.writes
-            .get_or_create(&ResultLabels {
-                result: result.to_owned(),
-            })
-            .inc();
+        count(&self.writes, ok);
     }
 }
