@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
-#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check twin fanout scale cold)
+#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check twin control fanout scale cold)
 #   BASELINE=path/to/healthgate bench/run.sh  # an earlier build joins the check and fan-out
 #                                 # sections as "healthgate-baseline" (before/after, same run)
 set -euo pipefail
@@ -17,12 +17,13 @@ CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
 RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
-SECTIONS=${SECTIONS:-check twin fanout scale cold}
+SECTIONS=${SECTIONS:-check twin control fanout scale cold}
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
 BASELINE=${BASELINE:-}      # an earlier healthgate binary to compare with, same run
 TWIN_SETTLE=${TWIN_SETTLE:-5}  # seconds between a twin server's start and its load
+RELOAD_DEPS=${RELOAD_DEPS:-1000}  # dependencies in the config the control section reloads
 work=target/bench
 mkdir -p "$work"
 
@@ -96,7 +97,8 @@ scalecsv="$work/scale.csv"
 coldcsv="$work/coldstart.csv"
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-# load ROUND SCENARIO SERVER PID ADDR BODY [H2LOAD OPTIONS...]
+# load ROUND SCENARIO SERVER PID ADDR BODY [H2LOAD OPTIONS...]: one row in LOAD_CSV (default
+# results.csv).
 load() {
   local round=$1 scenario=$2 server=$3 pid=$4 addr=$5 body=$6
   shift 6
@@ -108,7 +110,8 @@ load() {
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
     "http://$addr/grpc.health.v1.Health/Check" 2>&1)
   after=$(cpu_ticks "$pid")
-  python3 - "$round" "$scenario" "$server" "$log" "$((after - before))" "$tick_us" "$out" >>"$results" <<'PY'
+  local csv=${LOAD_CSV:-$results}
+  python3 - "$round" "$scenario" "$server" "$log" "$((after - before))" "$tick_us" "$out" >>"$csv" <<'PY'
 import sys, re
 round_, scenario, server, log, ticks, tick_us, out = sys.argv[1:]
 lat = sorted(int(l.split()[2]) for l in open(log) if len(l.split()) >= 3)
@@ -119,7 +122,17 @@ p = lambda q: lat[min(n - 1, int(q * n))] if n else 0
 cpu = int(ticks) * int(tick_us) / max(n, 1)
 print(f"{round_},{scenario},{server},{rps:.0f},{p(0.5)},{p(0.99)},{cpu:.2f},{failed}")
 PY
-  tail -1 "$results" | awk -F, '{printf "  %-9s %-20s %8s req/s  p50 %5s us  p99 %6s us  %6s us CPU/req\n", $2, $3, $4, $5, $6, $7}'
+  tail -1 "$csv" | awk -F, '{printf "  %-9s %-20s %8s req/s  p50 %5s us  p99 %6s us  %6s us CPU/req\n", $2, $3, $4, $5, $6, $7}'
+}
+
+# nth_line FILE N SECONDS: line N of FILE once it is there (a background helper's output).
+nth_line() {
+  for _ in $(seq $(($3 * 20))); do
+    if [ "$(wc -l <"$1")" -ge "$2" ]; then sed -n "$2p" "$1"; return; fi
+    sleep 0.05
+  done
+  echo "no line $2 in $1 after $3 s: $(cat "$1" "${1%.out}.err" 2>/dev/null)" >&2
+  exit 1
 }
 
 # kv LINE KEY: the value of KEY=… in a key=value line.
@@ -215,6 +228,71 @@ PY
   echo "$line" >>"$work/status_json.txt"
 done
 kill "$twin_dep_pids_1" "$twin_dep_pids_2" 2>/dev/null || true
+fi
+
+if section control; then
+echo "== control plane: Check while a $RELOAD_DEPS-dependency config is reloaded once a second (SIGHUP); POST /push"
+controlcsv="$work/control.csv"
+reloadcsv="$work/reload.csv"
+pushcsv="$work/push.csv"
+echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$controlcsv"
+echo "round,deps,reloads,swap_ms_p50,swap_ms_max,kept_ok,replaced_ok,unchanged_intervals,early_probes,shortest_interval_ms" >"$reloadcsv"
+echo "round,server,conns,rps,p50_us,p99_us,failed,non2xx" >"$pushcsv"
+# reload_bench (CPU 1, with its 1,000 dependencies) runs healthgate on CPU 0: a quiet phase, then
+# one reload per second; the same Check loads run in each phase, against the same process.
+phase_seconds=$((2 * (DURATION + 3) + 4))  # two loads, each 1 s warm-up + DURATION + start-up, with margin
+for round in $(seq "$ROUNDS"); do
+  out="$work/reload_bench.out"
+  taskset -c 1 "$ex/reload_bench" "$RELOAD_DEPS" "$phase_seconds" "$phase_seconds" taskset -c 0 "$hg" \
+    >"$out" 2>"$work/reload_bench.err" &
+  bench_pid=$!
+  echo "$bench_pid" >>"$pidfile"
+  line=$(nth_line "$out" 1 120)
+  pid=$(kv "$line" pid); addr=$(kv "$line" grpc)
+  echo "$pid" >>"$pidfile"
+  LOAD_CSV=$controlcsv load "$round" saturated quiet "$pid" "$addr" "$work/overall.bin"
+  LOAD_CSV=$controlcsv load "$round" fixed quiet "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+  nth_line "$out" 2 60 >/dev/null # "reloading"
+  LOAD_CSV=$controlcsv load "$round" saturated reloading "$pid" "$addr" "$work/overall.bin"
+  LOAD_CSV=$controlcsv load "$round" fixed reloading "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+  wait "$bench_pid" || { echo "reload_bench failed: $(cat "$work/reload_bench.err")" >&2; exit 1; }
+  line=$(nth_line "$out" 3 1)
+  echo "$round,$(kv "$line" deps),$(kv "$line" reloads),$(kv "$line" swap_ms_p50),$(kv "$line" swap_ms_max),$(kv "$line" kept_ok),$(kv "$line" replaced_ok),$(kv "$line" unchanged_intervals),$(kv "$line" early_probes),$(kv "$line" shortest_interval_ms)" >>"$reloadcsv"
+  tail -1 "$reloadcsv" | awk -F, '{printf "  %s reloads of %s deps: signal to swap p50 %s ms max %s ms  kept ok %s  early re-probes %s of %s (shortest %s ms)\n", $3, $2, $4, $5, $6, $9, $8, $10}'
+
+  # POST /push/job (a heartbeat) over HTTP/1.1 keep-alive, without and with a state file (every
+  # report written to disk, fsync'd, before it is answered).
+  printf 'x' >"$work/push-body.bin"
+  for server in push push-state; do
+    {
+      printf '[server]\ngrpc_listen = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\ndrain_delay = "0s"\n'
+      [ "$server" = push-state ] && printf 'state_file = "push-state.json"\n'
+      printf '\n[admin]\ntoken = "bench-admin-token"\n\n[dependencies.job]\nkind = "push"\nttl = "1h"\n'
+    } >"$work/$server.toml"
+    rm -f "$work/push-state.json"
+    read -r pid addr < <(LISTEN=http start "$server" 0 "$hg" serve --config "$work/$server.toml")
+    for conns in $CONNS 64; do
+      log="$work/h2load-push-$round-$server-$conns.log"
+      out=$(taskset -c 1 h2load --h1 -D "$DURATION" --warm-up-time 1 -c "$conns" -m 1 -d "$work/push-body.bin" \
+        -H 'authorization: Bearer bench-admin-token' --log-file "$log" \
+        "http://$addr/push/job?status=healthy" 2>&1)
+      python3 - "$round" "$server" "$conns" "$log" "$out" >>"$pushcsv" <<'PY'
+import sys, re
+round_, server, conns, log, out = sys.argv[1:]
+lat = sorted(int(l.split()[2]) for l in open(log) if len(l.split()) >= 3)
+rps = float(re.search(r"finished in [^,]+, ([0-9.]+) req/s", out).group(1))
+failed = int(re.search(r"requests: .*?(\d+) failed", out).group(1))
+codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+non2xx = sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else -1
+n = len(lat)
+p = lambda q: lat[min(n - 1, int(q * n))] if n else 0
+print(f"{round_},{server},{conns},{rps:.0f},{p(0.5)},{p(0.99)},{failed},{non2xx}")
+PY
+      tail -1 "$pushcsv" | awk -F, '{printf "  POST /push %-10s c=%-3s %8s req/s  p50 %5s us  p99 %6s us  failed %s  non-2xx %s\n", $2, $3, $4, $5, $6, $7, $8}'
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
 fi
 
 if section fanout; then

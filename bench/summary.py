@@ -98,6 +98,49 @@ if os.path.exists(status_path):
     target("status page JSON, 1,000 dependencies (ms, median)", ms, "<= 5", ms <= 5)
     checks.append(("status page HTML, 1,000 dependencies (ms, reported)", median(v["html_ms_p50"] for v in values), "-", "-"))
 
+# The control plane: Check while reloading, reload timing, POST /push.
+control = defaultdict(list)
+for row in rows("control.csv"):
+    control[(row["scenario"], row["server"])].append(row)
+if control:
+    print()
+    print(f"{'Check':9} {'phase':20} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} {'failed':>6}")
+    cm = lambda scenario, phase, field: median(r[field] for r in control.get((scenario, phase), []))
+    for (scenario, phase) in sorted(control):
+        failed = sum(int(r["failed"]) for r in control[(scenario, phase)])
+        print(f"{scenario:9} {phase:20} {cm(scenario, phase, 'rps'):9.0f} {cm(scenario, phase, 'p50_us'):8.0f} "
+              f"{cm(scenario, phase, 'p99_us'):8.0f} {cm(scenario, phase, 'cpu_us_per_req'):10.2f} {failed:6d}")
+    ratio = cm("fixed", "reloading", "p99_us") / cm("fixed", "quiet", "p99_us")
+    target("Check p99, one reload/s vs none (fixed load)", ratio, "<= 1.05", ratio <= 1.05)
+    ratio = cm("saturated", "reloading", "p99_us") / cm("saturated", "quiet", "p99_us")
+    target("Check p99, one reload/s vs none (saturated)", ratio, "<= 1.05", ratio <= 1.05)
+    ratio = cm("saturated", "reloading", "rps") / cm("saturated", "quiet", "rps")
+    checks.append(("Check/s, one reload/s vs none (reported)", ratio, "-", "-"))
+reloads = rows("reload.csv")
+if reloads:
+    deps = reloads[0]["deps"]
+    swap = max(float(r["swap_ms_max"]) for r in reloads)
+    target(f"reload of {deps} deps, signal to swap, max (ms)", swap, "<= 100", swap <= 100)
+    checks.append((f"reload of {deps} deps, signal to swap, p50 (ms, reported)", median(r["swap_ms_p50"] for r in reloads), "-", "-"))
+    ok = all(r["kept_ok"] == "true" and r["replaced_ok"] == "true" for r in reloads)
+    target("each reload kept N-1 and replaced 1", 1.0 if ok else 0.0, "= 1", ok)
+    early = sum(int(r["early_probes"]) for r in reloads)
+    target("unchanged dependencies re-probed early by a reload", early, "= 0", early == 0)
+push = defaultdict(list)
+for row in rows("push.csv"):
+    push[(row["server"], int(row["conns"]))].append(row)
+if push:
+    print()
+    print(f"{'POST /push':22} {'conns':>5} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'failed':>6} {'non-2xx':>7}")
+    for (server, conns), rs in sorted(push.items()):
+        print(f"{server:22} {conns:5d} {median(r['rps'] for r in rs):9.0f} {median(r['p50_us'] for r in rs):8.0f} "
+              f"{median(r['p99_us'] for r in rs):8.0f} {sum(int(r['failed']) for r in rs):6d} "
+              f"{sum(int(r['non2xx']) for r in rs):7d}")
+    for server, what in [("push", "no state file"), ("push-state", "state file")]:
+        best = max((median(r["rps"] for r in rs), c) for (s, c), rs in push.items() if s == server)
+        clean = all(int(r["failed"]) == 0 and int(r["non2xx"]) == 0 for (s, _), rs in push.items() if s == server for r in rs)
+        target(f"POST /push reports/s, one core, {what} (c={best[1]})", best[0], ">= 10000", best[0] >= 10000 and clean)
+
 # Watch fan-out.
 fanout = defaultdict(list)
 for row in rows("fanout.csv"):

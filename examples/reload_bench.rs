@@ -154,9 +154,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tick = Instant::now();
         write_config(&config, deps, port, version)?;
         let signalled = SystemTime::now();
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()?;
+        // kill(2) directly: spawning `kill` would fork on the load generator's core.
+        let target = rustix::process::Pid::from_raw(pid as i32).ok_or("no server pid")?;
+        rustix::process::kill_process(target, rustix::process::Signal::HUP)?;
         let line = tokio::time::timeout(Duration::from_secs(10), reloaded.recv())
             .await?
             .ok_or("the server's log ended")?;
