@@ -435,3 +435,88 @@ async fn the_fast_path_answers_bad_requests_with_tonics_own_statuses_and_message
         }
     }
 }
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A header block of literal fields without indexing, new names, no Huffman (RFC 7541 §6.2.2):
+/// exactly the bytes given, so an `:authority` no client library would send can be.
+fn literal_header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127, "one-byte lengths");
+        out.push(0);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// grpcio's multi-address targets send `addr1,addr2` as `:authority`, grpc-java over a Unix
+/// socket the socket path: upstream h2 resets such streams with PROTOCOL_ERROR before any
+/// handler runs. The patched h2 (vendor/h2/PATCHED.md) serves them as if they had none; this
+/// fails if the patch is lost.
+#[tokio::test]
+async fn a_malformed_authority_is_served_as_if_absent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let front = Front::start(healthy_engine().await, ServeOptions::default()).await;
+    let authorities = [
+        "127.0.0.1:1,127.0.0.1:2",
+        "/run/healthgate/grpc.sock",
+        "a b",
+    ];
+    let mut tcp = TcpStream::connect(front.addr).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+    for (i, authority) in authorities.iter().enumerate() {
+        let stream = 1 + 2 * i as u32;
+        let block = literal_header_block(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", authority),
+            (":path", "/grpc.health.v1.Health/Check"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]);
+        out.extend(h2_frame(1, 0x4, stream, &block)); // HEADERS, END_HEADERS
+        out.extend(h2_frame(0, 0x1, stream, &frame(false, &[]))); // DATA, END_STREAM
+    }
+    tcp.write_all(&out).await.expect("sent");
+
+    // Read frames until every stream got its SERVING message (or one was reset).
+    let serving = frame(false, &[8, 1]); // HealthCheckResponse { status: SERVING }
+    let mut answered = std::collections::BTreeSet::new();
+    let read = async {
+        while answered.len() < authorities.len() {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await.expect("a frame");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            tcp.read_exact(&mut payload).await.expect("its payload");
+            match head[3] {
+                3 => panic!(
+                    "stream {stream} was reset (RST_STREAM {payload:?}): the h2 patch is lost"
+                ),
+                7 => panic!("GOAWAY {payload:?}"),
+                0 if payload == serving => {
+                    answered.insert(stream);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("every request answered in time");
+    assert_eq!(answered.into_iter().collect::<Vec<_>>(), vec![1, 3, 5]);
+}
