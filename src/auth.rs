@@ -1,5 +1,87 @@
-//! Bearer tokens as RFC 9110 §11 and RFC 6750 §2.1 have them, compared in constant time.
-//! Shared by every front that takes a token (detail, and later admin and push).
+//! Who may call: bearer tokens as RFC 9110 §11 and RFC 6750 §2.1 have them, compared in
+//! constant time, and client-certificate identities (exact match against the verified
+//! certificate's URI and DNS SANs, see [`crate::listener::Peer`]). Shared by every front that
+//! takes credentials (detail on gRPC and HTTP, admin, push).
+
+use std::sync::Arc;
+
+use crate::listener::Peer;
+
+/// The credentials a service accepts: a bearer token, client-certificate identities, both
+/// (either one admits), or neither (open to anyone).
+#[derive(Clone, Default)]
+pub(crate) struct Access {
+    token: Option<Arc<str>>,
+    identities: Arc<[String]>,
+    /// Admits no one (a service that must never be open).
+    nobody: bool,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field(
+                "token",
+                &self.token.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .field("identities", &self.identities)
+            .finish()
+    }
+}
+
+/// Why a call was admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Granted {
+    /// No credentials are required.
+    Open,
+    /// The bearer token.
+    Token,
+    /// This allowed identity of the client certificate.
+    Identity(String),
+}
+
+impl Access {
+    pub(crate) fn new(token: Option<String>, identities: Vec<String>) -> Access {
+        Access {
+            token: token.map(Arc::from),
+            identities: identities.into(),
+            nobody: false,
+        }
+    }
+
+    /// Admits no one.
+    pub(crate) fn nobody() -> Access {
+        Access {
+            nobody: true,
+            ..Access::default()
+        }
+    }
+
+    /// Whether anyone may call.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.nobody && self.token.is_none() && self.identities.is_empty()
+    }
+
+    /// Admits a caller sending `authorization` (the field value) over a connection from
+    /// `peer`, or not (`None`).
+    pub(crate) fn check(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<&Peer>,
+    ) -> Option<Granted> {
+        if self.is_open() {
+            return Some(Granted::Open);
+        }
+        if let Some(token) = &self.token
+            && let Some(given) = authorization.and_then(bearer_token)
+            && constant_time_eq(given.as_bytes(), token.as_bytes())
+        {
+            return Some(Granted::Token);
+        }
+        peer.and_then(|p| p.identity_in(&self.identities))
+            .map(|id| Granted::Identity(id.to_owned()))
+    }
+}
 
 /// The token of an `Authorization` field value using the `Bearer` scheme, or `None`.
 ///
@@ -53,6 +135,53 @@ mod tests {
         ] {
             assert_eq!(bearer_token(value), None, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_token_or_an_allowed_identity_admits() {
+        let peer = |ids: &[&str]| Peer {
+            remote: None,
+            identities: ids
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        let admin = "spiffe://cluster.local/ns/ops/sa/admin".to_owned();
+        let access = Access::new(Some("sixteen-chars-tok".into()), vec![admin.clone()]);
+        assert_eq!(
+            access.check(Some("Bearer sixteen-chars-tok"), None),
+            Some(Granted::Token)
+        );
+        assert_eq!(access.check(Some("Bearer wrong"), None), None);
+        assert_eq!(
+            access.check(None, Some(&peer(&["dns:x.example", &admin]))),
+            Some(Granted::Identity(admin.clone()))
+        );
+        // Exact match only: no prefixes, no case folding.
+        assert_eq!(
+            access.check(
+                None,
+                Some(&peer(&["spiffe://cluster.local/ns/ops/sa/admin2"]))
+            ),
+            None
+        );
+        assert_eq!(
+            access.check(
+                None,
+                Some(&peer(&["SPIFFE://cluster.local/ns/ops/sa/admin"]))
+            ),
+            None
+        );
+        assert_eq!(access.check(None, Some(&peer(&[]))), None);
+        let identities_only = Access::new(None, vec!["dns:ops.example.org".into()]);
+        assert_eq!(identities_only.check(Some("Bearer anything"), None), None);
+        assert_eq!(
+            identities_only.check(None, Some(&peer(&["dns:ops.example.org"]))),
+            Some(Granted::Identity("dns:ops.example.org".into()))
+        );
+        assert_eq!(Access::default().check(None, None), Some(Granted::Open));
+        assert_eq!(Access::nobody().check(None, Some(&peer(&[""]))), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::listener::{ListenAddr, ServerTlsSpec};
 use crate::redact;
 
 pub use crate::probe::grpc::GrpcSpec;
@@ -63,14 +64,19 @@ pub struct Config {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AdminConfig {
     /// The bearer token of `healthgate.v1.Admin` (and of `POST /push/NAME` for any push
-    /// dependency). The Admin service is not served without it. Usually `"${VAR}"`.
+    /// dependency). Usually `"${VAR}"`.
     pub token: Option<String>,
+    /// Client-certificate identities admitted to `healthgate.v1.Admin` besides the token
+    /// (exact match: URI SANs as they are, DNS SANs as `dns:NAME`). The Admin service is
+    /// served when either is set.
+    pub allowed_identities: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("token", &self.token.as_ref().map(|_| redact::REDACTED))
+            .field("allowed_identities", &self.allowed_identities)
             .finish()
     }
 }
@@ -106,15 +112,27 @@ impl Default for TelemetryConfig {
 /// The `[server]` section.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Where grpc.health.v1 is served. Default `0.0.0.0:50051`.
-    pub grpc_listen: SocketAddr,
+    /// Where grpc.health.v1 is served (`IP:PORT` or `unix:PATH`). Default `0.0.0.0:50051`.
+    pub grpc_listen: ListenAddr,
     /// How long to keep serving after shutdown began, so probes see `NOT_SERVING`. Default 5 s.
     pub drain_delay: Duration,
     /// How long in-flight RPCs may take after the drain delay. Default 10 s.
     pub drain_timeout: Duration,
     /// Where the HTTP front (`/metrics`, the twin `/livez` `/readyz` `/healthz`, the status
-    /// page) is served; off when not set.
-    pub http_listen: Option<SocketAddr>,
+    /// page) is served (`IP:PORT` or `unix:PATH`); off when not set.
+    pub http_listen: Option<ListenAddr>,
+    /// The plaintext probe listener (`IP:PORT` or `unix:PATH`): `grpc.health.v1` and the
+    /// twin's `/livez` `/readyz` `/healthz` only; off when not set.
+    pub probe_listen: Option<ListenAddr>,
+    /// The file mode of every Unix socket listener. Default 0660.
+    pub unix_socket_mode: u32,
+    /// TLS for `grpc_listen` (`[server.grpc_tls]`).
+    pub grpc_tls: Option<ServerTlsSpec>,
+    /// TLS for `http_listen` (`[server.http_tls]`).
+    pub http_tls: Option<ServerTlsSpec>,
+    /// Client-certificate identities admitted to the detail RPCs and the HTTP reasons
+    /// besides `detail_token`.
+    pub detail_identities: Vec<String>,
     /// The status of a failing twin answer: 503 (default) or 500 (kube-apiserver's).
     pub http_failure_status: u16,
     /// Where the HAProxy agent line is served (`agent-check`); off when not set.
@@ -134,6 +152,14 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
+            .field("probe_listen", &self.probe_listen)
+            .field(
+                "unix_socket_mode",
+                &format_args!("{:#o}", self.unix_socket_mode),
+            )
+            .field("grpc_tls", &self.grpc_tls)
+            .field("http_tls", &self.http_tls)
+            .field("detail_identities", &self.detail_identities)
             .field("http_failure_status", &self.http_failure_status)
             .field("haproxy_agent_listen", &self.haproxy_agent_listen)
             .field(
@@ -154,11 +180,16 @@ impl std::fmt::Debug for ServerConfig {
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
-            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            grpc_listen: ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 50051))),
             drain_delay: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             detail_token: None,
             http_listen: None,
+            probe_listen: None,
+            unix_socket_mode: crate::listener::DEFAULT_SOCKET_MODE,
+            grpc_tls: None,
+            http_tls: None,
+            detail_identities: Vec::new(),
             http_failure_status: 503,
             haproxy_agent_listen: None,
             haproxy_agent_degraded_weight: 50,

@@ -74,6 +74,8 @@ pub struct Reloader {
     metrics: Option<Arc<ReloadMetrics>>,
     /// Where runtime changes are written before they are answered.
     kept: std::sync::OnceLock<Arc<StateFile>>,
+    /// The listeners' TLS files, read again on every reload trigger.
+    certificates: std::sync::OnceLock<Vec<Arc<crate::listener::ServerTls>>>,
 }
 
 struct InForce {
@@ -254,6 +256,7 @@ impl Reloader {
             turn: tokio::sync::Mutex::new(()),
             metrics,
             kept: std::sync::OnceLock::new(),
+            certificates: std::sync::OnceLock::new(),
         }
     }
 
@@ -261,6 +264,13 @@ impl Reloader {
     /// written to `state` before they are answered. Set once; later calls are ignored.
     pub fn keep_state(&self, state: Arc<StateFile>) {
         let _ = self.kept.set(state);
+    }
+
+    /// Every reload (SIGHUP, `admin reload`, `--watch-config`) also reads `certificates`'
+    /// files again (see [`crate::listener::ServerTls::reload`]), whatever the config's
+    /// outcome. Set once; later calls are ignored.
+    pub fn reload_certificates(&self, certificates: Vec<Arc<crate::listener::ServerTls>>) {
+        let _ = self.certificates.set(certificates);
     }
 
     /// The configuration in force: hash, load time, last error.
@@ -278,6 +288,10 @@ impl Reloader {
     /// logged one per line, counted, and returned.
     pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let _turn = self.turn.lock().await;
+        for tls in self.certificates.get().into_iter().flatten() {
+            // Logged and counted by the listener's TLS; the certificate in force stays.
+            let _ = tls.reload(trigger);
+        }
         let result = self.try_reload(trigger).await;
         if let (Ok(_), Some(state)) = (&result, self.kept.get()) {
             // The reload itself applied; a state write that fails is logged by the writer and

@@ -23,4 +23,4 @@ pub const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
 pub use fast_path::{FastPath, FastPathLayer};
 pub use front::Front;
 pub use health::{HEALTH_STATE_KEY, HealthService, LIST_LIMIT, WatchStream};
-pub use server::{ServeError, ServeOptions, serve};
+pub use server::{ProbeListener, ServeError, ServeOptions, serve};

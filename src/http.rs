@@ -8,7 +8,6 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod agent;
@@ -40,24 +39,30 @@ pub use metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, encode_classic, metrics_ro
 pub use push::push_router;
 pub use twin::{ENVOY_DEGRADED, ENVOY_IMMEDIATE_FAIL, READINESS, TwinOptions, twin_router};
 
-use crate::listener::{self, Connection, Limits};
+use crate::listener::{self, Bound, Connection, Limits, ServerTls};
 use crate::metrics::Metrics;
+
+/// The protocols the HTTPS listener offers by ALPN, preferred first.
+pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The HTTP/1 read buffer per connection, which bounds a request head.
 pub const MAX_HTTP1_BUFFER: usize = 32 * 1024;
 
 /// Serves `router` on `listener` under `limits` until `shutdown` resolves; then open
 /// connections are closed gracefully (in-flight requests finish) and this returns when they
-/// have. Connections are counted in `metrics` as listener `http`.
+/// have. Connections are counted in `metrics` as listener `name` (`http`, `probe`). With
+/// `tls`, HTTPS (HTTP/1.1 and h2 by ALPN, see [`HTTP_ALPN`]).
 ///
 /// On HTTP/1 a request head must arrive within `limits.first_request_timeout` — also for
 /// each later request on a kept-alive connection (hyper's header read timeout), so an idle
 /// HTTP/1 connection is closed after that time.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Bound>,
+    name: &'static str,
     router: axum::Router,
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -76,10 +81,11 @@ pub async fn serve(
         .max_send_buf_size(listener::MAX_SEND_BUFFER);
     let goaway = CancellationToken::new();
     let server = listener::accept(
-        listener,
-        "http",
+        listener.into(),
+        name,
         limits,
         metrics,
+        tls,
         TowerToHyperService::new(router),
         move |stream, service| {
             builder

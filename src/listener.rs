@@ -31,16 +31,48 @@ use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+mod addr;
+mod bind;
 mod metrics;
 
 use crate::metrics::Metrics;
 use metrics::ListenerMetrics;
+
+pub use crate::tls::server::{
+    CertificateInfo, CertificateWatch, ClientAuth, EXPIRY_WARNING, ROTATION_DEBOUNCE, ServerTls,
+    ServerTlsSpec, watch as watch_certificates,
+};
+pub use addr::{ListenAddr, UNIX_PREFIX};
+pub use bind::{Bound, DEFAULT_SOCKET_MODE, Io, bind};
+
+/// A served connection's transport: plain, or TLS over it.
+pub type Conn = tokio_util::either::Either<Io, tokio_rustls::server::TlsStream<Io>>;
+
+/// Who is on the other end of a connection: given to the requests that decide by caller
+/// (admin, detail; every request of a connection with a client-certificate identity).
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The peer's address (TCP; `None` on a Unix socket).
+    pub remote: Option<std::net::SocketAddr>,
+    /// The verified client certificate's identities: URI SANs as they are, DNS SANs as
+    /// `dns:NAME`. Empty without a client certificate.
+    pub identities: Arc<[String]>,
+}
+
+impl Peer {
+    /// The first of `allowed` this peer has, if any (exact match).
+    pub fn identity_in<'a>(&'a self, allowed: &[String]) -> Option<&'a str> {
+        self.identities
+            .iter()
+            .find(|id| allowed.iter().any(|a| a == *id))
+            .map(String::as_str)
+    }
+}
 
 pub use crate::config::limits::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -100,14 +132,17 @@ impl Drop for InFlight {
 pub(crate) struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// The connection's addresses, given as tonic's `TcpConnectInfo` to requests under
-    /// [`PEER_PATHS`] (so `Request::remote_addr` names the caller in the admin audit).
+    /// The connection's addresses, given as tonic's `TcpConnectInfo` (so
+    /// `Request::remote_addr` names the caller in the admin audit) and as a [`Peer`] to
+    /// requests under [`PEER_PATHS`], and to every request when the peer has an identity.
     addresses: tonic::transport::server::TcpConnectInfo,
+    peer: Peer,
 }
 
-/// Request paths that get the connection's addresses in their extensions. Only these: the
-/// first extension a request gets allocates its map, and Check and Watch must not pay for it.
-pub(crate) const PEER_PATHS: &[&str] = &["/healthgate.v1.Admin/"];
+/// Request paths that get the connection's peer in their extensions. Only these (unless the
+/// peer has an identity): the first extension a request gets allocates its map, and Check and
+/// Watch must not pay for it.
+pub(crate) const PEER_PATHS: &[&str] = &["/healthgate.v1.Admin/", "/healthgate.v1.Detail/"];
 
 impl<S, RB, B> hyper::service::Service<http::Request<RB>> for Tracked<S>
 where
@@ -119,8 +154,9 @@ where
 
     fn call(&self, mut request: http::Request<RB>) -> Self::Future {
         let path = request.uri().path();
-        if PEER_PATHS.iter().any(|p| path.starts_with(p)) {
+        if !self.peer.identities.is_empty() || PEER_PATHS.iter().any(|p| path.starts_with(p)) {
             request.extensions_mut().insert(self.addresses.clone());
+            request.extensions_mut().insert(self.peer.clone());
         }
         TrackedFuture {
             call: self.inner.call(request),
@@ -196,19 +232,24 @@ pub(crate) trait Connection: Future<Output = Result<(), Self::Error>> + Send {
 /// each is asked to close gracefully and ends when its last request has. Dropping this future
 /// aborts them all.
 ///
-/// `serve` turns an accepted socket and a tracked service into the connection; `service`
-/// answers its requests.
-pub(crate) async fn accept<S, C>(
-    listener: TcpListener,
+/// With `tls`, each connection's handshake runs in its own task (never in the accept loop)
+/// within `limits.first_request_timeout`; a failed or late handshake closes the connection and
+/// is counted. `serve` turns the connection and a tracked service into the served connection;
+/// `service` answers its requests.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn accept<S, C, F>(
+    listener: Bound,
     name: &'static str,
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
+    tls: Option<Arc<ServerTls>>,
     service: S,
-    serve: impl Fn(TcpStream, Tracked<S>) -> C,
+    serve: F,
     goaway: CancellationToken,
 ) where
-    S: Clone,
+    S: Clone + Send + 'static,
     C: Connection + 'static,
+    F: Fn(Conn, Tracked<S>) -> C + Send + Sync + 'static,
 {
     let metrics = metrics.map(|m| ListenerMetrics::new(&m, name));
     let keepalive = TcpKeepalive::new().with_time(KEEP_ALIVE_TIME);
@@ -216,10 +257,11 @@ pub(crate) async fn accept<S, C>(
     let keepalive = keepalive
         .with_interval(KEEP_ALIVE_INTERVAL)
         .with_retries(KEEP_ALIVE_RETRIES);
+    let serve = Arc::new(serve);
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (io, addresses) = tokio::select! {
             () = goaway.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
@@ -243,38 +285,71 @@ pub(crate) async fn accept<S, C>(
             if let Some(m) = &metrics {
                 m.refused.inc();
             }
-            drop(stream);
+            drop(io);
             continue;
         }
-        // Without it a response written in two parts waits for the client's delayed ACK
-        // (~40 ms).
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY");
+        if let tokio_util::either::Either::Left(stream) = &io {
+            // Without it a response written in two parts waits for the client's delayed ACK
+            // (~40 ms).
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(error = %e, "TCP_NODELAY");
+            }
+            if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+                debug!(error = %e, "TCP keep-alive");
+            }
         }
-        if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-            debug!(error = %e, "TCP keep-alive");
-        }
-        let activity = Arc::new(Activity::default());
-        let stream_local = stream.local_addr().ok();
-        let connection = serve(
-            stream,
-            Tracked {
-                inner: service.clone(),
-                activity: activity.clone(),
-                addresses: tonic::transport::server::TcpConnectInfo {
-                    local_addr: stream_local,
-                    remote_addr: Some(peer),
-                },
-            },
-        );
         let slot = OpenSlot::new(open.clone(), metrics.clone());
-        connections.spawn(watch_over(
-            connection,
-            activity,
-            limits,
-            goaway.clone(),
-            slot,
-        ));
+        let (service, serve, tls, goaway) =
+            (service.clone(), serve.clone(), tls.clone(), goaway.clone());
+        connections.spawn(async move {
+            let mut identities: Arc<[String]> = Arc::from([]);
+            let conn = match tls {
+                None => tokio_util::either::Either::Left(io),
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(io);
+                    match tokio::time::timeout(limits.first_request_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            if let Some(cert) = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                            {
+                                identities = crate::tls::server::identities(cert).into();
+                            }
+                            tokio_util::either::Either::Right(stream)
+                        }
+                        Ok(Err(e)) => {
+                            debug!(listener = name, error = %e, "TLS handshake failed");
+                            tls.handshake_failed();
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(listener = name, "TLS handshake timed out");
+                            tls.handshake_failed();
+                            return;
+                        }
+                    }
+                }
+            };
+            let activity = Arc::new(Activity::default());
+            let connection = serve(
+                conn,
+                Tracked {
+                    inner: service,
+                    activity: activity.clone(),
+                    addresses: tonic::transport::server::TcpConnectInfo {
+                        local_addr: addresses.map(|(_, local)| local),
+                        remote_addr: addresses.map(|(peer, _)| peer),
+                    },
+                    peer: Peer {
+                        remote: addresses.map(|(peer, _)| peer),
+                        identities,
+                    },
+                },
+            );
+            watch_over(connection, activity, limits, goaway, slot).await;
+        });
     }
     // Stop listening at once: new clients are refused rather than left waiting.
     drop(listener);

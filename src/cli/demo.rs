@@ -110,8 +110,8 @@ dependencies = {{ orders-api = "critical", inventory = "degrading" }}
             return ExitCode::from(1);
         }
     };
-    config.server.grpc_listen = args.listen;
-    config.server.http_listen = Some(args.http_listen);
+    config.server.grpc_listen = args.listen.into();
+    config.server.http_listen = Some(args.http_listen.into());
     super::serve::serve_config(&config, None, log_format).await
 }
 

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use healthgate::control::Reloader;
-use healthgate::grpc::{ServeOptions, serve};
+use healthgate::grpc::{ProbeListener, ServeOptions, serve};
 use healthgate::listener::Limits;
+use healthgate::listener::{ListenAddr, ServerTls, ServerTlsSpec, bind};
 use healthgate::metrics::Metrics;
 use healthgate::{Config, Engine};
 use tokio::net::TcpListener;
@@ -23,9 +24,9 @@ pub(crate) struct ServeArgs {
     /// The config file.
     #[arg(long, short, env = "HEALTHGATE_CONFIG")]
     config: PathBuf,
-    /// Listen on this address instead of `[server] grpc_listen`.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    /// Listen on this address (`IP:PORT` or `unix:PATH`) instead of `[server] grpc_listen`.
+    #[arg(long, value_parser = ListenAddr::parse)]
+    listen: Option<ListenAddr>,
     /// Reload the config when its file changes (as SIGHUP does); works with editors that
     /// replace the file and with Kubernetes ConfigMap volumes.
     #[arg(long)]
@@ -76,7 +77,7 @@ pub(crate) async fn serve_config(
     source: Option<Source>,
     log_format: LogFormat,
 ) -> ExitCode {
-    let listen = config.server.grpc_listen;
+    let listen = config.server.grpc_listen.clone();
     let metrics = Arc::new(Metrics::new());
     // Telemetry first, so the very first probe already has a span.
     let telemetry = match telemetry::init(log_format, &config.telemetry, metrics.dropped_spans()) {
@@ -141,7 +142,41 @@ pub(crate) async fn serve_config(
         },
         None => None,
     };
-    let listener = match TcpListener::bind(listen).await {
+    // TLS files were checked with the config; read again here, a failure is still a config
+    // error (exit 2) before anything listens.
+    let load_tls = |name: &'static str, spec: &Option<ServerTlsSpec>, alpn: &[&[u8]]| {
+        spec.clone()
+            .map(|spec| ServerTls::load(name, spec, alpn, Some(&metrics)))
+            .transpose()
+            .map_err(|e| eprintln!("error: server.{name}_tls: {e}"))
+    };
+    let (grpc_tls, http_tls) = match (
+        load_tls("grpc", &config.server.grpc_tls, &[b"h2"]),
+        load_tls("http", &config.server.http_tls, healthgate::http::HTTP_ALPN),
+    ) {
+        (Ok(g), Ok(h)) => (g, h),
+        _ => {
+            handle.shutdown().await;
+            return ExitCode::from(2);
+        }
+    };
+    let certificates: Vec<Arc<ServerTls>> = grpc_tls.iter().chain(&http_tls).cloned().collect();
+    let _certificate_watch = if certificates.is_empty() {
+        None
+    } else {
+        if let Some(reloader) = &config_reloader {
+            reloader.reload_certificates(certificates.clone());
+        }
+        match healthgate::listener::watch_certificates(certificates) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the TLS files; they are read again on SIGHUP and admin reload only");
+                None
+            }
+        }
+    };
+    let mode = config.server.unix_socket_mode;
+    let listener = match bind(&listen, mode).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("error: cannot listen on {listen}: {e}");
@@ -149,13 +184,21 @@ pub(crate) async fn serve_config(
             return ExitCode::from(1);
         }
     };
-    let http = match bind_optional(config.server.http_listen).await {
-        Ok(listener) => listener,
-        Err(code) => {
-            handle.shutdown().await;
-            return code;
+    let mut bound = Vec::new();
+    for addr in [&config.server.http_listen, &config.server.probe_listen] {
+        match addr {
+            None => bound.push(None),
+            Some(addr) => match bind(addr, mode).await {
+                Ok(l) => bound.push(Some(l)),
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr}: {e}");
+                    handle.shutdown().await;
+                    return ExitCode::from(1);
+                }
+            },
         }
-    };
+    }
+    let (probe, http) = (bound.pop().flatten(), bound.pop().flatten());
     let agent = match bind_optional(config.server.haproxy_agent_listen).await {
         Ok(listener) => listener,
         Err(code) => {
@@ -169,32 +212,37 @@ pub(crate) async fn serve_config(
     );
     let limits = fit_limits(
         config,
-        1 + usize::from(http.is_some()) + usize::from(agent.is_some()),
+        1 + usize::from(http.is_some())
+            + usize::from(probe.is_some())
+            + usize::from(agent.is_some()),
     );
+    let twin = |probe_only: bool| healthgate::http::TwinOptions {
+        detail_token: config.server.detail_token.clone(),
+        failure_status: axum::http::StatusCode::from_u16(config.server.http_failure_status).ok(),
+        detail_identities: config.server.detail_identities.clone(),
+        probe_only,
+    };
     let http_stop = CancellationToken::new();
     if let Some(http) = http {
         if let Ok(addr) = http.local_addr() {
             println!("http listening on {addr}");
         }
-        let twin = healthgate::http::TwinOptions {
-            detail_token: config.server.detail_token.clone(),
-            failure_status: axum::http::StatusCode::from_u16(config.server.http_failure_status)
-                .ok(),
-        };
         let app = healthgate::http::metrics_router(metrics.clone())
             .merge(healthgate::http::push_router(
                 handle.clone(),
                 config.admin.token.clone(),
                 state.clone(),
             ))
-            .merge(healthgate::http::twin_router(handle.clone(), twin));
+            .merge(healthgate::http::twin_router(handle.clone(), twin(false)));
         let stop = http_stop.clone();
         let metrics = Some(metrics.clone());
         tokio::spawn(healthgate::http::serve(
             http,
+            "http",
             app,
             limits,
             metrics,
+            http_tls,
             stop.cancelled_owned(),
         ));
     }
@@ -210,6 +258,15 @@ pub(crate) async fn serve_config(
             http_stop.clone().cancelled_owned(),
         ));
     }
+    let probe = probe.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            println!("probe listening on {addr}");
+        }
+        ProbeListener {
+            listener,
+            router: healthgate::http::twin_router(handle.clone(), twin(true)),
+        }
+    });
     let options = ServeOptions {
         drain_delay: config.server.drain_delay,
         drain_timeout: config.server.drain_timeout,
@@ -219,6 +276,10 @@ pub(crate) async fn serve_config(
         reloader: config_reloader,
         admin_token: config.admin.token.clone(),
         state,
+        tls: grpc_tls,
+        detail_identities: config.server.detail_identities.clone(),
+        admin_identities: config.admin.allowed_identities.clone(),
+        probe,
     };
     let result = serve(listener, handle, options, shutdown_signal()).await;
     http_stop.cancel();

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawAdmin {
     pub(crate) token: Option<String>,
+    pub(crate) allowed_identities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +60,28 @@ pub(crate) struct RawServer {
     pub(crate) haproxy_agent_listen: Option<String>,
     pub(crate) haproxy_agent_degraded_weight: Option<i64>,
     pub(crate) state_file: Option<String>,
+    pub(crate) probe_listen: Option<String>,
+    pub(crate) unix_socket_mode: Option<RawMode>,
+    pub(crate) grpc_tls: Option<RawServerTls>,
+    pub(crate) http_tls: Option<RawServerTls>,
+    pub(crate) detail_identities: Option<Vec<String>>,
+}
+
+/// A file mode: TOML's `0o660`, or the text `"0660"` (octal).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawMode {
+    Number(i64),
+    Text(String),
+}
+
+/// `[server.grpc_tls]` / `[server.http_tls]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServerTls {
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) client_ca_file: Option<String>,
+    pub(crate) client_auth: Option<String>,
 }
 
 /// Settings that apply to every dependency unless it overrides them.

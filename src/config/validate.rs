@@ -22,6 +22,7 @@ use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
 use super::{AdminConfig, Config, Limits, ServerConfig, TelemetryConfig, env};
+use crate::listener::{ClientAuth, ListenAddr, ServerTlsSpec};
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{
     BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
@@ -94,6 +95,27 @@ impl Validator<'_> {
                 );
             }
             admin.token = Some(token);
+        }
+        admin.allowed_identities = self.identities(
+            "admin.allowed_identities",
+            raw.admin.allowed_identities.as_deref(),
+        );
+        if let Some(server) = &server {
+            let verifies_clients = [&server.grpc_tls, &server.http_tls]
+                .into_iter()
+                .flatten()
+                .any(|t| t.client_auth != crate::listener::ClientAuth::None);
+            for (key, ids) in [
+                ("admin.allowed_identities", &admin.allowed_identities),
+                ("server.detail_identities", &server.detail_identities),
+            ] {
+                if !ids.is_empty() && !verifies_clients {
+                    self.problem(
+                        key,
+                        "identities come from client certificates: set client_ca_file in [server.grpc_tls] or [server.http_tls]",
+                    );
+                }
+            }
         }
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),

@@ -27,7 +27,7 @@ use crate::{Handle, Health, auth};
 #[derive(Clone)]
 pub struct AdminService {
     handle: Handle,
-    token: Arc<str>,
+    access: auth::Access,
     reloader: Option<Arc<Reloader>>,
     state: Option<Arc<StateFile>>,
 }
@@ -35,18 +35,31 @@ pub struct AdminService {
 impl std::fmt::Debug for AdminService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminService")
-            .field("token", &"[redacted]")
+            .field("access", &self.access)
             .finish_non_exhaustive()
     }
 }
 
 impl AdminService {
-    /// The service over `handle`, for callers presenting `token`; `reloader` serves `Reload`
-    /// (without one, `Reload` is `FAILED_PRECONDITION`: nothing was loaded from a file).
-    pub fn new(handle: Handle, token: String, reloader: Option<Arc<Reloader>>) -> AdminService {
+    /// The service over `handle`, for callers presenting `token` or a client certificate
+    /// with one of `identities` (when both are absent, nobody is admitted); `reloader` serves
+    /// `Reload` (without one, `Reload` is `FAILED_PRECONDITION`: nothing was loaded from a
+    /// file).
+    pub fn new(
+        handle: Handle,
+        token: Option<String>,
+        identities: Vec<String>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> AdminService {
+        let access = if token.is_none() && identities.is_empty() {
+            // Never open: an admin service without credentials admits no one.
+            auth::Access::nobody()
+        } else {
+            auth::Access::new(token, identities)
+        };
         AdminService {
             handle,
-            token: Arc::from(token),
+            access,
             reloader,
             state: None,
         }
@@ -74,24 +87,31 @@ impl AdminService {
         AdminServer::new(self).max_decoding_message_size(super::MAX_REQUEST_MESSAGE)
     }
 
-    /// The caller, for the audit line: its peer address.
+    /// The caller, for the audit line: its peer address, and the client-certificate identity
+    /// that admitted it.
     fn authorize<T>(&self, request: &Request<T>, action: &str) -> Result<String, Status> {
-        let caller = request
+        let peer = request.extensions().get::<crate::listener::Peer>();
+        let address = request
             .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let given = request
+            .map_or_else(|| "local socket".to_owned(), |a| a.to_string());
+        let authorization = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer_token);
-        match given {
-            Some(given) if auth::constant_time_eq(given.as_bytes(), self.token.as_bytes()) => {
-                Ok(caller)
-            }
-            _ => {
-                warn!(action, caller, "admin call refused: missing or wrong token");
+            .and_then(|v| v.to_str().ok());
+        match self.access.check(authorization, peer) {
+            Some(auth::Granted::Identity(id)) => Ok(format!("{address} identity {id}")),
+            Some(_) => Ok(address),
+            None => {
+                let caller = match peer.and_then(|p| p.identities.first()) {
+                    Some(id) => format!("{address} identity {id}"),
+                    None => address,
+                };
+                warn!(
+                    action,
+                    caller, "admin call refused: missing or wrong token, no allowed identity"
+                );
                 Err(Status::unauthenticated(
-                    "a valid admin bearer token is required",
+                    "a valid admin bearer token or an allowed client certificate is required",
                 ))
             }
         }

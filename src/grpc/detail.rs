@@ -21,7 +21,7 @@ use crate::{Handle, auth};
 #[derive(Clone)]
 pub struct DetailService {
     handle: Handle,
-    token: Option<Arc<str>>,
+    access: auth::Access,
     config: Option<Arc<Reloader>>,
     streams_end: CancellationToken,
     feeds: Arc<Feeds>,
@@ -30,23 +30,24 @@ pub struct DetailService {
 impl std::fmt::Debug for DetailService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DetailService")
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("access", &self.access)
             .finish()
     }
 }
 
 impl DetailService {
-    /// A service reading `handle`. With a `token`, callers must send
-    /// `authorization: Bearer TOKEN`; Watch streams end when `streams_end` is cancelled.
+    /// A service reading `handle`, for callers `access` admits (a bearer token in
+    /// `authorization`, or an allowed client-certificate identity); Watch streams end when
+    /// `streams_end` is cancelled.
     pub(crate) fn new(
         handle: Handle,
-        token: Option<String>,
+        access: auth::Access,
         config: Option<Arc<Reloader>>,
         streams_end: CancellationToken,
     ) -> DetailService {
         DetailService {
             handle,
-            token: token.map(Arc::from),
+            access,
             config,
             streams_end,
             feeds: Arc::default(),
@@ -62,17 +63,16 @@ impl DetailService {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let given = request
+        let authorization = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer_token);
-        match given {
-            Some(given) if auth::constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-            _ => Err(Status::unauthenticated("a valid bearer token is required")),
+            .and_then(|v| v.to_str().ok());
+        let peer = request.extensions().get::<crate::listener::Peer>();
+        match self.access.check(authorization, peer) {
+            Some(_) => Ok(()),
+            None => Err(Status::unauthenticated(
+                "a valid bearer token or an allowed client certificate is required",
+            )),
         }
     }
 }

@@ -44,6 +44,7 @@ pub struct Front {
     handle: Handle,
     streams_end: CancellationToken,
     detail_token: Option<String>,
+    detail_identities: Vec<String>,
     config: Option<Arc<Reloader>>,
 }
 
@@ -54,6 +55,7 @@ impl Front {
             handle,
             streams_end: CancellationToken::new(),
             detail_token: None,
+            detail_identities: Vec::new(),
             config: None,
         }
     }
@@ -62,6 +64,15 @@ impl Front {
     pub fn with_detail_token(self, token: impl Into<String>) -> Front {
         Front {
             detail_token: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// Also admits Detail callers whose client certificate has one of `identities` (exact
+    /// match against its URI SANs, and DNS SANs as `dns:NAME`).
+    pub fn with_detail_identities(self, identities: Vec<String>) -> Front {
+        Front {
+            detail_identities: identities,
             ..self
         }
     }
@@ -83,7 +94,7 @@ impl Front {
     pub fn detail_server(&self) -> DetailServer<DetailService> {
         DetailService::new(
             self.handle.clone(),
-            self.detail_token.clone(),
+            crate::auth::Access::new(self.detail_token.clone(), self.detail_identities.clone()),
             self.config.clone(),
             self.streams_end.clone(),
         )

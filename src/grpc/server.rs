@@ -20,7 +20,6 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tower_layer::Layer;
@@ -32,11 +31,11 @@ use super::observe::ObserveLayer;
 use super::pb;
 use crate::Handle;
 use crate::control::{Reloader, StateFile};
-use crate::listener::{self, Limits};
+use crate::listener::{self, Bound, Limits, ServerTls};
 use crate::metrics::Metrics;
 
 /// How the server drains and who may read details.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct ServeOptions {
     /// How long to keep serving after shutdown began.
     pub drain_delay: Duration,
@@ -56,6 +55,24 @@ pub struct ServeOptions {
     /// Where the Admin service keeps overrides and reports before it answers (`[server]
     /// state_file`).
     pub state: Option<Arc<StateFile>>,
+    /// TLS (and mTLS) for the gRPC listener.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Client-certificate identities the Detail service accepts besides `detail_token`.
+    pub detail_identities: Vec<String>,
+    /// Client-certificate identities the Admin service accepts besides `admin_token`.
+    pub admin_identities: Vec<String>,
+    /// The plaintext probe listener (`[server] probe_listen`): `grpc.health.v1` and the
+    /// router given (the twin's probe paths), nothing else.
+    pub probe: Option<ProbeListener>,
+}
+
+/// The probe listener and the HTTP answers it serves beside `grpc.health.v1`.
+#[derive(Debug)]
+pub struct ProbeListener {
+    /// Where it listens.
+    pub listener: Bound,
+    /// The HTTP side: `healthgate::http::twin_router` with `TwinOptions::probe_only`.
+    pub router: axum::Router,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -73,6 +90,10 @@ impl std::fmt::Debug for ServeOptions {
                 &self.admin_token.as_ref().map(|_| "[redacted]"),
             )
             .field("state", &self.state.as_deref().map(StateFile::path))
+            .field("tls", &self.tls)
+            .field("detail_identities", &self.detail_identities)
+            .field("admin_identities", &self.admin_identities)
+            .field("probe", &self.probe)
             .finish()
     }
 }
@@ -92,14 +113,17 @@ pub enum ServeError {
 /// Serves health, detail and reflection on `listener` until `shutdown` resolves (or the engine
 /// fails, see [`Handle::failed`]), then drains (see the module docs) and shuts the engine down.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Bound>,
     handle: Handle,
-    options: ServeOptions,
+    mut options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let mut front = Front::new(handle.clone());
     if let Some(token) = &options.detail_token {
         front = front.with_detail_token(token.clone());
+    }
+    if !options.detail_identities.is_empty() {
+        front = front.with_detail_identities(options.detail_identities.clone());
     }
     if let Some(reloader) = &options.reloader {
         front = front.with_config(reloader.clone());
@@ -119,9 +143,14 @@ pub async fn serve(
         .add_service(front.detail_server())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    if let Some(token) = &options.admin_token {
-        let admin = AdminService::new(handle.clone(), token.clone(), options.reloader.clone())
-            .keeping_state(options.state.clone());
+    if options.admin_token.is_some() || !options.admin_identities.is_empty() {
+        let admin = AdminService::new(
+            handle.clone(),
+            options.admin_token.clone(),
+            options.admin_identities.clone(),
+            options.reloader.clone(),
+        )
+        .keeping_state(options.state.clone());
         routes = routes.add_service(admin.into_server());
     }
     let routes = routes.prepare();
@@ -139,14 +168,47 @@ pub async fn serve(
         .max_header_list_size(listener::MAX_HEADER_LIST_SIZE)
         .max_send_buf_size(listener::MAX_SEND_BUFFER);
     let server = listener::accept(
-        listener,
+        listener.into(),
         "grpc",
         options.limits,
         options.metrics.clone(),
+        options.tls.clone(),
         TowerToHyperService::new(service),
         move |stream, service| http.serve_connection(TokioIo::new(stream), service),
         goaway.clone(),
     );
+    // The probe port: the standard Health service only (through the same fast path) beside
+    // the twin's probe paths, HTTP/1 and h2c on one plaintext listener; drained with the rest.
+    let probe = options.probe.take().map(|probe| {
+        let health = ObserveLayer {
+            metrics: options.metrics.clone(),
+        }
+        .layer(
+            front
+                .fast_path()
+                .layer(Routes::new(front.health_server()).prepare()),
+        );
+        let router = probe
+            .router
+            .route_service("/grpc.health.v1.Health/{*method}", health)
+            .layer(axum::middleware::from_fn(only_health_over_grpc));
+        let goaway = goaway.clone();
+        crate::http::serve(
+            probe.listener,
+            "probe",
+            router,
+            options.limits,
+            options.metrics.clone(),
+            None,
+            async move { goaway.cancelled().await },
+        )
+    });
+    let server = async move {
+        match probe {
+            Some(probe) => drop(tokio::join!(server, probe)),
+            None => server.await,
+        }
+    };
     tokio::pin!(server);
 
     let mut failure = None;
@@ -177,4 +239,21 @@ pub async fn serve(
         Some(why) => Err(ServeError::EngineFailed(why)),
         None => Ok(()),
     }
+}
+
+/// On the probe port, a gRPC call to anything but `grpc.health.v1.Health` is `UNIMPLEMENTED`
+/// (as a server without that service answers), not an HTTP answer of the twin.
+async fn only_health_over_grpc(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc && !request.uri().path().starts_with("/grpc.health.v1.Health/") {
+        return tonic::Status::unimplemented("not served on the probe port")
+            .into_http::<axum::body::Body>();
+    }
+    next.run(request).await
 }

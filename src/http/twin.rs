@@ -35,6 +35,7 @@ use report::{Check, Line, Report};
 
 use crate::config::LIVENESS;
 use crate::health::HEALTH_STATE_KEY;
+use crate::listener::Peer;
 use crate::snapshot::{ServiceHealth, Snapshot};
 use crate::{Handle, Health, auth};
 
@@ -56,6 +57,11 @@ pub struct TwinOptions {
     pub detail_token: Option<String>,
     /// The status of a failing answer: `503` (default) or `500`.
     pub failure_status: Option<StatusCode>,
+    /// Client-certificate identities that may see reasons besides `detail_token`.
+    pub detail_identities: Vec<String>,
+    /// The probe port's twin: `/livez` `/readyz` `/healthz` (and their per-check paths) only,
+    /// never reasons, the status page, its JSON or `/services/`.
+    pub probe_only: bool,
 }
 
 impl std::fmt::Debug for TwinOptions {
@@ -66,13 +72,16 @@ impl std::fmt::Debug for TwinOptions {
                 &self.detail_token.as_ref().map(|_| crate::redact::REDACTED),
             )
             .field("failure_status", &self.failure_status)
+            .field("detail_identities", &self.detail_identities)
+            .field("probe_only", &self.probe_only)
             .finish()
     }
 }
 
 struct Twin {
     handle: Handle,
-    token: Option<Arc<str>>,
+    access: auth::Access,
+    probe_only: bool,
     failure: StatusCode,
     /// The latest plain answer per endpoint, with the generation it was rendered from.
     cache: Mutex<HashMap<CacheKey, (u64, Answer)>>,
@@ -85,7 +94,12 @@ struct Twin {
 pub fn twin_router(handle: Handle, options: TwinOptions) -> axum::Router {
     let twin = Arc::new(Twin {
         handle,
-        token: options.detail_token.map(Arc::from),
+        access: if options.probe_only {
+            auth::Access::nobody()
+        } else {
+            auth::Access::new(options.detail_token, options.detail_identities)
+        },
+        probe_only: options.probe_only,
         failure: options
             .failure_status
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
@@ -173,16 +187,13 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 impl Twin {
-    /// Whether the caller may see reasons: no detail token, or the right bearer token.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        headers
+    /// Whether the caller may see reasons: the detail auth is open, or the caller has the
+    /// bearer token or an allowed client-certificate identity (never on the probe port).
+    fn authorized(&self, headers: &HeaderMap, peer: Option<&Peer>) -> bool {
+        let authorization = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer_token)
-            .is_some_and(|given| auth::constant_time_eq(given.as_bytes(), token.as_bytes()))
+            .and_then(|v| v.to_str().ok());
+        self.access.check(authorization, peer).is_some()
     }
 }
 
@@ -201,8 +212,13 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
     }
     twin.handle.wake_on_demand();
     let snapshot = twin.handle.snapshot();
-    if method != Method::OPTIONS
-        && let Some(response) = twin.page(request.uri().path(), request.headers(), &snapshot)
+    let peer = request.extensions().get::<Peer>();
+    if twin.probe_only {
+        if request.uri().path().starts_with("/services/") {
+            return not_found();
+        }
+    } else if method != Method::OPTIONS
+        && let Some(response) = twin.page(request.uri().path(), request.headers(), peer, &snapshot)
     {
         return response;
     }
@@ -227,7 +243,7 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
             }
             let report = report::endpoint(&snapshot, &word, service, &exclude);
             let body = if json {
-                json::render(&report, twin.authorized(request.headers()))
+                json::render(&report, twin.authorized(request.headers(), peer))
             } else {
                 report.text(verbose)
             };
@@ -276,7 +292,7 @@ async fn answer(State(twin): State<Arc<Twin>>, request: Request) -> Response {
                 draining,
                 forced: None,
             };
-            let reasons = twin.authorized(request.headers());
+            let reasons = twin.authorized(request.headers(), peer);
             let body = if json {
                 json::render(&report, reasons)
             } else if report.passed() {
@@ -324,18 +340,24 @@ impl Twin {
     }
 
     /// The status page and its parts, if `path` is one of them.
-    fn page(&self, path: &str, headers: &HeaderMap, snapshot: &Snapshot) -> Option<Response> {
+    fn page(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<&Peer>,
+        snapshot: &Snapshot,
+    ) -> Option<Response> {
         let (content_type, body) = match path {
             "/" => (
                 "text/html; charset=utf-8",
-                self.page_body("/", snapshot, self.authorized(headers), status::html),
+                self.page_body("/", snapshot, self.authorized(headers, peer), status::html),
             ),
             "/status.json" => (
                 "application/json",
                 self.page_body(
                     "/status.json",
                     snapshot,
-                    self.authorized(headers),
+                    self.authorized(headers, peer),
                     status::json,
                 ),
             ),

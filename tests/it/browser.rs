@@ -179,8 +179,10 @@ async fn the_status_page_renders_every_dependency_updates_live_and_runs_no_injec
     let addr = listener.local_addr().expect("bound");
     tokio::spawn(healthgate::http::serve(
         listener,
+        "http",
         healthgate::http::twin_router(handle.clone(), TwinOptions::default()),
         Limits::default(),
+        None,
         None,
         std::future::pending(),
     ));

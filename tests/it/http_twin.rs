@@ -74,8 +74,10 @@ async fn twin(handle: Handle, options: TwinOptions) -> SocketAddr {
     let router = healthgate::http::twin_router(handle, options);
     tokio::spawn(healthgate::http::serve(
         listener,
+        "http",
         router,
         Limits::default(),
+        None,
         None,
         std::future::pending(),
     ));

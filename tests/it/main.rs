@@ -12,6 +12,7 @@ mod front;
 mod haproxy;
 mod http_twin;
 mod limits;
+mod listeners;
 mod metrics;
 mod otlp;
 mod probe_grpc;

@@ -3,8 +3,42 @@
 use super::*;
 
 impl Validator<'_> {
-    /// A listen address at `key`, if given and valid (else a problem naming an example with
-    /// `port`).
+    /// A listen address (`IP:PORT` or `unix:PATH`, relative paths against the config's
+    /// directory) at `key`, if given and valid (else a problem naming an example with `port`).
+    fn listen_address(&mut self, key: &str, raw: Option<&str>, port: u16) -> Option<ListenAddr> {
+        let listen = raw?;
+        match ListenAddr::parse(listen) {
+            Ok(ListenAddr::Unix(path)) => {
+                let full = match self.base_dir {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path,
+                };
+                let dir = match full.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => Path::new(".").to_path_buf(),
+                };
+                if !dir.is_dir() {
+                    self.problem(
+                        key,
+                        format!("the directory {} does not exist", dir.display()),
+                    );
+                    return None;
+                }
+                Some(ListenAddr::Unix(full))
+            }
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("invalid address {listen:?}: {e}, e.g. \"0.0.0.0:{port}\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A TCP listen address at `key`, if given and valid (else a problem naming an example
+    /// with `port`).
     fn address(&mut self, key: &str, raw: Option<&str>, port: u16) -> Option<SocketAddr> {
         let listen = raw?;
         let parsed = listen.parse::<SocketAddr>().ok();
@@ -19,10 +53,38 @@ impl Validator<'_> {
 
     pub(super) fn server(&mut self, raw: &RawServer) -> Option<ServerConfig> {
         let mut server = ServerConfig::default();
-        if let Some(addr) = self.address("server.grpc_listen", raw.grpc_listen.as_deref(), 50051) {
+        if let Some(addr) =
+            self.listen_address("server.grpc_listen", raw.grpc_listen.as_deref(), 50051)
+        {
             server.grpc_listen = addr;
         }
-        server.http_listen = self.address("server.http_listen", raw.http_listen.as_deref(), 9464);
+        server.http_listen =
+            self.listen_address("server.http_listen", raw.http_listen.as_deref(), 9464);
+        server.probe_listen =
+            self.listen_address("server.probe_listen", raw.probe_listen.as_deref(), 9466);
+        if let Some(mode) = &raw.unix_socket_mode {
+            let parsed = match mode {
+                RawMode::Number(n) => u32::try_from(*n).ok(),
+                RawMode::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8).ok(),
+            };
+            match parsed {
+                Some(m) if m <= 0o777 && m & 0o600 == 0o600 => server.unix_socket_mode = m,
+                _ => self.problem(
+                    "server.unix_socket_mode",
+                    "expected a file mode such as \"0660\" (octal) or 0o660 that lets the owner read and write",
+                ),
+            }
+        }
+        server.grpc_tls = raw
+            .grpc_tls
+            .as_ref()
+            .and_then(|t| self.server_tls("server.grpc_tls", t));
+        server.http_tls = raw
+            .http_tls
+            .as_ref()
+            .and_then(|t| self.server_tls("server.http_tls", t));
+        server.detail_identities =
+            self.identities("server.detail_identities", raw.detail_identities.as_deref());
         server.haproxy_agent_listen = self.address(
             "server.haproxy_agent_listen",
             raw.haproxy_agent_listen.as_deref(),
@@ -64,6 +126,95 @@ impl Validator<'_> {
         }
         server.state_file = raw.state_file.as_deref().and_then(|f| self.state_file(f));
         Some(server)
+    }
+
+    /// `[server.grpc_tls]` / `[server.http_tls]` at `key`: the files are read and the pair
+    /// built now, so a missing file, a bad PEM or a key that is not the certificate's is a
+    /// config error, not a failed start.
+    fn server_tls(&mut self, key: &str, raw: &RawServerTls) -> Option<ServerTlsSpec> {
+        let file =
+            |this: &mut Self, name: &str, value: Option<&str>| -> Option<std::path::PathBuf> {
+                match value {
+                    Some("") => {
+                        this.problem(format!("{key}.{name}"), "must not be empty");
+                        None
+                    }
+                    Some(f) => Some(match this.base_dir {
+                        Some(dir) => dir.join(f),
+                        None => Path::new(f).to_path_buf(),
+                    }),
+                    None => None,
+                }
+            };
+        let cert_file = file(self, "cert_file", raw.cert_file.as_deref());
+        let key_file = file(self, "key_file", raw.key_file.as_deref());
+        let client_ca_file = file(self, "client_ca_file", raw.client_ca_file.as_deref());
+        if raw.cert_file.is_none() {
+            self.problem(
+                format!("{key}.cert_file"),
+                "is required (a PEM certificate chain)",
+            );
+        }
+        if raw.key_file.is_none() {
+            self.problem(format!("{key}.key_file"), "is required (a PEM private key)");
+        }
+        let client_auth = match raw.client_auth.as_deref() {
+            None if client_ca_file.is_some() => ClientAuth::Required,
+            None | Some("none") => ClientAuth::None,
+            Some("optional") => ClientAuth::Optional,
+            Some("required") => ClientAuth::Required,
+            Some(other) => {
+                self.problem(
+                    format!("{key}.client_auth"),
+                    format!("{other:?} is not one of \"none\", \"optional\", \"required\""),
+                );
+                return None;
+            }
+        };
+        if client_auth != ClientAuth::None && client_ca_file.is_none() {
+            self.problem(
+                format!("{key}.client_auth"),
+                "client certificates need client_ca_file (the CA they are verified against)",
+            );
+            return None;
+        }
+        let spec = ServerTlsSpec {
+            cert_file: cert_file?,
+            key_file: key_file?,
+            client_ca_file,
+            client_auth,
+        };
+        if let Err(e) = crate::tls::server::build(&spec, &[]) {
+            self.problem(key, e);
+            return None;
+        }
+        Some(spec)
+    }
+
+    /// A list of client-certificate identities at `key`: each `scheme:rest` (a URI SAN such
+    /// as `spiffe://…`, or `dns:NAME` for a DNS SAN).
+    pub(super) fn identities(&mut self, key: &str, raw: Option<&[String]>) -> Vec<String> {
+        let mut out = Vec::new();
+        for id in raw.unwrap_or_default() {
+            let valid = id.split_once(':').is_some_and(|(scheme, rest)| {
+                !rest.is_empty()
+                    && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            });
+            if valid {
+                out.push(id.clone());
+            } else {
+                self.problem(
+                    key,
+                    format!(
+                        "{id:?} is not an identity: expected a URI SAN such as \"spiffe://cluster.local/ns/ops/sa/admin\" or \"dns:NAME\""
+                    ),
+                );
+            }
+        }
+        out
     }
 
     /// `server.state_file`: resolved against the config's directory; its directory must exist
