@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
-#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check twin control fanout scale cold)
+#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check tls twin control fanout scale cold)
 #   BASELINE=path/to/healthgate bench/run.sh  # an earlier build joins the check and fan-out
 #                                 # sections as "healthgate-baseline" (before/after, same run)
 set -euo pipefail
@@ -17,7 +17,8 @@ CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
 RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
-SECTIONS=${SECTIONS:-check twin control fanout scale cold}
+SECTIONS=${SECTIONS:-check tls twin control fanout scale cold}
+HANDSHAKES=${HANDSHAKES:-2000}  # sequential full TLS handshakes per handshake-cost run
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
 SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (after 10 s warm-up)
@@ -28,9 +29,9 @@ work=target/bench
 mkdir -p "$work"
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need h2load || ! need go || [ ! -d /usr/share/gocode/src/google.golang.org/grpc/health ]; then
+if ! need h2load || ! need go || ! need openssl || [ ! -d /usr/share/gocode/src/google.golang.org/grpc/health ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client golang-go golang-google-grpc-dev
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client golang-go golang-google-grpc-dev openssl
 fi
 
 echo "== building"
@@ -108,7 +109,7 @@ load() {
   local out
   out=$(taskset -c 1 h2load -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m "$STREAMS" "$@" \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" --log-file "$log" \
-    "http://$addr/grpc.health.v1.Health/Check" 2>&1)
+    "${SCHEME:-http}://$addr/grpc.health.v1.Health/Check" 2>&1)
   after=$(cpu_ticks "$pid")
   local csv=${LOAD_CSV:-$results}
   python3 - "$round" "$scenario" "$server" "$log" "$((after - before))" "$tick_us" "$out" >>"$csv" <<'PY'
@@ -175,6 +176,45 @@ for round in $(seq "$ROUNDS"); do
     sleep 1.5
     load "$round" overall "healthgate-pool" "$pid" "$addr" "$work/overall.bin"
     load "$round" fixed "healthgate-pool" "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+fi
+
+if section tls; then
+echo "== Check over TLS (ECDSA P-256, TLS 1.3, ALPN h2): healthgate vs tonic-health, same certificate"
+tlscsv="$work/tls.csv"
+handshakecsv="$work/handshake.csv"
+echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$tlscsv"
+echo "round,server,handshakes,p50_us,p99_us,server_cpu_us_per_handshake" >"$handshakecsv"
+pki="$work/tls"
+mkdir -p "$pki"
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+openssl req -x509 "${ec[@]}" -keyout "$pki/ca.key" -out "$pki/ca.pem" -days 30 -subj "/CN=bench CA" 2>/dev/null
+openssl req "${ec[@]}" -keyout "$pki/server.key" -out "$pki/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$pki/server.ext"
+openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+  -out "$pki/server.pem" -days 30 -extfile "$pki/server.ext" 2>/dev/null
+{ cat "$work/healthy.toml"; printf '[server.grpc_tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
+    "$PWD/$pki/server.pem" "$PWD/$pki/server.key"; } >"$work/healthy-tls.toml"
+for round in $(seq "$ROUNDS"); do
+  order=(healthgate-tls tonic-health-tls)
+  [ $((round % 2)) -eq 0 ] && order=(tonic-health-tls healthgate-tls)
+  for server in "${order[@]}"; do
+    case $server in
+      healthgate-tls) read -r pid addr < <(start "$server" 0 "$hg" serve --config "$work/healthy-tls.toml") ;;
+      tonic-health-tls) read -r pid addr < <(start "$server" 0 "$ex/tonic_health_peer" 127.0.0.1:0 "$pki/server.pem" "$pki/server.key") ;;
+    esac
+    sleep 1.5
+    SCHEME=https LOAD_CSV=$tlscsv load "$round" overall "$server" "$pid" "$addr" "$work/overall.bin"
+    SCHEME=https LOAD_CSV=$tlscsv load "$round" fixed "$server" "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+    # The cost of a new connection: full handshakes, one after another.
+    before=$(cpu_ticks "$pid")
+    line=$(taskset -c 1 "$ex/tls_handshakes" "$addr" "$pki/ca.pem" "$HANDSHAKES")
+    after=$(cpu_ticks "$pid")
+    cpu=$(( (after - before) * tick_us / HANDSHAKES ))
+    echo "$round,$server,$(kv "$line" handshakes),$(kv "$line" p50_us),$(kv "$line" p99_us),$cpu" >>"$handshakecsv"
+    tail -1 "$handshakecsv" | awk -F, '{printf "  handshake %-16s p50 %5s us  p99 %6s us  server CPU %s us each\n", $2, $4, $5, $6}'
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done

@@ -98,6 +98,35 @@ if os.path.exists(status_path):
     target("status page JSON, 1,000 dependencies (ms, median)", ms, "<= 5", ms <= 5)
     checks.append(("status page HTML, 1,000 dependencies (ms, reported)", median(v["html_ms_p50"] for v in values), "-", "-"))
 
+# Check over TLS.
+tls = defaultdict(list)
+for row in rows("tls.csv"):
+    tls[(row["scenario"], row["server"])].append(row)
+if tls:
+    print()
+    print(f"{'TLS':9} {'server':20} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} {'failed':>6}")
+    tm = lambda scenario, server, field: median(r[field] for r in tls.get((scenario, server), []))
+    for (scenario, server) in sorted(tls):
+        failed = sum(int(r["failed"]) for r in tls[(scenario, server)])
+        print(f"{scenario:9} {server:20} {tm(scenario, server, 'rps'):9.0f} {tm(scenario, server, 'p50_us'):8.0f} "
+              f"{tm(scenario, server, 'p99_us'):8.0f} {tm(scenario, server, 'cpu_us_per_req'):10.2f} {failed:6d}")
+    ratio = tm("overall", "healthgate-tls", "rps") / tm("overall", "tonic-health-tls", "rps")
+    target("Check/s over TLS vs tonic-health over TLS", ratio, ">= 1.05", ratio >= 1.05)
+    ratio = tm("fixed", "healthgate-tls", "p99_us") / tm("fixed", "tonic-health-tls", "p99_us")
+    checks.append(("fixed load over TLS: p99 vs tonic-health (reported)", ratio, "-", "-"))
+handshakes = defaultdict(list)
+for row in rows("handshake.csv"):
+    handshakes[row["server"]].append(row)
+if handshakes:
+    print()
+    print(f"{'new TLS connection':20} {'p50 us':>8} {'p99 us':>8} {'server CPU us':>13}")
+    for server, rs in sorted(handshakes.items()):
+        print(f"{server:20} {median(r['p50_us'] for r in rs):8.0f} {median(r['p99_us'] for r in rs):8.0f} "
+              f"{median(r['server_cpu_us_per_handshake'] for r in rs):13.0f}")
+    for server, rs in sorted(handshakes.items()):
+        checks.append((f"{server}: server CPU per full handshake (us, reported)",
+                       median(r["server_cpu_us_per_handshake"] for r in rs), "-", "-"))
+
 # The control plane: Check while reloading, reload timing, POST /push.
 control = defaultdict(list)
 for row in rows("control.csv"):

@@ -1,5 +1,6 @@
 //! Benchmark peer: a bare tonic-health server — what a user would run instead of healthgate —
-//! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR`. Each SIGUSR1
+//! with the same service names, all SERVING. Usage: `tonic_health_peer ADDR [CERT_PEM KEY_PEM]`
+//! (with the two files: TLS, as `Server::builder().tls_config(…)` sets it up). Each SIGUSR1
 //! flips `""` between SERVING and NOT_SERVING (for the Watch fan-out benchmark).
 
 use tokio::net::TcpListener;
@@ -7,9 +8,14 @@ use tonic_health::ServingStatus;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
+    let tls = match (args.next(), args.next()) {
+        (Some(cert), Some(key)) => Some(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?),
+        )),
+        _ => None,
+    };
     let (reporter, service) = tonic_health::server::health_reporter();
     for name in ["", "readiness", "liveness"] {
         reporter
@@ -34,7 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("grpc listening on {}", listener.local_addr()?);
     // As `Server::serve(addr)` would: tonic's incoming stream with TCP_NODELAY (its default).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming(incoming)
         .await?;

@@ -732,6 +732,19 @@ fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     differs("server.grpc_listen", a.grpc_listen != b.grpc_listen);
     differs("server.http_listen", a.http_listen != b.http_listen);
+    differs("server.probe_listen", a.probe_listen != b.probe_listen);
+    differs(
+        "server.unix_socket_mode",
+        a.unix_socket_mode != b.unix_socket_mode,
+    );
+    // The files' contents rotate on every reload; which files, and the client policy, apply
+    // at the next start.
+    differs("server.grpc_tls", a.grpc_tls != b.grpc_tls);
+    differs("server.http_tls", a.http_tls != b.http_tls);
+    differs(
+        "server.detail_identities",
+        a.detail_identities != b.detail_identities,
+    );
     differs(
         "server.haproxy_agent_listen",
         a.haproxy_agent_listen != b.haproxy_agent_listen,
@@ -748,7 +761,11 @@ fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     differs("server.detail_token", a.detail_token != b.detail_token);
     differs("server.state_file", a.state_file != b.state_file);
-    differs("admin.token", old.admin != new.admin);
+    differs("admin.token", old.admin.token != new.admin.token);
+    differs(
+        "admin.allowed_identities",
+        old.admin.allowed_identities != new.admin.allowed_identities,
+    );
     differs("limits", old.limits != new.limits);
     differs("telemetry", old.telemetry != new.telemetry);
     keys

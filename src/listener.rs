@@ -18,6 +18,14 @@
 //!   advertised in SETTINGS; h2 refuses a stream beyond it with `REFUSED_STREAM` (hyper does not
 //!   report those, so they are not counted).
 //!
+//! Transports (DESIGN §11): a listener is bound from a [`ListenAddr`] — TCP or a Unix socket
+//! ([`bind`]) — and may have a [`ServerTls`] (rustls; its config swapped whole on rotation,
+//! each handshake taking the one in force). The handshake runs in the connection's task under
+//! the first-request deadline, so a slow or silent TLS client holds one connection slot, never
+//! the accept loop. A verified client certificate's identities become the connection's
+//! [`Peer`], which the admin and detail services (and the twin's reasons) consult besides their
+//! bearer tokens.
+//!
 //! Idleness is checked on a timer per connection, every quarter of the idle timeout, not per
 //! request: a request costs two counter updates, no clock read and no timer. So an idle
 //! connection is closed `idle_timeout` after its last request ended, give or take a quarter.

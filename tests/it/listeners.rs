@@ -185,6 +185,106 @@ fn rustls_client(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A rustls client config trusting the CA with `leaf` as its client certificate.
+fn rustls_client_with(pki: &Pki, leaf: &Leaf) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pki.ca.der().to_vec()))
+        .expect("CA");
+    let certs = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client cert");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// `GET path` over HTTPS/1.1 with `config`: the whole answer.
+async fn https_get(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+    accept: &str,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: hg\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(PATIENCE, tls.read_to_string(&mut out))
+        .await
+        .expect("answered")
+        .ok();
+    out
+}
+
+#[tokio::test]
+async fn https_with_optional_client_certificates_shows_reasons_to_an_allowed_identity_only() {
+    let pki = Pki::new("listeners-https-identity");
+    pki.write("server", &pki.server_leaf(0x5001, 90));
+    let reader = pki.client_leaf(READER_ID, 0x5002);
+    let stranger = pki.client_leaf("dns:stranger.healthgate.test", 0x5003);
+    let dependency = HttpServer::start().await;
+    dependency.set(crate::support::Answer {
+        status: 503,
+        ..Default::default()
+    });
+    let config = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+         drain_delay = \"0s\"\ndetail_token = \"a-detail-token\"\n\
+         detail_identities = [\"{READER_ID}\"]\n\n{}\n\
+         [dependencies.api]\nkind = \"http\"\nurl = \"{}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\n",
+        tls_section("http", &pki, Some("optional")),
+        dependency.url("/health")
+    );
+    let mut served = serve(&pki.dir, &config, &["grpc", "http"]).await;
+    let addr = served.addr("http").to_owned();
+    let json = "application/health+json";
+    let failing = async {
+        loop {
+            let out = https_get(&addr, rustls_client_with(&pki, &reader), "/healthz", json).await;
+            if out.contains("x-health-state: unhealthy") {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let as_reader = tokio::time::timeout(PATIENCE, failing)
+        .await
+        .expect("the dependency fails");
+    assert!(
+        as_reader.contains("\"output\""),
+        "the reader sees reasons:\n{as_reader}"
+    );
+    let as_stranger = https_get(&addr, rustls_client_with(&pki, &stranger), "/healthz", json).await;
+    assert!(as_stranger.starts_with("HTTP/1.1 503"), "{as_stranger}");
+    assert!(
+        !as_stranger.contains("\"output\""),
+        "a verified but not allowed identity sees none:\n{as_stranger}"
+    );
+    // Optional: a client without a certificate is served, without reasons.
+    let anonymous = https_get(&addr, rustls_client(&pki, &[b"http/1.1"]), "/healthz", json).await;
+    assert!(
+        anonymous.starts_with("HTTP/1.1 503") && !anonymous.contains("\"output\""),
+        "{anonymous}"
+    );
+    terminate_and_read_logs(&mut served.child).await;
+}
+
 /// A TLS handshake with `addr`: the serial (hex) of the certificate the server presented and
 /// the protocol ALPN chose, and the open stream.
 async fn handshake(
