@@ -5,7 +5,26 @@
 
 use std::sync::Arc;
 
-use crate::listener::Peer;
+/// Who is on the other end of a connection: given to the requests that decide by caller
+/// (admin, detail; every request of a connection with a client-certificate identity).
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The peer's address (TCP; `None` on a Unix socket).
+    pub remote: Option<std::net::SocketAddr>,
+    /// The verified client certificate's identities: URI SANs as they are, DNS SANs as
+    /// `dns:NAME`. Empty without a client certificate.
+    pub identities: Arc<[String]>,
+}
+
+impl Peer {
+    /// The first of `allowed` this peer has, if any (exact match).
+    pub fn identity_in<'a>(&'a self, allowed: &[String]) -> Option<&'a str> {
+        self.identities
+            .iter()
+            .find(|id| allowed.iter().any(|a| a == *id))
+            .map(String::as_str)
+    }
+}
 
 /// The credentials a service accepts: a bearer token, client-certificate identities, both
 /// (either one admits), or neither (open to anyone).

@@ -12,6 +12,7 @@ mod dependency;
 mod env;
 mod error;
 pub(crate) mod limits;
+mod listen;
 mod raw;
 mod service;
 mod validate;
@@ -24,8 +25,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::listener::{ListenAddr, ServerTlsSpec};
 use crate::redact;
+use crate::tls::server::ServerTlsSpec;
 
 pub use crate::probe::grpc::GrpcSpec;
 pub use crate::probe::http::{
@@ -41,6 +42,7 @@ pub use dependency::{
 pub(crate) use error::key as path_key;
 pub use error::{ConfigError, Problem};
 pub use limits::Limits;
+pub use listen::{DEFAULT_SOCKET_MODE, ListenAddr, UNIX_PREFIX};
 pub use service::{DegradedPolicy, LIVENESS, Quorum, ServiceSpec};
 
 /// A validated configuration.
@@ -186,7 +188,7 @@ impl Default for ServerConfig {
             detail_token: None,
             http_listen: None,
             probe_listen: None,
-            unix_socket_mode: crate::listener::DEFAULT_SOCKET_MODE,
+            unix_socket_mode: DEFAULT_SOCKET_MODE,
             grpc_tls: None,
             http_tls: None,
             detail_identities: Vec::new(),

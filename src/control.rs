@@ -64,6 +64,9 @@ impl ReloadError {
     }
 }
 
+/// What a reload also does (see [`Reloader::also_on_reload`]).
+type AlsoOnReload = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Reloads one config file into one engine. Clone-free: share it in an `Arc`.
 pub struct Reloader {
     path: PathBuf,
@@ -74,8 +77,9 @@ pub struct Reloader {
     metrics: Option<Arc<ReloadMetrics>>,
     /// Where runtime changes are written before they are answered.
     kept: std::sync::OnceLock<Arc<StateFile>>,
-    /// The listeners' TLS files, read again on every reload trigger.
-    certificates: std::sync::OnceLock<Vec<Arc<crate::listener::ServerTls>>>,
+    /// Also run on every reload trigger, with the trigger (the listeners' TLS files are read
+    /// again this way).
+    also: std::sync::OnceLock<AlsoOnReload>,
 }
 
 struct InForce {
@@ -256,7 +260,7 @@ impl Reloader {
             turn: tokio::sync::Mutex::new(()),
             metrics,
             kept: std::sync::OnceLock::new(),
-            certificates: std::sync::OnceLock::new(),
+            also: std::sync::OnceLock::new(),
         }
     }
 
@@ -266,11 +270,12 @@ impl Reloader {
         let _ = self.kept.set(state);
     }
 
-    /// Every reload (SIGHUP, `admin reload`, `--watch-config`) also reads `certificates`'
-    /// files again (see [`crate::listener::ServerTls::reload`]), whatever the config's
-    /// outcome. Set once; later calls are ignored.
-    pub fn reload_certificates(&self, certificates: Vec<Arc<crate::listener::ServerTls>>) {
-        let _ = self.certificates.set(certificates);
+    /// Every reload (SIGHUP, `admin reload`, `--watch-config`) also runs `also` with its
+    /// trigger, whatever the config's outcome, before the file is read — `serve` reads the
+    /// listeners' TLS files again this way (`crate::listener::ServerTls::reload`). Set once;
+    /// later calls are ignored.
+    pub fn also_on_reload(&self, also: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.also.set(Box::new(also));
     }
 
     /// The configuration in force: hash, load time, last error.
@@ -288,9 +293,8 @@ impl Reloader {
     /// logged one per line, counted, and returned.
     pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let _turn = self.turn.lock().await;
-        for tls in self.certificates.get().into_iter().flatten() {
-            // Logged and counted by the listener's TLS; the certificate in force stays.
-            let _ = tls.reload(trigger);
+        if let Some(also) = self.also.get() {
+            also(trigger);
         }
         let result = self.try_reload(trigger).await;
         if let (Ok(_), Some(state)) = (&result, self.kept.get()) {

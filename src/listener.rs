@@ -44,43 +44,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-mod addr;
 mod bind;
 mod metrics;
+mod tls;
+mod tls_metrics;
 
 use crate::metrics::Metrics;
 use metrics::ListenerMetrics;
 
-pub use crate::tls::server::{
-    CertificateInfo, CertificateWatch, ClientAuth, EXPIRY_WARNING, ROTATION_DEBOUNCE, ServerTls,
-    ServerTlsSpec, watch as watch_certificates,
+pub use crate::auth::Peer;
+pub use crate::config::{DEFAULT_SOCKET_MODE, ListenAddr, UNIX_PREFIX};
+pub use crate::tls::server::{CertificateInfo, ClientAuth, ServerTlsSpec};
+pub use bind::{Bound, Io, bind};
+pub use tls::{
+    CertificateWatch, EXPIRY_WARNING, ROTATION_DEBOUNCE, ServerTls, watch as watch_certificates,
 };
-pub use addr::{ListenAddr, UNIX_PREFIX};
-pub use bind::{Bound, DEFAULT_SOCKET_MODE, Io, bind};
 
 /// A served connection's transport: plain, or TLS over it.
 pub type Conn = tokio_util::either::Either<Io, tokio_rustls::server::TlsStream<Io>>;
-
-/// Who is on the other end of a connection: given to the requests that decide by caller
-/// (admin, detail; every request of a connection with a client-certificate identity).
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// The peer's address (TCP; `None` on a Unix socket).
-    pub remote: Option<std::net::SocketAddr>,
-    /// The verified client certificate's identities: URI SANs as they are, DNS SANs as
-    /// `dns:NAME`. Empty without a client certificate.
-    pub identities: Arc<[String]>,
-}
-
-impl Peer {
-    /// The first of `allowed` this peer has, if any (exact match).
-    pub fn identity_in<'a>(&'a self, allowed: &[String]) -> Option<&'a str> {
-        self.identities
-            .iter()
-            .find(|id| allowed.iter().any(|a| a == *id))
-            .map(String::as_str)
-    }
-}
 
 pub use crate::config::limits::{
     DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,

@@ -9,7 +9,6 @@
 //! unless a gRPC `authority` is set) — while the URL or target says where to connect.
 
 mod client;
-mod metrics;
 pub(crate) mod server;
 
 use std::fmt;

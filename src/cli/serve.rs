@@ -165,7 +165,13 @@ pub(crate) async fn serve_config(
         None
     } else {
         if let Some(reloader) = &config_reloader {
-            reloader.reload_certificates(certificates.clone());
+            let listeners = certificates.clone();
+            reloader.also_on_reload(move |trigger| {
+                for tls in &listeners {
+                    // Logged and counted by the listener's TLS; the certificate in force stays.
+                    let _ = tls.reload(trigger);
+                }
+            });
         }
         match healthgate::listener::watch_certificates(certificates) {
             Ok(w) => Some(w),

@@ -17,12 +17,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use url::Url;
 
+use super::ListenAddr;
 use super::dependency::*;
 use super::error::{Problem, key};
 use super::raw::*;
 use super::service::{DegradedPolicy, Quorum, ServiceSpec};
 use super::{AdminConfig, Config, Limits, ServerConfig, TelemetryConfig, env};
-use crate::listener::{ClientAuth, ListenAddr, ServerTlsSpec};
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{
     BodyCondition, BodyMatcher, DEFAULT_MAX_BODY_BYTES, HttpSpec, HttpVersion, JsonSelector,
@@ -30,6 +30,7 @@ use crate::probe::http::{
 };
 use crate::probe::tcp::TcpSpec;
 use crate::redact::{Secrets, url_secrets};
+use crate::tls::server::{ClientAuth, ServerTlsSpec};
 use crate::tls::{self, TlsSpec};
 use crate::{Health, Impact};
 
@@ -104,7 +105,7 @@ impl Validator<'_> {
             let verifies_clients = [&server.grpc_tls, &server.http_tls]
                 .into_iter()
                 .flatten()
-                .any(|t| t.client_auth != crate::listener::ClientAuth::None);
+                .any(|t| t.client_auth != ClientAuth::None);
             for (key, ids) in [
                 ("admin.allowed_identities", &admin.allowed_identities),
                 ("server.detail_identities", &server.detail_identities),

@@ -4,7 +4,7 @@
 //! Unix sockets: a socket file left by a crashed run (nothing accepts on it: connecting is
 //! refused) is replaced; a live one (another process accepts on it) is an error, as is a path
 //! that exists and is not a socket — healthgate never deletes anything else. The file gets
-//! `mode` (default [`DEFAULT_SOCKET_MODE`], 0660: the owner and its group, so a sidecar in the
+//! `mode` (default `DEFAULT_SOCKET_MODE`, 0660: the owner and its group, so a sidecar in the
 //! same group can connect) and is removed when the listener is dropped (at exit).
 
 use std::io;
@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::either::Either;
 
-use super::ListenAddr;
-
-/// The file mode of a Unix socket unless `[server] unix_socket_mode` says otherwise.
-pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+#[cfg(test)]
+use crate::config::DEFAULT_SOCKET_MODE;
+use crate::config::ListenAddr;
 
 /// An accepted connection before TLS: TCP or Unix.
 pub type Io = Either<TcpStream, UnixStream>;

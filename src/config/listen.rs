@@ -1,4 +1,5 @@
-//! Where a listener listens: a TCP address or a Unix socket (`unix:/path`).
+//! Where a listener listens: a TCP address or a Unix socket (`unix:/path`), as the config
+//! says it (bound by `crate::listener::bind`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -12,6 +13,10 @@ pub enum ListenAddr {
     /// A Unix domain socket at this path.
     Unix(PathBuf),
 }
+
+/// The file mode of a Unix socket unless `[server] unix_socket_mode` says otherwise: the owner
+/// and its group (so a sidecar in the same group can connect).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// The prefix of a Unix socket address.
 pub const UNIX_PREFIX: &str = "unix:";
