@@ -469,6 +469,19 @@ async fn a_rotated_certificate_serves_new_handshakes_while_an_open_watch_keeps_s
     let addr = served.addr("grpc").to_owned();
     let http = served.addr("http").parse().expect("an address");
     assert_eq!(handshake(&addr, &pki, &[b"h2"]).await.0, serial_hex(0x1001));
+    // SIGHUP reads the TLS files again too (no file changed, so only the signal can count).
+    let pid = served.child.id().expect("running") as i32;
+    let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let reread = async {
+        let success = "healthgate_tls_reloads_total{listener=\"grpc\",result=\"success\"} 1";
+        while !crate::support::get_metrics(http).await.contains(success) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, reread)
+        .await
+        .expect("SIGHUP re-read the TLS files");
 
     let channel = tls_channel(&addr, &pki, None).await.expect("connects");
     let mut watch = HealthClient::new(channel)
