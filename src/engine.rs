@@ -25,6 +25,7 @@ mod service;
 mod shared;
 mod spawn;
 mod stale;
+pub mod subscription;
 mod transition;
 
 use std::collections::BTreeMap;

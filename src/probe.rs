@@ -24,6 +24,35 @@ pub(crate) const OWN_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 /// The future a probe returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
+/// A subscription's messages (see [`Probe::subscribe`]): each a verdict as the dependency
+/// announces it; `Err(reason)` when the stream broke; the stream's end when the dependency
+/// ended it.
+pub type VerdictStream = Pin<Box<dyn futures_util::Stream<Item = Result<Verdict, String>> + Send>>;
+
+/// The future [`Probe::subscribe`] returns.
+pub type SubscribeFuture<'a> = Pin<Box<dyn Future<Output = Subscription> + Send + 'a>>;
+
+/// How a subscription began.
+#[non_exhaustive]
+pub enum Subscription {
+    /// Open: its messages.
+    Open(VerdictStream),
+    /// The dependency offers none (gRPC `UNIMPLEMENTED`): the engine polls `check` instead.
+    Unsupported,
+    /// It could not be opened: the failure, as a verdict.
+    Failed(Verdict),
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subscription::Open(_) => f.write_str("Open"),
+            Subscription::Unsupported => f.write_str("Unsupported"),
+            Subscription::Failed(v) => f.debug_tuple("Failed").field(v).finish(),
+        }
+    }
+}
+
 /// What the engine tells a probe about the run it asks for.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -68,6 +97,13 @@ impl ProbeContext {
 pub trait Probe: Send + Sync + std::fmt::Debug + 'static {
     /// Runs one check.
     fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_>;
+
+    /// Subscribes to the dependency's own announcements (`mode = "watch"`: gRPC's `Watch`).
+    /// The engine owns the rest: the time allowed for the first message, reconnects with
+    /// backoff, hysteresis. The default offers none, so the engine polls [`Probe::check`].
+    fn subscribe(&self, _ctx: ProbeContext) -> SubscribeFuture<'_> {
+        Box::pin(async { Subscription::Unsupported })
+    }
 }
 
 /// A probe could not be built from its spec (e.g. the TLS configuration was refused).

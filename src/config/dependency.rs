@@ -91,6 +91,16 @@ pub enum Mode {
     },
     /// Probed only when a reader finds the cached outcome older than its time to live.
     OnDemand(OnDemand),
+    /// gRPC only: one `Watch(service)` stream held on the dependency's channel; every message
+    /// is an outcome at once. A silent open stream repeats its last status every `interval`
+    /// (so staleness keeps its meaning: the watch task is stuck), HTTP/2 pings every `interval`
+    /// find a dead peer within `interval + timeout`, and a server without `Watch` is polled
+    /// with `Check` every `interval` (see `engine::watch`).
+    Watch {
+        /// How often a silent stream repeats its status, the keep-alive ping period, and the
+        /// polling interval when the server has no `Watch`.
+        interval: Duration,
+    },
     /// Never probed: reports arrive from outside, and none within `ttl` is a failure.
     Push {
         /// How long a report holds.
@@ -302,7 +312,7 @@ impl DependencySpec {
     /// The period that sets the default staleness: the interval, or the on-demand ttl.
     fn period(&self) -> Duration {
         match &self.mode {
-            Mode::Background { interval, .. } => *interval,
+            Mode::Background { interval, .. } | Mode::Watch { interval } => *interval,
             Mode::OnDemand(o) => o.ttl.max(o.max_failure_ttl),
             Mode::Push { ttl } => *ttl,
         }
@@ -352,6 +362,17 @@ impl DependencySpec {
                 }
                 if self.stale_after != *ttl {
                     problem("a push dependency expires at its ttl (no stale_after)".into());
+                }
+            }
+            Mode::Watch { interval } => {
+                if self.timeout >= *interval {
+                    problem(format!(
+                        "timeout ({t}) must be less than interval ({})",
+                        f(*interval)
+                    ));
+                }
+                if !matches!(self.probe, ProbeSpec::Grpc(_)) {
+                    problem("mode watch is only valid for grpc dependencies".into());
                 }
             }
             Mode::Background { interval, jitter } => {
@@ -412,7 +433,9 @@ impl DependencySpec {
         // `stale_after` has its own, larger bound: its default is a sum.
         let mut out = vec![("timeout", self.timeout)];
         match &self.mode {
-            Mode::Background { interval, .. } => out.push(("interval", *interval)),
+            Mode::Background { interval, .. } | Mode::Watch { interval } => {
+                out.push(("interval", *interval))
+            }
             Mode::OnDemand(o) => out.extend([
                 ("ttl", o.ttl),
                 ("failure_ttl", o.failure_ttl),

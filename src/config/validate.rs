@@ -266,10 +266,22 @@ impl Validator<'_> {
                     max_failure_ttl,
                 })
             }
+            Some("watch") if matches!(probe, Some(ProbeSpec::Grpc(_)) | None) => {
+                Mode::Watch { interval }
+            }
+            Some("watch") => {
+                self.problem(
+                    format!("{path}.mode"),
+                    "\"watch\" is only valid for kind = \"grpc\" (it holds a grpc.health.v1 Watch stream)",
+                );
+                Mode::Background { interval, jitter }
+            }
             Some(other) => {
                 self.problem(
                     format!("{path}.mode"),
-                    format!("unknown mode {other:?}: expected \"background\" or \"on_demand\""),
+                    format!(
+                        "unknown mode {other:?}: expected \"background\", \"on_demand\" or \"watch\" (grpc)"
+                    ),
                 );
                 Mode::Background { interval, jitter }
             }

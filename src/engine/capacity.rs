@@ -37,6 +37,9 @@ pub fn load(dependencies: &BTreeMap<String, DependencySpec>) -> Load {
         let period = match &spec.mode {
             Mode::Background { interval, .. } => *interval,
             Mode::OnDemand(o) => o.ttl.min(o.failure_ttl),
+            // A held stream, not runs (a server without Watch is polled at the interval: counted
+            // as the polled one it becomes would be, at worst).
+            Mode::Watch { interval } => *interval,
             Mode::Push { .. } => continue,
         };
         let period = period.as_secs_f64().max(1e-3);

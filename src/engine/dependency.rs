@@ -33,6 +33,8 @@ pub(crate) struct Dependency {
     state: Arc<DependencyState>,
     /// An active override and when (on the reducer's clock) it expires.
     forced: Option<(Arc<Override>, Instant)>,
+    /// How outcomes arrive when not as the mode says (see `schedule::Event::note`).
+    pub(crate) note: Option<&'static str>,
 }
 
 /// What applying an outcome changed.
@@ -59,6 +61,7 @@ impl Dependency {
             stale_key: None,
             stale_at: Instant::now(),
             forced: None,
+            note: None,
         }
     }
 
@@ -253,6 +256,10 @@ impl Dependency {
             reported_at: self.last_report,
             ..initial_state(name, &self.spec)
         };
+        let mut state = state;
+        if let Some(note) = self.note {
+            state.thresholds.mode = note;
+        }
         self.state = Arc::new(state);
     }
 }
@@ -260,6 +267,7 @@ impl Dependency {
 fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
     let (mode, period) = match spec.mode {
         Mode::Background { interval, .. } => ("background", interval),
+        Mode::Watch { interval } => ("watch", interval),
         Mode::OnDemand(o) => ("on_demand", o.ttl),
         Mode::Push { ttl } => ("push", ttl),
     };

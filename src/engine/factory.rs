@@ -40,7 +40,11 @@ impl ProbeFactory {
             }
             ProbeSpec::Grpc(s) => {
                 warn_insecure(&s.tls);
-                Arc::new(GrpcProbe::new(s, spec.timeout).map_err(fail)?)
+                let keep_alive = match spec.mode {
+                    crate::config::Mode::Watch { interval } => interval,
+                    _ => crate::probe::grpc::KEEP_ALIVE,
+                };
+                Arc::new(GrpcProbe::new(s, spec.timeout, keep_alive).map_err(fail)?)
             }
             ProbeSpec::Tcp(s) => Arc::new(TcpProbe::new(s.address.clone())),
             ProbeSpec::Custom { probe, .. } => probe.clone(),

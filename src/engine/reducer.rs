@@ -182,6 +182,7 @@ impl Reducer {
         }
         tracing::debug!(dependency = %event.dependency, health = %outcome.health(), latency_ms = outcome.latency.as_millis() as u64, reason = outcome.verdict.reason().map(|r| r.as_str()).unwrap_or(""), "probe finished");
         let reason = outcome.verdict.reason().cloned();
+        dep.note = event.note;
         let applied = dep.apply(&event.dependency, outcome);
         let stale_after = dep.spec.stale_after;
         self.stale
@@ -568,6 +569,7 @@ impl Reducer {
                 finished_at: now,
             }),
             span: tracing::Span::current(),
+            note: None,
         };
         self.outcome(event);
         Ok(())

@@ -27,6 +27,9 @@ pub(crate) struct Event {
     pub(crate) outcome: Option<Outcome>,
     /// The run's span: the reducer enters it to log transitions, so they join its trace.
     pub(crate) span: tracing::Span,
+    /// How the outcome was obtained, when not as the mode says (a watch-mode dependency whose
+    /// server has no Watch: polled); shown as the dependency's mode.
+    pub(crate) note: Option<&'static str>,
 }
 
 /// What a probe task needs, cloned out of the spec.
@@ -39,6 +42,8 @@ pub(crate) struct Runner {
     pub(crate) events: mpsc::Sender<Event>,
     /// One permit per probe run in flight, shared by the engine's probes.
     pub(crate) permits: Arc<Semaphore>,
+    /// Given to every event (see [`Event::note`]).
+    pub(crate) note: Option<&'static str>,
 }
 
 /// The most probe runs in flight at once, engine-wide. Runs wait for a permit *before* their
@@ -71,6 +76,7 @@ impl Runner {
                 instance: self.instance,
                 outcome: None,
                 span: tracing::Span::none(),
+                note: self.note,
             };
             let _ = self.events.send(event).await;
         }
@@ -88,15 +94,32 @@ impl Runner {
             }.instrument(span.clone()) => o,
         };
         record(&span, &outcome);
+        self.send_in(cancel, outcome.clone(), span)
+            .await
+            .then_some(outcome)
+    }
+
+    /// Sends `outcome` to the reducer; `false` when cancelled or the engine is gone.
+    pub(crate) async fn send(&self, cancel: &CancellationToken, outcome: Outcome) -> bool {
+        self.send_in(cancel, outcome, tracing::Span::none()).await
+    }
+
+    async fn send_in(
+        &self,
+        cancel: &CancellationToken,
+        outcome: Outcome,
+        span: tracing::Span,
+    ) -> bool {
         let event = Event {
             dependency: self.dependency.clone(),
             instance: self.instance,
-            outcome: Some(outcome.clone()),
+            outcome: Some(outcome),
             span,
+            note: self.note,
         };
         tokio::select! {
-            _ = cancel.cancelled() => None,
-            sent = self.events.send(event) => sent.ok().map(|()| outcome),
+            _ = cancel.cancelled() => false,
+            sent = self.events.send(event) => sent.is_ok(),
         }
     }
 }
@@ -160,7 +183,12 @@ pub(crate) async fn run_once(probe: &dyn Probe, spec: &DependencySpec) -> Outcom
         Ok(Err(_panic)) => Verdict::unhealthy("probe panicked"),
         Ok(Ok(verdict)) => verdict,
     };
-    let latency = started.elapsed();
+    outcome_of(verdict, started.elapsed(), spec)
+}
+
+/// The outcome of `verdict` after `latency`: a slow success made Degraded (`degraded_after`),
+/// every secret scrubbed from the reason.
+pub(crate) fn outcome_of(verdict: Verdict, latency: Duration, spec: &DependencySpec) -> Outcome {
     let verdict = match (verdict, spec.degraded_after) {
         (Verdict::Healthy, Some(limit)) if latency > limit => Verdict::degraded(format!(
             "slow: {}ms (degraded after {})",

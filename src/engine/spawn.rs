@@ -67,6 +67,7 @@ impl Spawner {
             spec: spec.clone(),
             events: self.events.clone(),
             permits: self.permits.clone(),
+            note: None,
         };
         let span = info_span!("dependency", dependency = %name, kind = spec.kind());
         let supervisor = runner.clone();
@@ -90,6 +91,13 @@ impl Spawner {
                 self.tracker
                     .spawn(supervisor.supervise(task).instrument(span));
                 Some(slot)
+            }
+            Mode::Watch { interval } => {
+                let task =
+                    super::subscription::watch(runner, interval, refresh.clone(), cancel.clone());
+                self.tracker
+                    .spawn(supervisor.supervise(task).instrument(span));
+                None
             }
             // Reports arrive through the reducer; the missing report is its stale timer.
             Mode::Push { .. } => None,

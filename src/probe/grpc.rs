@@ -12,13 +12,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use url::Url;
 
-use super::{OWN_TIMEOUT_MARGIN, Probe, ProbeContext, ProbeFuture};
+use super::{OWN_TIMEOUT_MARGIN, Probe, ProbeContext, ProbeFuture, SubscribeFuture, Subscription};
 use crate::redact::redact_url;
 use crate::tls::{self, TlsSpec};
 use crate::{Verdict, net_error};
 
-/// HTTP/2 pings on the kept channel, so a dead connection is noticed between probes.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on the kept channel, so a dead connection is noticed between probes (watch
+/// mode pings every `interval` instead, see [`GrpcProbe::new`]).
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// A gRPC health probe.
 #[derive(Clone)]
@@ -77,8 +78,14 @@ pub(crate) struct GrpcProbe {
 }
 
 impl GrpcProbe {
-    /// Builds the (lazily connecting) channel. Must run inside a Tokio runtime.
-    pub(crate) fn new(spec: &GrpcSpec, timeout: Duration) -> Result<GrpcProbe, String> {
+    /// Builds the (lazily connecting) channel, pinging every `keep_alive` (a ping unanswered
+    /// within `timeout` breaks the connection, and a Watch stream on it). Must run inside a
+    /// Tokio runtime.
+    pub(crate) fn new(
+        spec: &GrpcSpec,
+        timeout: Duration,
+        keep_alive: Duration,
+    ) -> Result<GrpcProbe, String> {
         let host = spec.target.host_str().unwrap_or_default();
         let port = spec.target.port_or_known_default().unwrap_or(80);
         // Only scheme, host and port: user info or a query never reach tonic.
@@ -92,7 +99,8 @@ impl GrpcProbe {
             .map_err(|e| format!("invalid target: {e}"))?
             .connect_timeout(timeout + OWN_TIMEOUT_MARGIN)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEP_ALIVE)
+            .http2_keep_alive_interval(keep_alive)
+            .keep_alive_timeout(timeout + OWN_TIMEOUT_MARGIN)
             .keep_alive_while_idle(true);
         // The `:authority`: as configured, else `tls.server_name` (the name the dependency is
         // addressed by, see crate::tls), else the target's host.
@@ -139,20 +147,55 @@ impl GrpcProbe {
         // ends (and words) a run that is too slow. The dependency sees it as its deadline.
         request.set_timeout(ctx.timeout + OWN_TIMEOUT_MARGIN);
         match self.client.clone().check(request).await {
-            Ok(response) => match response.into_inner().status() {
-                ServingStatus::Serving => Verdict::Healthy,
-                ServingStatus::NotServing => Verdict::unhealthy("NOT_SERVING"),
-                ServingStatus::ServiceUnknown => Verdict::unhealthy("service unknown"),
-                ServingStatus::Unknown => Verdict::unhealthy("status UNKNOWN"),
-            },
+            Ok(response) => verdict_of(response.into_inner().status()),
             Err(status) => Verdict::unhealthy(status_reason(&status)),
         }
+    }
+
+    /// Opens `Watch(service)` on the kept channel.
+    async fn watch(&self) -> Subscription {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: self.service.clone(),
+        });
+        *request.metadata_mut() = self.metadata.clone();
+        match self.client.clone().watch(request).await {
+            Ok(response) => {
+                // After an error nothing follows: the engine reconnects.
+                let stream = futures_util::stream::unfold(Some(response.into_inner()), |s| async {
+                    let mut s = s?;
+                    match s.message().await {
+                        Ok(Some(m)) => Some((Ok(verdict_of(m.status())), Some(s))),
+                        Ok(None) => None,
+                        Err(status) => {
+                            Some((Err(format!("watch: {}", status_reason(&status))), None))
+                        }
+                    }
+                });
+                Subscription::Open(Box::pin(stream))
+            }
+            Err(status) if status.code() == Code::Unimplemented => Subscription::Unsupported,
+            Err(status) => Subscription::Failed(Verdict::unhealthy(status_reason(&status))),
+        }
+    }
+}
+
+/// A `HealthCheckResponse` status as a verdict (Check and Watch alike).
+fn verdict_of(status: ServingStatus) -> Verdict {
+    match status {
+        ServingStatus::Serving => Verdict::Healthy,
+        ServingStatus::NotServing => Verdict::unhealthy("NOT_SERVING"),
+        ServingStatus::ServiceUnknown => Verdict::unhealthy("service unknown"),
+        ServingStatus::Unknown => Verdict::unhealthy("status UNKNOWN"),
     }
 }
 
 impl Probe for GrpcProbe {
     fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_> {
         Box::pin(self.run(ctx))
+    }
+
+    fn subscribe(&self, _ctx: ProbeContext) -> SubscribeFuture<'_> {
+        Box::pin(self.watch())
     }
 }
 

@@ -19,6 +19,7 @@ mod probe_grpc;
 mod probe_http;
 mod probe_http2;
 mod probe_tcp;
+mod probe_watch;
 mod push;
 mod reload;
 mod secrets;
