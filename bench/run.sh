@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                  # full run (about 25 minutes)
 #   ROUNDS=1 DURATION=2 bench/run.sh   # quick look
-#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check tls twin control fanout scale cold)
+#   SECTIONS="fanout scale" bench/run.sh   # only some sections (check tls twin control probes fanout scale cold)
 #   BASELINE=path/to/healthgate bench/run.sh  # an earlier build joins the check and fan-out
 #                                 # sections as "healthgate-baseline" (before/after, same run)
 set -euo pipefail
@@ -17,7 +17,9 @@ CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}      # concurrent streams per connection
 NDEPS=${NDEPS:-10}          # healthgate's dependencies in the Check scenarios
 RATE=${RATE:-60000}         # Check/s offered in the fixed-load latency scenario (all connections)
-SECTIONS=${SECTIONS:-check tls twin control fanout scale cold}
+SECTIONS=${SECTIONS:-check tls twin control probes fanout scale cold}
+WATCH_DEPS=${WATCH_DEPS:-1000}  # gRPC dependencies in the watch-versus-polled section
+WATCH_FLIPS=${WATCH_FLIPS:-20}  # dependency flips timed per watch-versus-polled run
 HANDSHAKES=${HANDSHAKES:-2000}  # sequential full TLS handshakes per handshake-cost run
 FLIPS=${FLIPS:-20}          # status flips per Watch fan-out run
 WATCHERS=${WATCHERS:-1000 10000}  # Watch fan-out sizes
@@ -331,6 +333,19 @@ PY
       tail -1 "$pushcsv" | awk -F, '{printf "  POST /push %-10s c=%-3s %8s req/s  p50 %5s us  p99 %6s us  failed %s  non-2xx %s\n", $2, $3, $4, $5, $6, $7, $8}'
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+fi
+
+if section probes; then
+echo "== gRPC dependencies by Watch vs polled every 5 s: $WATCH_DEPS dependencies (idle CPU, RSS), $WATCH_FLIPS flips to healthgate's Watch"
+probescsv="$work/probes.csv"
+echo "round,mode,deps,cpu_pct,rss_kib,flips,flip_ms_p50,flip_ms_p99,flip_ms_max" >"$probescsv"
+for round in $(seq "$ROUNDS"); do
+  for mode in watch background; do
+    line=$(taskset -c 1 "$ex/watch_probe_bench" "$mode" "$WATCH_DEPS" "$SCALE_SECONDS" "$WATCH_FLIPS" taskset -c 0 "$hg")
+    echo "$round,$(kv "$line" mode),$(kv "$line" deps),$(kv "$line" cpu_pct),$(kv "$line" rss_kib),$(kv "$line" flips),$(kv "$line" flip_ms_p50),$(kv "$line" flip_ms_p99),$(kv "$line" flip_ms_max)" >>"$probescsv"
+    tail -1 "$probescsv" | awk -F, '{printf "  %-10s %s deps: CPU %5s %%  RSS %7s KiB  flip to Watch p50 %7s ms  p99 %7s ms  max %7s ms\n", $2, $3, $4, $5, $7, $8, $9}'
   done
 done
 fi

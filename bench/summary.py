@@ -170,6 +170,28 @@ if push:
         clean = all(int(r["failed"]) == 0 and int(r["non2xx"]) == 0 for (s, _), rs in push.items() if s == server for r in rs)
         target(f"POST /push reports/s, one core, {what} (c={best[1]})", best[0], ">= 10000", best[0] >= 10000 and clean)
 
+# gRPC dependencies by Watch versus polled.
+probes = defaultdict(list)
+for row in rows("probes.csv"):
+    probes[row["mode"]].append(row)
+if probes:
+    print()
+    print(f"{'gRPC deps':10} {'deps':>5} {'CPU %':>6} {'RSS KiB':>8} {'flip p50 ms':>11} {'p99':>8} {'max':>8}")
+    for mode, rs in sorted(probes.items()):
+        print(f"{mode:10} {rs[0]['deps']:>5} {median(r['cpu_pct'] for r in rs):6.2f} {median(r['rss_kib'] for r in rs):8.0f} "
+              f"{median(r['flip_ms_p50'] for r in rs):11.1f} {median(r['flip_ms_p99'] for r in rs):8.1f} "
+              f"{max(float(r['flip_ms_max']) for r in rs):8.1f}")
+    if "watch" in probes:
+        p99 = max(float(r["flip_ms_p99"]) for r in probes["watch"])
+        target("watch mode: dependency flip to healthgate's Watch, p99 (ms)", p99, "<= 50", p99 <= 50)
+    if "watch" in probes and "background" in probes:
+        ratio = median(r["cpu_pct"] for r in probes["watch"]) / median(r["cpu_pct"] for r in probes["background"])
+        target(f"watch mode: CPU of {probes['watch'][0]['deps']} deps vs polled at 5 s", ratio, "<= 1.00", ratio <= 1.0)
+        checks.append(("watch mode: RSS vs polled (reported)",
+                       median(r["rss_kib"] for r in probes["watch"]) / median(r["rss_kib"] for r in probes["background"]), "-", "-"))
+        checks.append(("polled at 5 s: flip to healthgate's Watch, p50 (ms, reported)",
+                       median(r["flip_ms_p50"] for r in probes["background"]), "-", "-"))
+
 # Watch fan-out.
 fanout = defaultdict(list)
 for row in rows("fanout.csv"):

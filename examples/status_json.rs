@@ -73,6 +73,8 @@ fn main() {
                     stale_after: Duration::from_secs(4),
                 },
                 history: Arc::new(history),
+                parents: Arc::from([]),
+                caused_by: None,
             })
         })
         .collect();

@@ -35,6 +35,7 @@ pub use crate::probe::http::{
 };
 pub use crate::probe::tcp::TcpSpec;
 pub use crate::tls::TlsSpec;
+pub(crate) use dependency::parent_problems;
 pub use dependency::{
     DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec,
     MAX_DURATION, MAX_STALE_AFTER, MAX_STREAK, Mode, OnDemand, ProbeSpec,

@@ -138,9 +138,33 @@ pub struct DependencyState {
     pub thresholds: Thresholds,
     /// The latest outcomes and transitions, bounded.
     pub history: Arc<History>,
+    /// The dependencies this one relies on (`parents`).
+    pub parents: Arc<[Arc<str>]>,
+    /// While this dependency fails and a parent is Unhealthy: the chain from its parent to the
+    /// root cause (`["proxy", "gateway"]`: this → proxy → gateway, the last is Unhealthy for
+    /// its own reasons). `None` otherwise.
+    pub caused_by: Option<Arc<[Arc<str>]>>,
 }
 
 impl DependencyState {
+    /// The reason to show: `parent gateway unhealthy` while [`DependencyState::caused_by`]
+    /// says so, else the latest outcome's own reason (kept in
+    /// [`DependencyState::last_outcome`] either way).
+    pub fn reason(&self) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(root) = self.caused_by.as_ref().and_then(|c| c.last()) {
+            return Some(std::borrow::Cow::Owned(format!("parent {root} unhealthy")));
+        }
+        self.last_outcome
+            .as_ref()
+            .and_then(|o| o.verdict.reason())
+            .map(|r| std::borrow::Cow::Borrowed(r.as_str()))
+    }
+
+    /// The root cause of this dependency failing, when it is a parent's (the chain's end).
+    pub fn root_cause(&self) -> Option<&Arc<str>> {
+        self.caused_by.as_ref().and_then(|c| c.last())
+    }
+
     /// When the dependency took its current health (its latest transition), if it has had one.
     pub fn since(&self) -> Option<SystemTime> {
         self.history.transitions().next_back().map(|t| t.at())

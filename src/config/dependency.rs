@@ -59,6 +59,11 @@ pub struct DependencySpec {
     /// expanded value, so a secret from the environment never appears in the target, whatever
     /// its length or position. Set by config validation.
     pub target_template: Option<String>,
+    /// Dependencies this one relies on (a gateway, a database proxy): while one of them is
+    /// Unhealthy, this one failing is attributed to it (`parent gateway unhealthy`) and
+    /// services name the root cause instead. It is still probed (its own recovery must be
+    /// seen). Parents form a DAG.
+    pub parents: Vec<String>,
 }
 
 impl fmt::Debug for DependencySpec {
@@ -75,6 +80,7 @@ impl fmt::Debug for DependencySpec {
             .field("degraded_after", &self.degraded_after)
             .field("stale_after", &self.stale_after)
             .field("secrets", &self.secrets)
+            .field("parents", &self.parents)
             .finish_non_exhaustive()
     }
 }
@@ -205,9 +211,20 @@ impl DependencySpec {
             stale_after: Duration::ZERO,
             secrets: Secrets::default(),
             target_template: None,
+            parents: Vec::new(),
         };
         spec.stale_after = spec.default_stale_after();
         spec
+    }
+
+    /// Sets the dependencies this one relies on (see [`DependencySpec::parents`]).
+    #[must_use]
+    pub fn with_parents(
+        mut self,
+        parents: impl IntoIterator<Item = impl Into<String>>,
+    ) -> DependencySpec {
+        self.parents = parents.into_iter().map(Into::into).collect();
+        self
     }
 
     /// A spec for an in-process [`Probe`], with default timing.
@@ -446,4 +463,77 @@ impl DependencySpec {
         out.extend(self.degraded_after.map(|d| ("degraded_after", d)));
         out
     }
+}
+
+/// The problems of `parents` across `dependencies`: a parent that names no dependency (unless
+/// `known`: one that failed validation, reported already) and every cycle, named as
+/// `a → b → a`. Parents must form a DAG.
+pub(crate) fn parent_problems(
+    dependencies: &std::collections::BTreeMap<String, DependencySpec>,
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<super::Problem> {
+    use super::Problem;
+    let mut problems = Vec::new();
+    for (name, spec) in dependencies {
+        for parent in &spec.parents {
+            if !dependencies.contains_key(parent) && !known(parent) {
+                problems.push(Problem::new(
+                    format!("dependencies.{}.parents", super::path_key(name)),
+                    format!("no dependency {parent:?}"),
+                ));
+            }
+        }
+    }
+    // Depth-first, colouring: a parent on the current path closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit<'a>(
+        name: &'a str,
+        dependencies: &'a std::collections::BTreeMap<String, DependencySpec>,
+        marks: &mut std::collections::BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+        cycles: &mut Vec<Vec<&'a str>>,
+    ) {
+        marks.insert(name, Mark::OnPath);
+        path.push(name);
+        for parent in dependencies
+            .get(name)
+            .map(|s| &s.parents[..])
+            .unwrap_or_default()
+        {
+            let Some((parent, _)) = dependencies.get_key_value(parent.as_str()) else {
+                continue;
+            };
+            match marks.get(parent.as_str()).copied().unwrap_or(Mark::New) {
+                Mark::New => visit(parent, dependencies, marks, path, cycles),
+                Mark::OnPath => {
+                    let start = path.iter().position(|n| *n == parent).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(parent);
+                    cycles.push(cycle);
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks.insert(name, Mark::Done);
+    }
+    let mut marks = std::collections::BTreeMap::new();
+    let mut cycles = Vec::new();
+    for name in dependencies.keys() {
+        if marks.get(name.as_str()).copied().unwrap_or(Mark::New) == Mark::New {
+            visit(name, dependencies, &mut marks, &mut Vec::new(), &mut cycles);
+        }
+    }
+    for cycle in cycles {
+        problems.push(Problem::new(
+            format!("dependencies.{}.parents", super::path_key(cycle[0])),
+            format!("parents form a cycle: {}", cycle.join(" → ")),
+        ));
+    }
+    problems
 }

@@ -98,6 +98,7 @@ pub(crate) struct RawDefaults {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawDependency {
     pub(crate) kind: Option<String>,
+    pub(crate) parents: Option<Vec<String>>,
     pub(crate) mode: Option<String>,
     pub(crate) interval: Option<String>,
     pub(crate) timeout: Option<String>,

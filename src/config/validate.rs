@@ -66,6 +66,11 @@ impl Validator<'_> {
                 dependencies.insert(name.clone(), spec);
             }
         }
+        {
+            let failed = |d: &str| raw.dependencies.contains_key(d) || (self.known)(d);
+            let problems = super::dependency::parent_problems(&dependencies, &failed);
+            self.problems.extend(problems);
+        }
         let mut services = BTreeMap::new();
         for (name, svc) in &raw.services {
             if let Some(spec) = self.service(name, svc) {
@@ -302,6 +307,7 @@ impl Validator<'_> {
         spec.stale_after = stale_after.unwrap_or_else(|| spec.default_stale_after());
         spec.secrets = Secrets::new(secrets);
         spec.target_template = self.target_template.take();
+        spec.parents = raw.parents.clone().unwrap_or_default();
         if timing_parsed {
             self.problems.extend(spec.check(path));
         }

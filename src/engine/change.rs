@@ -224,6 +224,7 @@ pub(crate) fn check_apply(
     for (name, spec) in services {
         problems.extend(spec.check(name, &|d| dependencies.contains_key(d)));
     }
+    problems.extend(crate::config::parent_problems(dependencies, &|_| false));
     if problems.is_empty() {
         Ok(())
     } else {

@@ -35,6 +35,9 @@ pub(crate) struct Dependency {
     forced: Option<(Arc<Override>, Instant)>,
     /// How outcomes arrive when not as the mode says (see `schedule::Event::note`).
     pub(crate) note: Option<&'static str>,
+    /// The chain to the root cause while a parent makes this one fail (see
+    /// [`DependencyState::caused_by`]); set at rollup.
+    cause: Option<Arc<[Arc<str>]>>,
 }
 
 /// What applying an outcome changed.
@@ -62,7 +65,23 @@ impl Dependency {
             stale_at: Instant::now(),
             forced: None,
             note: None,
+            cause: None,
         }
+    }
+
+    /// The chain to the root cause (see [`DependencyState::caused_by`]).
+    pub(crate) fn cause(&self) -> Option<&Arc<[Arc<str>]>> {
+        self.cause.as_ref()
+    }
+
+    /// Sets the chain to the root cause; `true` when it changed (the state is rebuilt).
+    pub(crate) fn set_cause(&mut self, name: &Arc<str>, cause: Option<Arc<[Arc<str>]>>) -> bool {
+        if self.cause == cause {
+            return false;
+        }
+        self.cause = cause;
+        self.refresh(name);
+        true
     }
 
     /// This dependency with new settings and a new task, keeping what is known (health,
@@ -260,6 +279,7 @@ impl Dependency {
         if let Some(note) = self.note {
             state.thresholds.mode = note;
         }
+        state.caused_by = self.cause.clone();
         self.state = Arc::new(state);
     }
 }
@@ -294,6 +314,8 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
             stale_after: spec.stale_after,
         },
         history: Arc::default(),
+        parents: spec.parents.iter().map(|p| Arc::from(p.as_str())).collect(),
+        caused_by: None,
     }
 }
 

@@ -334,6 +334,17 @@ impl Reducer {
     ) -> Result<(), ChangeError> {
         let exists = self.dependencies.contains_key(name.as_str());
         change::check_put_dependency(&name, &spec, exists, replace)?;
+        if !spec.parents.is_empty() {
+            // Only a dependency with parents can close a cycle or name a missing one.
+            let mut specs: BTreeMap<String, DependencySpec> = (self.dependencies.iter())
+                .map(|(n, d)| (n.to_string(), (*d.spec).clone()))
+                .collect();
+            specs.insert(name.clone(), spec.clone());
+            let problems = crate::config::parent_problems(&specs, &|_| false);
+            if !problems.is_empty() {
+                return Err(ChangeError::InvalidConfig(problems));
+            }
+        }
         let probe = self.factory.build(&spec)?;
         let Some(old) = self.dependencies.remove(name.as_str()) else {
             info!(dependency = %name, kind = spec.kind(), "dependency added");
@@ -719,11 +730,55 @@ impl Reducer {
     fn roll_up(&mut self) {
         let span = std::mem::replace(&mut self.rollup_span, tracing::Span::none());
         let _entered = span.enter();
+        self.attribute_causes();
         for service in self.services.values_mut() {
             let metrics = self.metrics.as_deref();
             service.roll_up(&self.dependencies, self.shutting_down, metrics);
         }
         self.rollup_needed = false;
+    }
+
+    /// Root causes: each failing dependency with an Unhealthy parent gets the chain to the
+    /// root (the first Unhealthy ancestor, in `parents` order, whose own parents are not), the
+    /// others none. Before the services roll up, which name root causes.
+    fn attribute_causes(&mut self) {
+        let deps = &self.dependencies;
+        let health = |n: &str| deps.get(n).map_or(Health::Unknown, Dependency::health);
+        let chain_of = |name: &Arc<str>| -> Option<Chain> {
+            let mut chain: Vec<Arc<str>> = Vec::new();
+            let mut at = name.clone();
+            // A DAG (checked at every change); the bound only guards against a defect.
+            for _ in 0..=deps.len() {
+                let parents = deps
+                    .get(&at)
+                    .map(|d| &d.spec.parents[..])
+                    .unwrap_or_default();
+                let Some(next) = parents.iter().find(|p| health(p) == Health::Unhealthy) else {
+                    break;
+                };
+                let Some((next, _)) = deps.get_key_value(next.as_str()) else {
+                    break;
+                };
+                chain.push(next.clone());
+                at = next.clone();
+            }
+            (!chain.is_empty()).then(|| chain.into())
+        };
+        let causes: Vec<(Arc<str>, Option<Chain>)> = deps
+            .iter()
+            .filter(|(_, d)| !d.spec.parents.is_empty() || d.cause().is_some())
+            .map(|(name, d)| {
+                let failing = matches!(d.health(), Health::Unhealthy | Health::Degraded);
+                (name.clone(), failing.then(|| chain_of(name)).flatten())
+            })
+            .collect();
+        for (name, cause) in causes {
+            if let Some(d) = self.dependencies.get_mut(&name)
+                && d.set_cause(&name, cause)
+            {
+                self.throttle.details(true);
+            }
+        }
     }
 
     /// A health, a service or the configuration may have changed: roll up and publish now.
@@ -761,3 +816,6 @@ impl Reducer {
         self.shared.publish(snapshot);
     }
 }
+
+/// A chain of dependency names to a root cause (see `DependencyState::caused_by`).
+type Chain = Arc<[Arc<str>]>;

@@ -62,7 +62,20 @@ impl Service {
                 deciding: Vec::new(),
             }
         } else {
-            rollup::rollup(&self.spec, &health_of)
+            let mut rolled = rollup::rollup(&self.spec, &health_of);
+            // A child failing because of its parent is named by its root cause, once.
+            let mut named: Vec<Arc<str>> = Vec::with_capacity(rolled.deciding.len());
+            for d in rolled.deciding {
+                let root = deps
+                    .get(&d)
+                    .and_then(|dep| dep.cause().and_then(|c| c.last().cloned()))
+                    .unwrap_or(d);
+                if !named.contains(&root) {
+                    named.push(root);
+                }
+            }
+            rolled.deciding = named;
+            rolled
         };
         let status = ServiceHealth::new(health, self.spec.degraded, shutting_down);
         let forced = self.forced.as_ref().map(|(o, _)| o.clone());

@@ -198,6 +198,15 @@ fn dependency(d: &DependencyState, snapshot: &Snapshot, history: bool) -> pb::De
         since: d.since().map(timestamp),
         history: outcomes,
         transitions,
+        parents: d.parents.iter().map(|p| p.to_string()).collect(),
+        caused_by: d
+            .caused_by
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        reason: d.reason().map(|r| r.into_owned()).unwrap_or_default(),
     }
 }
 

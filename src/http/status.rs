@@ -69,11 +69,16 @@ fn latencies(history: &History) -> Vec<u64> {
         .collect()
 }
 
-fn reason(d: &DependencyState) -> Option<&str> {
-    d.last_outcome
-        .as_ref()
-        .and_then(|o| o.verdict.reason())
-        .map(|r| r.as_str())
+fn reason(d: &DependencyState) -> Option<std::borrow::Cow<'_, str>> {
+    d.reason()
+}
+
+/// `orders → gateway` while a parent's failure is this one's root cause.
+fn chain(d: &DependencyState) -> Option<String> {
+    let caused_by = d.caused_by.as_deref()?;
+    let mut names: Vec<&str> = vec![&d.name];
+    names.extend(caused_by.iter().map(|n| &**n));
+    Some(names.join(" → "))
 }
 
 /// How many of the latest transitions the page shows (and `/status.json` carries).
@@ -136,7 +141,10 @@ struct DependencyJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    reason: Option<std::borrow::Cow<'a, str>>,
+    /// `orders → gateway` while a parent's failure is the root cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
     /// The health from probes alone (differs from `health` under an override).
     computed: &'static str,
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
@@ -196,6 +204,7 @@ pub(crate) fn json(snapshot: &Snapshot, authorized: bool) -> String {
                 .collect(),
             target: authorized.then_some(&*d.target),
             reason: reason(d).filter(|_| authorized),
+            chain: chain(d),
             computed: d.computed.as_str(),
             forced: d
                 .forced
@@ -351,7 +360,7 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
             format!("{:.1} ms", o.latency.as_secs_f64() * 1e3)
         });
         let reason = if authorized {
-            escape(reason(d).unwrap_or(""))
+            escape(reason(d).as_deref().unwrap_or(""))
         } else if d.health == Health::Healthy {
             String::new()
         } else {
@@ -373,12 +382,15 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n} <small>{kind}</small></td><td>{h}{forced}</td>\
+            "<tr class=\"h-{h}\" data-name=\"{n}\"><td>{n} <small>{kind}</small>{chain}</td><td>{h}{forced}</td>\
              <td>{latency}</td><td>{reason}</td><td>{since}</td><td>{transitions}</td><td>{spark}</td></tr>",
             h = d.health.as_str(),
             forced = forced_note(d.forced.as_deref(), authorized),
             n = escape(&d.name),
             kind = d.kind,
+            chain = chain(d).map_or(String::new(), |c| {
+                format!(" <small class=\"chain\">{}</small>", escape(&c))
+            }),
             since = at(d.since()),
             transitions = transitions.join("<br>"),
             spark = sparkline(&d.history),

@@ -15,6 +15,7 @@ mod limits;
 mod listeners;
 mod metrics;
 mod otlp;
+mod parents;
 mod probe_grpc;
 mod probe_http;
 mod probe_http2;

@@ -77,6 +77,13 @@
       const kind = document.createElement("small");
       kind.textContent = d.kind;
       name.appendChild(kind);
+      if (d.chain) {
+        // The root cause: "orders → gateway".
+        const chain = document.createElement("small");
+        chain.className = "chain";
+        chain.textContent = " " + d.chain;
+        name.appendChild(chain);
+      }
       forced(cell(row, d.health), d.override, now);
       cell(row, d.latency_ms === null ? "—" : d.latency_ms.toFixed(1) + " ms");
       const reason = reasons

@@ -71,10 +71,15 @@ pub(crate) fn render(report: &Report<'_>, reasons: bool) -> String {
             entry.insert("observedUnit".into(), "ms".into());
             if reasons
                 && check.line != Line::Excluded
-                && let Some(reason) = outcome.verdict.reason()
+                && let Some(reason) = check.state.and_then(|s| s.reason())
             {
-                entry.insert("output".into(), reason.as_str().into());
+                entry.insert("output".into(), reason.into_owned().into());
             }
+        }
+        if let Some(chain) = check.state.and_then(|s| s.caused_by.as_deref()) {
+            // The root cause, as names: ["gateway"] (this → gateway).
+            let names: Vec<Value> = chain.iter().map(|n| Value::from(&**n)).collect();
+            entry.insert("causedBy".into(), Value::Array(names));
         }
         if let Some(since) = check.state.and_then(|s| s.since()) {
             entry.insert("since".into(), time(since).into());

@@ -280,6 +280,8 @@ mod tests {
                 stale_after: std::time::Duration::from_secs(9),
             },
             history: Arc::default(),
+            parents: Arc::from([]),
+            caused_by: None,
         })
     }
 
