@@ -75,6 +75,7 @@ fn main() {
                 history: Arc::new(history),
                 parents: Arc::from([]),
                 caused_by: None,
+                certificate_expires: None,
             })
         })
         .collect();

@@ -34,7 +34,7 @@ pub use crate::probe::http::{
     StatusSet,
 };
 pub use crate::probe::tcp::TcpSpec;
-pub use crate::tls::TlsSpec;
+pub use crate::tls::{DEFAULT_EXPIRY_WARNING, TlsSpec};
 pub(crate) use dependency::parent_problems;
 pub use dependency::{
     DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_RISE, DEFAULT_TIMEOUT, DependencySpec,

@@ -308,6 +308,20 @@ impl Collector for HealthGauges {
             "When the service's active override expires, as a Unix time",
             "service",
             forced.into_iter(),
+        )?;
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        let certificates: Vec<(&str, i64)> = deps()
+            .filter_map(|d| Some((&*d.name, unix(d.certificate_expires?))))
+            .collect();
+        gauges(
+            &mut encoder,
+            "dependency_certificate_expiry_timestamp_seconds",
+            "When the dependency's TLS certificate expires (notAfter, last seen), as a Unix time",
+            "dependency",
+            certificates.into_iter(),
         )
     }
 }

@@ -104,6 +104,14 @@ pub trait Probe: Send + Sync + std::fmt::Debug + 'static {
     fn subscribe(&self, _ctx: ProbeContext) -> SubscribeFuture<'_> {
         Box::pin(async { Subscription::Unsupported })
     }
+
+    /// The peer certificate's `notAfter` seen by the latest run, for probes that complete a
+    /// TLS handshake (`None` otherwise, or when the run got no certificate). The engine reads
+    /// it after each run: it is shown, exported, and turns a success Degraded within
+    /// `tls.expiry_warning`.
+    fn certificate_expiry(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// A probe could not be built from its spec (e.g. the TLS configuration was refused).

@@ -140,6 +140,9 @@ pub struct DependencyState {
     pub history: Arc<History>,
     /// The dependencies this one relies on (`parents`).
     pub parents: Arc<[Arc<str>]>,
+    /// The peer certificate's `notAfter` last seen (TLS dependencies; kept when a later run
+    /// got none, e.g. when the handshake failed).
+    pub certificate_expires: Option<SystemTime>,
     /// While this dependency fails and a parent is Unhealthy: the chain from its parent to the
     /// root cause (`["proxy", "gateway"]`: this → proxy → gateway, the last is Unhealthy for
     /// its own reasons). `None` otherwise.

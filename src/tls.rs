@@ -23,7 +23,7 @@ pub(crate) use client::{client_config, tonic_endpoint, unused_client_config};
 ///
 /// The default verifies the server against the system's roots. Two specs that are equal share
 /// one HTTP client (and its connection pool).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsSpec {
     /// Extra trust anchors (PEM) that replace the system roots when set.
     pub ca_pem: Option<Vec<u8>>,
@@ -33,6 +33,25 @@ pub struct TlsSpec {
     pub server_name: Option<String>,
     /// Accept any certificate. Logged as a warning when the probe starts.
     pub insecure: bool,
+    /// A successful run whose peer certificate expires within this is Degraded
+    /// (`certificate expires in 3d`). Default [`DEFAULT_EXPIRY_WARNING`].
+    pub expiry_warning: std::time::Duration,
+}
+
+/// How long before its certificate's expiry a TLS dependency turns Degraded, by default.
+pub const DEFAULT_EXPIRY_WARNING: std::time::Duration =
+    std::time::Duration::from_secs(14 * 24 * 3600);
+
+impl Default for TlsSpec {
+    fn default() -> TlsSpec {
+        TlsSpec {
+            ca_pem: None,
+            identity_pem: None,
+            server_name: None,
+            insecure: false,
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
 }
 
 impl Hash for TlsSpec {
@@ -41,6 +60,7 @@ impl Hash for TlsSpec {
         self.identity_pem.hash(state);
         self.server_name.hash(state);
         self.insecure.hash(state);
+        self.expiry_warning.hash(state);
     }
 }
 
@@ -52,6 +72,7 @@ impl fmt::Debug for TlsSpec {
             .field("client_identity", &self.identity_pem.is_some())
             .field("server_name", &self.server_name)
             .field("insecure", &self.insecure)
+            .field("expiry_warning", &self.expiry_warning)
             .finish()
     }
 }

@@ -333,6 +333,7 @@ fn tls_spec(args: &CheckArgs) -> Result<Option<TlsSpec>, String> {
         identity_pem,
         server_name: args.tls_server_name.clone(),
         insecure: args.tls_no_verify,
+        ..TlsSpec::default()
     }))
 }
 

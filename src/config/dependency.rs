@@ -11,6 +11,7 @@ use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::HttpSpec;
 use crate::probe::tcp::TcpSpec;
 use crate::redact::{Secrets, redact_url, redact_url_template};
+use crate::tls::TlsSpec;
 
 /// Default time between probes.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -265,6 +266,17 @@ impl DependencySpec {
         self.fall = fall;
         self.rise = rise;
         self
+    }
+
+    /// The TLS settings of a dependency that completes a handshake: `https://` HTTP and gRPC,
+    /// TCP with `tls`.
+    pub fn tls(&self) -> Option<&TlsSpec> {
+        match &self.probe {
+            ProbeSpec::Http(s) if s.url.scheme() == "https" => Some(&s.tls),
+            ProbeSpec::Grpc(s) if s.target.scheme() == "https" => Some(&s.tls),
+            ProbeSpec::Tcp(s) => s.tls.as_deref(),
+            _ => None,
+        }
     }
 
     /// The kind name: `http`, `grpc`, `tcp` or `custom`.

@@ -189,6 +189,7 @@ pub(crate) struct RawTls {
     pub(crate) key_file: Option<String>,
     pub(crate) server_name: Option<String>,
     pub(crate) insecure: Option<bool>,
+    pub(crate) expiry_warning: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

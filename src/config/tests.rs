@@ -406,6 +406,7 @@ fn sums_of_huge_durations_are_checked_not_overflowed() {
     // A library caller can hand the engine any Duration; the check must report, not panic.
     let mut spec = DependencySpec::new(ProbeSpec::Tcp(TcpSpec {
         address: "127.0.0.1:1".into(),
+        tls: None,
     }));
     spec.mode = Mode::Background {
         interval: Duration::MAX,

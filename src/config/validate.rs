@@ -297,6 +297,7 @@ impl Validator<'_> {
         let mut spec = DependencySpec::new(probe.unwrap_or_else(|| {
             ProbeSpec::Tcp(TcpSpec {
                 address: String::new(),
+                tls: None,
             })
         }));
         spec.mode = mode;
@@ -383,12 +384,6 @@ impl Validator<'_> {
                     format!("only valid for kind = \"{owner}\""),
                 );
             }
-        }
-        if kind == Some("tcp") && raw.tls.is_some() {
-            self.problem(
-                format!("{path}.tls"),
-                "only valid for kind = \"http\" or \"grpc\"",
-            );
         }
         let on_demand = raw.mode.as_deref() == Some("on_demand");
         let push = kind == Some("push");

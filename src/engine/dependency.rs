@@ -38,6 +38,8 @@ pub(crate) struct Dependency {
     /// The chain to the root cause while a parent makes this one fail (see
     /// [`DependencyState::caused_by`]); set at rollup.
     cause: Option<Arc<[Arc<str>]>>,
+    /// The peer certificate's `notAfter` last seen.
+    pub(crate) certificate: Option<SystemTime>,
 }
 
 /// What applying an outcome changed.
@@ -66,6 +68,7 @@ impl Dependency {
             forced: None,
             note: None,
             cause: None,
+            certificate: None,
         }
     }
 
@@ -280,6 +283,7 @@ impl Dependency {
             state.thresholds.mode = note;
         }
         state.caused_by = self.cause.clone();
+        state.certificate_expires = self.certificate;
         self.state = Arc::new(state);
     }
 }
@@ -316,6 +320,7 @@ fn initial_state(name: &Arc<str>, spec: &DependencySpec) -> DependencyState {
         history: Arc::default(),
         parents: spec.parents.iter().map(|p| Arc::from(p.as_str())).collect(),
         caused_by: None,
+        certificate_expires: None,
     }
 }
 

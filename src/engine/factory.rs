@@ -46,7 +46,12 @@ impl ProbeFactory {
                 };
                 Arc::new(GrpcProbe::new(s, spec.timeout, keep_alive).map_err(fail)?)
             }
-            ProbeSpec::Tcp(s) => Arc::new(TcpProbe::new(s.address.clone())),
+            ProbeSpec::Tcp(s) => {
+                if let Some(tls) = &s.tls {
+                    warn_insecure(tls);
+                }
+                Arc::new(TcpProbe::new(s).map_err(fail)?)
+            }
             ProbeSpec::Custom { probe, .. } => probe.clone(),
             // Never run (push dependencies have no task); a probe that says so if it were.
             ProbeSpec::Push(_) => Arc::new(NoProbe),

@@ -183,6 +183,9 @@ impl Reducer {
         tracing::debug!(dependency = %event.dependency, health = %outcome.health(), latency_ms = outcome.latency.as_millis() as u64, reason = outcome.verdict.reason().map(|r| r.as_str()).unwrap_or(""), "probe finished");
         let reason = outcome.verdict.reason().cloned();
         dep.note = event.note;
+        if event.certificate.is_some() {
+            dep.certificate = event.certificate;
+        }
         let applied = dep.apply(&event.dependency, outcome);
         let stale_after = dep.spec.stale_after;
         self.stale
@@ -581,6 +584,7 @@ impl Reducer {
             }),
             span: tracing::Span::current(),
             note: None,
+            certificate: None,
         };
         self.outcome(event);
         Ok(())

@@ -30,6 +30,8 @@ pub(crate) struct Event {
     /// How the outcome was obtained, when not as the mode says (a watch-mode dependency whose
     /// server has no Watch: polled); shown as the dependency's mode.
     pub(crate) note: Option<&'static str>,
+    /// The peer certificate's `notAfter` the run saw (TLS dependencies).
+    pub(crate) certificate: Option<SystemTime>,
 }
 
 /// What a probe task needs, cloned out of the spec.
@@ -77,6 +79,7 @@ impl Runner {
                 outcome: None,
                 span: tracing::Span::none(),
                 note: self.note,
+                certificate: None,
             };
             let _ = self.events.send(event).await;
         }
@@ -94,14 +97,17 @@ impl Runner {
             }.instrument(span.clone()) => o,
         };
         record(&span, &outcome);
-        self.send_in(cancel, outcome.clone(), span)
+        let certificate = self.probe.certificate_expiry();
+        self.send_in(cancel, outcome.clone(), span, certificate)
             .await
             .then_some(outcome)
     }
 
     /// Sends `outcome` to the reducer; `false` when cancelled or the engine is gone.
     pub(crate) async fn send(&self, cancel: &CancellationToken, outcome: Outcome) -> bool {
-        self.send_in(cancel, outcome, tracing::Span::none()).await
+        let certificate = self.probe.certificate_expiry();
+        self.send_in(cancel, outcome, tracing::Span::none(), certificate)
+            .await
     }
 
     async fn send_in(
@@ -109,6 +115,7 @@ impl Runner {
         cancel: &CancellationToken,
         outcome: Outcome,
         span: tracing::Span,
+        certificate: Option<SystemTime>,
     ) -> bool {
         let event = Event {
             dependency: self.dependency.clone(),
@@ -116,6 +123,7 @@ impl Runner {
             outcome: Some(outcome),
             span,
             note: self.note,
+            certificate,
         };
         tokio::select! {
             _ = cancel.cancelled() => false,
@@ -183,7 +191,44 @@ pub(crate) async fn run_once(probe: &dyn Probe, spec: &DependencySpec) -> Outcom
         Ok(Err(_panic)) => Verdict::unhealthy("probe panicked"),
         Ok(Ok(verdict)) => verdict,
     };
+    let verdict = with_expiry(verdict, probe, spec);
     outcome_of(verdict, started.elapsed(), spec)
+}
+
+/// `verdict`, made Degraded (or Unhealthy) by the probe's peer certificate when it is a
+/// success and the certificate expires within `tls.expiry_warning`.
+pub(crate) fn with_expiry(verdict: Verdict, probe: &dyn Probe, spec: &DependencySpec) -> Verdict {
+    match (verdict, probe.certificate_expiry(), spec.tls()) {
+        (Verdict::Healthy, Some(not_after), Some(tls)) => {
+            expiry_verdict(not_after, tls.expiry_warning)
+        }
+        (verdict, _, _) => verdict,
+    }
+}
+
+/// A successful run's verdict given its peer certificate's `notAfter`: Degraded within
+/// `warning` of it (`certificate expires in 3d`; no name from the certificate), Unhealthy once
+/// past it (a verifying client refuses it first; `insecure` ones get here).
+pub(crate) fn expiry_verdict(not_after: SystemTime, warning: Duration) -> Verdict {
+    match not_after.duration_since(SystemTime::now()) {
+        Err(_) => Verdict::unhealthy("certificate expired"),
+        Ok(left) if left < warning => {
+            Verdict::degraded(format!("certificate expires in {}", short_duration(left)))
+        }
+        Ok(_) => Verdict::Healthy,
+    }
+}
+
+/// `3d`, `5h`, `12m`: in the largest unit it reaches, rounded (a certificate made for three
+/// days, a few seconds ago, expires in `3d`).
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let round = |unit: u64| (s + unit / 2) / unit;
+    match s {
+        86_400.. => format!("{}d", round(86_400)),
+        3_600.. => format!("{}h", round(3_600)),
+        _ => format!("{}m", round(60)),
+    }
 }
 
 /// The outcome of `verdict` after `latency`: a slow success made Degraded (`degraded_after`),

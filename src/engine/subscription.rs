@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::schedule::{Runner, background, outcome_of};
+use super::schedule::{Runner, background, outcome_of, with_expiry};
 use crate::Verdict;
 use crate::probe::{ProbeContext, Subscription, VerdictStream};
 
@@ -240,6 +240,7 @@ async fn report(
     verdict: Verdict,
     latency: Duration,
 ) -> bool {
+    let verdict = with_expiry(verdict, &*runner.probe, &runner.spec);
     let outcome = outcome_of(verdict, latency, &runner.spec);
     runner.send(cancel, outcome).await
 }
@@ -247,6 +248,7 @@ async fn report(
 /// Sends an outcome the dependency announced (or repeated): latency 0 (nothing was waited
 /// for, so `degraded_after` never applies); secrets scrubbed as for every outcome.
 async fn report_unasked(runner: &Runner, cancel: &CancellationToken, verdict: Verdict) -> bool {
+    let verdict = with_expiry(verdict, &*runner.probe, &runner.spec);
     let outcome = outcome_of(verdict, Duration::ZERO, &runner.spec);
     runner.send(cancel, outcome).await
 }

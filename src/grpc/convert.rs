@@ -207,6 +207,7 @@ fn dependency(d: &DependencyState, snapshot: &Snapshot, history: bool) -> pb::De
             .map(|p| p.to_string())
             .collect(),
         reason: d.reason().map(|r| r.into_owned()).unwrap_or_default(),
+        certificate_expires: d.certificate_expires.map(timestamp),
     }
 }
 

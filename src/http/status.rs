@@ -145,6 +145,9 @@ struct DependencyJson<'a> {
     /// `orders → gateway` while a parent's failure is the root cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     chain: Option<String>,
+    /// TLS dependencies: the peer certificate's `notAfter`, ms since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate_expires: Option<u64>,
     /// The health from probes alone (differs from `health` under an override).
     computed: &'static str,
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
@@ -205,6 +208,7 @@ pub(crate) fn json(snapshot: &Snapshot, authorized: bool) -> String {
             target: authorized.then_some(&*d.target),
             reason: reason(d).filter(|_| authorized),
             chain: chain(d),
+            certificate_expires: d.certificate_expires.map(millis),
             computed: d.computed.as_str(),
             forced: d
                 .forced
@@ -390,6 +394,11 @@ pub(crate) fn html(snapshot: &Snapshot, authorized: bool) -> String {
             kind = d.kind,
             chain = chain(d).map_or(String::new(), |c| {
                 format!(" <small class=\"chain\">{}</small>", escape(&c))
+            }) + &d.certificate_expires.map_or(String::new(), |t| {
+                format!(
+                    " <small class=\"cert\">certificate until {}</small>",
+                    at(Some(t))
+                )
             }),
             since = at(d.since()),
             transitions = transitions.join("<br>"),

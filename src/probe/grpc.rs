@@ -75,6 +75,57 @@ pub(crate) struct GrpcProbe {
     client: HealthClient<Channel>,
     service: String,
     metadata: MetadataMap,
+    /// `https://` targets: reads the server's certificate (see [`CertificateCheck`]).
+    certificate: Option<CertificateCheck>,
+}
+
+/// How often a gRPC-over-TLS dependency's certificate is read again.
+pub(crate) const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// tonic's channel does not show its peer's certificate, so a gRPC-over-TLS dependency's is
+/// read by a TLS handshake of its own (same trust settings and name, ALPN h2), beside the
+/// first probe run and then once per [`CERTIFICATE_CHECK_EVERY`]: one extra handshake an hour
+/// per dependency. The `notAfter` it saw stands until the next one.
+struct CertificateCheck {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    host: String,
+    port: u16,
+    last: std::sync::Mutex<(Option<tokio::time::Instant>, Option<std::time::SystemTime>)>,
+}
+
+impl fmt::Debug for CertificateCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateCheck {
+    fn due(&self) -> bool {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.0
+            .is_none_or(|at| at.elapsed() >= CERTIFICATE_CHECK_EVERY)
+    }
+
+    /// One handshake; records the leaf's `notAfter` (a failure is the Check's to report).
+    async fn read(&self) {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(tokio::time::Instant::now());
+        let Ok(tcp) = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await else {
+            return;
+        };
+        let Ok(tls) = self.connector.connect(self.name.clone(), tcp).await else {
+            return;
+        };
+        let not_after = (tls.get_ref().1.peer_certificates())
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::server::certificate_info(c).ok())
+            .map(|i| i.not_after);
+        if not_after.is_some() {
+            self.last.lock().unwrap_or_else(|e| e.into_inner()).1 = not_after;
+        }
+    }
 }
 
 impl GrpcProbe {
@@ -116,6 +167,7 @@ impl GrpcProbe {
                 .map_err(|e| format!("invalid authority: {e}"))?;
             endpoint = endpoint.origin(origin);
         }
+        let mut certificate = None;
         if spec.target.scheme() == "https" {
             // Verified and sent as SNI: `server_name`, else the configured authority's host.
             let name = server_name.or_else(|| {
@@ -123,11 +175,27 @@ impl GrpcProbe {
                 Some(a.rsplit_once(':').map_or(a, |(host, _)| host))
             });
             endpoint = tls::tonic_endpoint(endpoint, &spec.tls, name)?;
+            let config = tls::client_config(&spec.tls, &[b"h2"])?;
+            let target_host = spec.target.host_str().unwrap_or_default();
+            let name = name.unwrap_or(target_host.trim_start_matches('[').trim_end_matches(']'));
+            let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|_| "tls: invalid server name".to_owned())?;
+            certificate = Some(CertificateCheck {
+                connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+                host: target_host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port,
+                last: std::sync::Mutex::new((None, None)),
+            });
         }
         Ok(GrpcProbe {
             client: HealthClient::new(endpoint.connect_lazy()),
             service: spec.service.clone(),
             metadata: spec.metadata.clone(),
+            certificate,
         })
     }
 
@@ -146,14 +214,24 @@ impl GrpcProbe {
         // tonic enforces this deadline on the client side too: a margin past ours, so the engine
         // ends (and words) a run that is too slow. The dependency sees it as its deadline.
         request.set_timeout(ctx.timeout + OWN_TIMEOUT_MARGIN);
-        match self.client.clone().check(request).await {
+        let certificate = async {
+            if let Some(c) = self.certificate.as_ref().filter(|c| c.due()) {
+                c.read().await;
+            }
+        };
+        let mut client = self.client.clone();
+        let (checked, ()) = tokio::join!(client.check(request), certificate);
+        match checked {
             Ok(response) => verdict_of(response.into_inner().status()),
             Err(status) => Verdict::unhealthy(status_reason(&status)),
         }
     }
 
-    /// Opens `Watch(service)` on the kept channel.
+    /// Opens `Watch(service)` on the kept channel (and reads the certificate when due).
     async fn watch(&self) -> Subscription {
+        if let Some(c) = self.certificate.as_ref().filter(|c| c.due()) {
+            c.read().await;
+        }
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: self.service.clone(),
         });
@@ -196,6 +274,11 @@ impl Probe for GrpcProbe {
 
     fn subscribe(&self, _ctx: ProbeContext) -> SubscribeFuture<'_> {
         Box::pin(self.watch())
+    }
+
+    fn certificate_expiry(&self) -> Option<std::time::SystemTime> {
+        let c = self.certificate.as_ref()?;
+        c.last.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 }
 

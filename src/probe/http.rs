@@ -40,6 +40,8 @@ pub(crate) struct HttpProbe {
     spec: HttpSpec,
     client: Arc<Client>,
     runs: AtomicU64,
+    /// HTTPS: the latest run's peer certificate `notAfter`.
+    not_after: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 impl HttpProbe {
@@ -48,10 +50,16 @@ impl HttpProbe {
             spec,
             client,
             runs: AtomicU64::new(0),
+            not_after: std::sync::Mutex::new(None),
         }
     }
 
+    fn set_not_after(&self, at: Option<std::time::SystemTime>) {
+        *self.not_after.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
     async fn run(&self) -> Verdict {
+        self.set_not_after(None);
         let mut headers = self.spec.headers.clone();
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         if self.spec.keep_alive
@@ -79,6 +87,7 @@ impl HttpProbe {
                 Ok(r) => r,
                 Err(failure) => return Verdict::unhealthy(failure.0),
             };
+            self.set_not_after(response.not_after);
             let next = match (&response.location, response.status) {
                 (Some(location), 301 | 302 | 303 | 307 | 308) if self.spec.follow_redirects => {
                     url.join(location).ok()
@@ -123,6 +132,10 @@ impl Probe for HttpProbe {
     fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
         // The engine enforces the timeout; the client's connect timeout is set from it.
         Box::pin(self.run())
+    }
+
+    fn certificate_expiry(&self) -> Option<std::time::SystemTime> {
+        *self.not_after.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -1,13 +1,16 @@
 //! The TCP probe: healthy when a connection opens: resolve, then each address in turn with a
-//! share of the timeout.
+//! share of the timeout. With `tls`, the connection must also complete a TLS handshake
+//! (verified as for HTTPS), and the peer certificate's `notAfter` is recorded.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use super::{Probe, ProbeContext, ProbeFuture};
+use crate::tls::TlsSpec;
 use crate::{Verdict, net_error};
 
 /// A TCP connect probe.
@@ -15,28 +18,88 @@ use crate::{Verdict, net_error};
 pub struct TcpSpec {
     /// `host:port`.
     pub address: String,
+    /// When set, a TLS handshake follows the connect (verified against these settings; the
+    /// name is `tls.server_name`, else the address's host).
+    pub tls: Option<Box<TlsSpec>>,
 }
 
-/// Connects to `host:port` and closes the connection at once.
-#[derive(Debug)]
+/// Connects to `host:port` (and completes a TLS handshake, with `tls`) and closes the
+/// connection at once.
 pub(crate) struct TcpProbe {
     address: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// The latest run's peer certificate `notAfter`.
+    not_after: Mutex<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for TcpProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpProbe")
+            .field("address", &self.address)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 impl TcpProbe {
-    pub(crate) fn new(address: String) -> TcpProbe {
-        TcpProbe { address }
+    pub(crate) fn new(spec: &TcpSpec) -> Result<TcpProbe, String> {
+        let tls = match &spec.tls {
+            None => None,
+            Some(tls) => {
+                let config = crate::tls::client_config(tls, &[])?;
+                let host = spec
+                    .address
+                    .rsplit_once(':')
+                    .map_or(spec.address.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = tls.server_name.as_deref().unwrap_or(host);
+                let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|_| "tls: invalid server name".to_owned())?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        Ok(TcpProbe {
+            address: spec.address.clone(),
+            tls,
+            not_after: Mutex::new(None),
+        })
+    }
+
+    async fn run(&self, ctx: ProbeContext) -> Verdict {
+        *self.not_after.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let stream = match connect(self.address.as_str(), ctx.timeout).await {
+            Ok(stream) => stream,
+            Err(reason) => return Verdict::unhealthy(reason),
+        };
+        let Some((connector, name)) = &self.tls else {
+            return Verdict::Healthy;
+        };
+        match connector.connect(name.clone(), stream).await {
+            Ok(tls) => {
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                if let Some(info) = leaf.and_then(|c| crate::tls::server::certificate_info(c).ok())
+                {
+                    *self.not_after.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(info.not_after);
+                }
+                Verdict::Healthy
+            }
+            Err(e) => Verdict::unhealthy(format!("tls: {}", net_error::describe_io(&e))),
+        }
     }
 }
 
 impl Probe for TcpProbe {
     fn check(&self, ctx: ProbeContext) -> ProbeFuture<'_> {
-        Box::pin(async move {
-            match connect(self.address.as_str(), ctx.timeout).await {
-                Ok(_) => Verdict::Healthy,
-                Err(reason) => Verdict::unhealthy(reason),
-            }
-        })
+        Box::pin(self.run(ctx))
+    }
+
+    fn certificate_expiry(&self) -> Option<SystemTime> {
+        *self.not_after.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod browser;
+mod cert_expiry;
 mod cli;
 mod config_file;
 mod config_props;

@@ -1,4 +1,4 @@
-//! `kind = "tcp"`: the address.
+//! `kind = "tcp"`: the address, and an optional `tls` (the probe then completes a handshake).
 
 use super::*;
 
@@ -31,6 +31,10 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(TcpSpec { address })
+        let tls = match &raw.tls {
+            Some(t) => Some(Box::new(self.tls(&format!("{path}.tls"), Some(t))?)),
+            None => None,
+        };
+        Some(TcpSpec { address, tls })
     }
 }

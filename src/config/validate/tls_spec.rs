@@ -1,4 +1,4 @@
-//! `tls = { … }` for HTTP and gRPC dependencies: key material is read and parsed here, so a
+//! `tls = { … }` for HTTP, gRPC and TCP dependencies: key material is read and parsed here, so a
 //! bad file is a config error.
 
 use super::*;
@@ -62,11 +62,18 @@ impl Validator<'_> {
         if insecure && raw.ca_file.is_some() {
             self.problem(path, "insecure = true and ca_file contradict each other: a CA is pointless when nothing is verified");
         }
+        let expiry_warning = self
+            .duration(
+                &format!("{path}.expiry_warning"),
+                raw.expiry_warning.as_deref(),
+            )
+            .unwrap_or(tls::DEFAULT_EXPIRY_WARNING);
         (self.problems.len() == before).then(|| TlsSpec {
             ca_pem,
             identity_pem,
             server_name: raw.server_name.clone(),
             insecure,
+            expiry_warning,
         })
     }
 }

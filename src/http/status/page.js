@@ -84,6 +84,12 @@
         chain.textContent = " " + d.chain;
         name.appendChild(chain);
       }
+      if (d.certificate_expires) {
+        const cert = document.createElement("small");
+        cert.className = "cert";
+        cert.textContent = " certificate until " + new Date(d.certificate_expires).toISOString().slice(0, 19) + "Z";
+        name.appendChild(cert);
+      }
       forced(cell(row, d.health), d.override, now);
       cell(row, d.latency_ms === null ? "—" : d.latency_ms.toFixed(1) + " ms");
       const reason = reasons

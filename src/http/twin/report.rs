@@ -282,6 +282,7 @@ mod tests {
             history: Arc::default(),
             parents: Arc::from([]),
             caused_by: None,
+            certificate_expires: None,
         })
     }
 

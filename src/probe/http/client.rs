@@ -88,6 +88,8 @@ pub(crate) struct Response {
     pub(crate) body: Vec<u8>,
     /// The body was longer than the cap; `body` holds its first `cap` bytes.
     pub(crate) truncated: bool,
+    /// HTTPS: the peer certificate's `notAfter` (from the connection the response came on).
+    pub(crate) not_after: Option<std::time::SystemTime>,
 }
 
 /// Why a request failed, as a short reason that never quotes the URL or the response.
@@ -129,6 +131,7 @@ impl Client {
             None => tls::unused_client_config()?,
         };
         let inner = builder
+            .tls_info(key.tls.is_some())
             .tls_backend_preconfigured(config)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", describe(&e)))?;
@@ -172,6 +175,15 @@ impl Client {
             .await
             .map_err(|e| Failure(describe(&e)))?;
         let status = response.status().as_u16();
+        let not_after = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .and_then(|der| {
+                let der = rustls::pki_types::CertificateDer::from(der);
+                crate::tls::server::certificate_info(&der).ok()
+            })
+            .map(|info| info.not_after);
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -197,6 +209,7 @@ impl Client {
             location,
             body,
             truncated,
+            not_after,
         })
     }
 }
