@@ -67,7 +67,7 @@ async fn until(
     let mut seen: Vec<String> = Vec::new();
     tokio::time::timeout(PATIENCE, async {
         loop {
-            let stat = server_stat(socket, backend, "hg").await;
+            let stat = server_stat(socket, backend, "app1").await;
             let status = stat["status"].clone();
             if seen.last() != Some(&status) {
                 seen.push(status);
@@ -154,32 +154,24 @@ dependencies = {{ db = "critical", cache = "degrading" }}
     );
     let (mut healthgate, http, agent) = start_healthgate(&config, &dir).await;
     let socket = dir.join("haproxy.sock");
-    let haproxy_config = format!(
-        r#"
-global
-    stats socket {socket} mode 600 level admin
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 5s
-    timeout server 5s
-
-backend twin
-    option httpchk GET /readyz
-    server hg {http} check inter 150ms fall 3 rise 2
-
-backend agent
-    server hg {http} weight 100 check inter 150ms agent-check agent-addr {agent_ip} agent-port {agent_port} agent-inter 150ms
-"#,
-        socket = socket.display(),
-        agent_ip = agent.ip(),
-        agent_port = agent.port(),
+    // The recipe itself (deploy/haproxy/haproxy.cfg), pointed at this instance.
+    let haproxy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg");
+    let env = [
+        ("HAPROXY_STATS_SOCKET", socket.display().to_string()),
+        ("APP", http.to_string()),
+        ("HG_ADDR", http.ip().to_string()),
+        ("HG_HTTP_PORT", http.port().to_string()),
+        ("HG_AGENT_PORT", agent.port().to_string()),
+        ("HG_INTER", "150ms".to_owned()),
+    ];
+    assert_eq!(
+        agent.ip(),
+        http.ip(),
+        "the recipe checks one healthgate address"
     );
-    let haproxy_file = dir.join("haproxy.cfg");
-    std::fs::write(&haproxy_file, haproxy_config).expect("write");
     let check = std::process::Command::new(&haproxy)
         .args(["-c", "-f", &haproxy_file.display().to_string()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("haproxy -c");
     assert!(
@@ -189,6 +181,7 @@ backend agent
     );
     let _haproxy = Command::new(&haproxy)
         .args(["-db", "-f", &haproxy_file.display().to_string()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -202,8 +195,8 @@ backend agent
     .await
     .expect("haproxy opens its stats socket");
 
-    until(&socket, "twin", |s| s["status"] == "UP").await;
-    until(&socket, "agent", |s| {
+    until(&socket, "app_twin", |s| s["status"] == "UP").await;
+    until(&socket, "app_agent", |s| {
         s["status"] == "UP" && s["weight"] == "100"
     })
     .await;
@@ -213,24 +206,27 @@ backend agent
         status: 503,
         ..Answer::default()
     });
-    until(&socket, "agent", |s| s["weight"] == "40").await;
-    assert_eq!(server_stat(&socket, "twin", "hg").await["status"], "UP");
+    until(&socket, "app_agent", |s| s["weight"] == "40").await;
+    assert_eq!(
+        server_stat(&socket, "app_twin", "app1").await["status"],
+        "UP"
+    );
     cache.set(Answer::default());
-    until(&socket, "agent", |s| s["weight"] == "100").await;
+    until(&socket, "app_agent", |s| s["weight"] == "100").await;
 
     // The critical dependency fails: DOWN only after `fall` failed checks.
     db.set(Answer {
         status: 503,
         ..Answer::default()
     });
-    let seen = until(&socket, "twin", |s| s["status"] == "DOWN").await;
+    let seen = until(&socket, "app_twin", |s| s["status"] == "DOWN").await;
     assert!(
         seen.iter().any(|s| s == "UP 1/3") && seen.iter().any(|s| s == "UP 2/3"),
         "went down through fall = 3: {seen:?}"
     );
     // And back UP after `rise` good checks.
     db.set(Answer::default());
-    let seen = until(&socket, "twin", |s| s["status"] == "UP").await;
+    let seen = until(&socket, "app_twin", |s| s["status"] == "UP").await;
     assert!(
         seen.iter().any(|s| s == "DOWN 1/2"),
         "came up through rise = 2: {seen:?}"
@@ -244,8 +240,8 @@ backend agent
         .await
         .expect("kill");
     assert!(killed.success());
-    until(&socket, "twin", |s| s["status"] == "DOWN").await;
-    until(&socket, "agent", |s| s["status"].starts_with("DRAIN")).await;
+    until(&socket, "app_twin", |s| s["status"] == "DOWN").await;
+    until(&socket, "app_agent", |s| s["status"].starts_with("DRAIN")).await;
     assert!(
         healthgate.try_wait().expect("status").is_none(),
         "healthgate still serving while HAProxy took it out"
