@@ -38,7 +38,7 @@ LAYERS = [
     {"listener", "telemetry"},
     # the fronts
     {"grpc", "http"},
-    {"lib", "main", "cli"},
+    {"lib", "main", "cli", "fuzzing"},
 ]
 ORDER_WITHIN = {}
 

@@ -69,6 +69,8 @@ mod auth;
 pub mod config;
 pub mod control;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 mod grpc_code;
 mod health;
