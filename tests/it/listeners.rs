@@ -868,3 +868,59 @@ async fn listener_config_errors_name_the_key_and_exit_2() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_probe_port_has_the_same_limits_silent_clients_are_cut_and_the_newest_refused() {
+    let dir = temp_dir("listeners-probe-abuse");
+    let dependency = HttpServer::start().await;
+    let config = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nprobe_listen = \"127.0.0.1:0\"\n\
+         drain_delay = \"0s\"\n\n[limits]\nmax_connections = 8\nfirst_request_timeout = \"1s\"\n\n\
+         [dependencies.api]\nkind = \"http\"\nurl = \"{}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\n",
+        dependency.url("/health")
+    );
+    let mut served = serve(&dir, &config, &["grpc", "probe"]).await;
+    let probe: std::net::SocketAddr = served.addr("probe").parse().expect("an address");
+    // Fill the probe port's slots with clients that never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(
+            tokio::net::TcpStream::connect(probe)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The newest is accepted and closed at once, before the deadline: refused.
+    let mut newest = tokio::net::TcpStream::connect(probe)
+        .await
+        .expect("connect");
+    let mut said = Vec::new();
+    tokio::time::timeout(Duration::from_millis(900), newest.read_to_end(&mut said))
+        .await
+        .expect("closed at once, not at the deadline")
+        .ok();
+    assert!(said.is_empty(), "the refused client was served: {said:?}");
+    // The main gRPC port is not affected by the probe port's abuse.
+    let main: std::net::SocketAddr = served.addr("grpc").parse().expect("an address");
+    let channel = crate::support::channel(main).await;
+    assert!(
+        check(channel).await.is_ok(),
+        "the main port keeps answering"
+    );
+    // The silent ones are cut by the first-request deadline; then a kubelet gets through.
+    let started = std::time::Instant::now();
+    for mut tcp in silent {
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut Vec::new()))
+            .await
+            .expect("closed by the server")
+            .ok();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, body) = crate::support::http_call(probe, "GET", "/livez", None).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    terminate_and_read_logs(&mut served.child).await;
+}
