@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/proc.rs"]
 mod proc;
-use proc::rss_kib;
+use proc::{clock_ticks_per_second, cpu_ticks, rss_kib};
 
 use axum::Router;
 use axum::http::{StatusCode, Uri};
@@ -191,17 +191,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         status == ServingStatus::Serving,
     );
     Ok(())
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn clock_ticks_per_second() -> Result<f64, Box<dyn std::error::Error>> {
-    let out = Command::new("getconf").arg("CLK_TCK").output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/proc.rs"]
 mod proc;
-use proc::rss_kib;
+use proc::{clock_ticks_per_second, cpu_ticks, rss_kib};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -171,16 +171,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn clock_ticks_per_second() -> Result<f64, Box<dyn std::error::Error>> {
-    let out = Command::new("getconf").arg("CLK_TCK").output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }

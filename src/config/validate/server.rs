@@ -13,18 +13,8 @@ impl Validator<'_> {
                     Some(dir) if path.is_relative() => dir.join(path),
                     _ => path,
                 };
-                let dir = match full.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                    _ => Path::new(".").to_path_buf(),
-                };
-                if !dir.is_dir() {
-                    self.problem(
-                        key,
-                        format!("the directory {} does not exist", dir.display()),
-                    );
-                    return None;
-                }
-                Some(ListenAddr::Unix(full))
+                self.parent_exists(key, &full)
+                    .then_some(ListenAddr::Unix(full))
             }
             Ok(addr) => Some(addr),
             Err(e) => {
@@ -236,18 +226,23 @@ impl Validator<'_> {
             );
             return None;
         }
-        let dir = match full.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => Path::new(".").to_path_buf(),
+        self.parent_exists(key, &full).then_some(full)
+    }
+
+    /// Whether the directory `file` goes in exists (else a problem at `key`).
+    fn parent_exists(&mut self, key: &str, file: &Path) -> bool {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
         };
         if !dir.is_dir() {
             self.problem(
                 key,
                 format!("the directory {} does not exist", dir.display()),
             );
-            return None;
+            return false;
         }
-        Some(full)
+        true
     }
 
     pub(super) fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
