@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod browser;
 mod cert_expiry;
+mod churn;
 mod cli;
 mod config_file;
 mod config_props;
