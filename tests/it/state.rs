@@ -308,3 +308,79 @@ async fn sigkill_at_random_moments_never_loses_an_acknowledged_change_or_corrupt
     );
     drop(db);
 }
+
+#[tokio::test]
+async fn sigkill_during_reloads_always_restarts_and_the_state_file_stays_whole() {
+    let db = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let db_addr = db.local_addr().expect("addr");
+    let dir = temp_dir("state-kill-reload");
+    let file = dir.join("healthgate.toml");
+    let base = config(db_addr);
+    // Two versions of the file: the second defines `rt` itself, which drops the runtime `rt`
+    // (the file wins) — so reloads also write the state file.
+    let with_rt = format!(
+        "{base}\n[dependencies.rt]\nkind = \"tcp\"\naddress = \"{db_addr}\"\ninterval = \"60s\"\n"
+    );
+    std::fs::write(&file, &base).expect("write");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    for round in 0..8 {
+        // Every restart succeeds (serve_file waits for the listening lines), whatever moment
+        // the last run died at.
+        let (mut child, grpc, _) = serve_file(&file, &[], ENV, Stdio::null()).await;
+        let state = std::fs::read(dir.join("state.json")).expect("written at start");
+        healthgate::control::state::decode(&state)
+            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}"));
+        assert!(
+            !dir.join("state.json.corrupt").exists(),
+            "round {round}: the file was never unreadable"
+        );
+        // A runtime change, so there is something for a reload to drop and write.
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {ADMIN}").parse().expect("header");
+        let mut client =
+            AdminClient::with_interceptor(channel(grpc).await, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            });
+        let _ = client
+            .add_dependency(PutRequest {
+                name: "rt".into(),
+                spec: format!("kind = \"tcp\"\naddress = \"{db_addr}\"\ninterval = \"60s\""),
+            })
+            .await;
+        // Reloads as fast as they go, each after an atomic rewrite of the file (as editors and
+        // ConfigMap updates do), and a SIGKILL somewhere among them.
+        let pid = child.id().expect("running") as i32;
+        let reloads = {
+            let (file, base, with_rt) = (file.clone(), base.clone(), with_rt.clone());
+            tokio::spawn(async move {
+                for n in 0u32.. {
+                    let tmp = file.with_extension("tmp");
+                    std::fs::write(&tmp, if n % 2 == 0 { &with_rt } else { &base }).expect("write");
+                    std::fs::rename(&tmp, &file).expect("rename");
+                    let Some(target) = rustix::process::Pid::from_raw(pid) else {
+                        return;
+                    };
+                    if rustix::process::kill_process(target, rustix::process::Signal::HUP).is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let at = Duration::from_millis(random(&mut seed) % 300);
+        tokio::time::sleep(at).await;
+        // Stop signalling first (a pid is not signalled after it could be reused); the
+        // server is still in the middle of the reloads already sent.
+        reloads.abort();
+        let _ = reloads.await;
+        kill(&mut child).await;
+    }
+}
