@@ -278,3 +278,28 @@ async fn url_user_info_is_sent_as_basic_credentials() {
     assert_eq!(sent.get_all("authorization").iter().count(), 1);
     assert_eq!(sent["authorization"], "Bearer t0ken");
 }
+
+#[tokio::test]
+async fn a_server_that_hangs_mid_body_times_out_on_time() {
+    // Headers and the first bytes of the body at once, then nothing: the probe must still end
+    // at its timeout, whatever condition it would check on the body.
+    let app = Router::new().route(
+        "/health",
+        get(|| async {
+            let first = futures_util::stream::once(async {
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(b"{\"status\":"))
+            });
+            Body::from_stream(first.chain(futures_util::stream::pending()))
+        }),
+    );
+    let addr = serve(app).await;
+    let extra = "timeout = \"400ms\"\nbody = [{ json = \"$.status\", equals = \"up\" }]";
+    let outcome = probe_once(&http(&format!("http://{addr}/health"), extra)).await;
+    assert_eq!(outcome.verdict, Verdict::unhealthy("timed out after 400ms"));
+    let late = outcome.latency.saturating_sub(Duration::from_millis(400));
+    assert!(
+        outcome.latency >= Duration::from_millis(400) && late < Duration::from_millis(100),
+        "latency {:?}",
+        outcome.latency
+    );
+}
