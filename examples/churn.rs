@@ -13,12 +13,13 @@
 //! Prints one `key=value` line; RELIABILITY.md records it (target: fds back to the baseline,
 //! RSS within 2 %).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[path = "support/proc.rs"]
 mod proc;
+#[path = "support/serve.rs"]
+mod serve;
 use proc::rss_kib;
 
 use healthgate::grpc::pb::detail::DetailRequest;
@@ -48,26 +49,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          [dependencies.db]\nkind = \"tcp\"\naddress = \"{target_addr}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n"
     )?;
     drop(file);
-    let mut child = Command::new(program)
-        .args(prefix)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, grpc) = serve::serve(&program, &prefix, &config).await?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let grpc = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("grpc listening on ")
-                .map(str::to_owned)
-        })
-    })
-    .await?
-    .ok_or("the server printed no listening line")?;
     let url = format!("http://{grpc}");
     let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
 

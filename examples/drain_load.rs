@@ -12,11 +12,13 @@
 //!
 //! Prints one `key=value` line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "support/serve.rs"]
+mod serve;
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -43,26 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          [dependencies.db]\nkind = \"tcp\"\naddress = \"{target_addr}\"\ninterval = \"1s\"\n\
          timeout = \"500ms\"\n"
     )?;
-    let mut child = Command::new(program)
-        .args(prefix)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, grpc) = serve::serve(&program, &prefix, &config).await?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let grpc = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("grpc listening on ")
-                .map(str::to_owned)
-        })
-    })
-    .await?
-    .ok_or("the server printed no listening line")?;
     let url = format!("http://{grpc}");
     let connect = || async {
         tonic::transport::Endpoint::from_shared(url.clone())?

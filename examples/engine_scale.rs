@@ -9,13 +9,14 @@
 //! the end of the window, open file descriptors (keep-alive connections) at the end, and every
 //! dependency's interval between probe arrivals. Prints one `key=value` line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[path = "support/proc.rs"]
 mod proc;
+#[path = "support/serve.rs"]
+mod serve;
 use proc::{clock_ticks_per_second, cpu_ticks, rss_kib};
 
 use axum::Router;
@@ -102,26 +103,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let spawned = Instant::now();
-    let mut child = Command::new(program)
-        .args(prefix)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, grpc) = serve::serve(program, prefix, &config).await?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let grpc = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("grpc listening on ")
-                .map(str::to_owned)
-        })
-    })
-    .await?
-    .ok_or("the server printed no listening line")?;
     let listening_ms = spawned.elapsed().as_secs_f64() * 1000.0;
 
     let warm_up = std::env::var("WARM_UP_SECONDS")

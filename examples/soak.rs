@@ -10,14 +10,15 @@
 //! converged on any flip, and RSS and fds at the baseline and at the end (RELIABILITY.md: every
 //! watcher on every flip, RSS and fds flat within 2 %).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "support/proc.rs"]
 mod proc;
+#[path = "support/serve.rs"]
+mod serve;
 use proc::rss_kib;
 
 use axum::Router;
@@ -63,26 +64,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          [dependencies.dep]\nkind = \"http\"\nurl = \"http://{dep}/health\"\n\
          interval = \"100ms\"\ntimeout = \"80ms\"\nfall = 1\nrise = 1\njitter = 0.0\n"
     )?;
-    let mut child = Command::new(program)
-        .args(prefix)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, grpc) = serve::serve(&program, &prefix, &config).await?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let grpc = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("grpc listening on ")
-                .map(str::to_owned)
-        })
-    })
-    .await?
-    .ok_or("the server printed no listening line")?;
     let url = format!("http://{grpc}");
 
     // Each watcher's latest status (the wire enum), -1 before the first message.
