@@ -924,3 +924,42 @@ async fn the_probe_port_has_the_same_limits_silent_clients_are_cut_and_the_newes
     assert_eq!((status, body.as_str()), (200, "ok"));
     terminate_and_read_logs(&mut served.child).await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_tls_handshake_is_cut_at_the_first_request_deadline() {
+    let pki = Pki::new("listeners-tls-silent");
+    pki.write("server", &pki.server_leaf(0x6001, 90));
+    let dependency = HttpServer::start().await;
+    let config = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+         drain_delay = \"0s\"\n\n{}\n[limits]\nfirst_request_timeout = \"500ms\"\n\n\
+         [dependencies.api]\nkind = \"http\"\nurl = \"{}\"\n",
+        tls_section("grpc", &pki, None),
+        dependency.url("/health")
+    );
+    let mut served = serve(&pki.dir, &config, &["grpc", "http"]).await;
+    let addr = served.addr("grpc").to_owned();
+    let http = served.addr("http").parse().expect("an address");
+    // Half a ClientHello's worth of nothing: a TCP connection that never speaks TLS.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut Vec::new()))
+        .await
+        .expect("closed by the server")
+        .ok();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "cut at the deadline, not before or long after: {took:?}"
+    );
+    let metrics = crate::support::get_metrics(http).await;
+    assert!(
+        metrics.contains("healthgate_tls_handshake_failures_total{listener=\"grpc\"} 1"),
+        "counted:\n{metrics}"
+    );
+    // Everyone else is served meanwhile and after.
+    assert_eq!(handshake(&addr, &pki, &[b"h2"]).await.0, serial_hex(0x6001));
+    terminate_and_read_logs(&mut served.child).await;
+}
