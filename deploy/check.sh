@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Validates every deployment recipe in deploy/, offline once its tools are installed (PyPI's
-# kubernetes-validate and envoy-data-plane in a venv; haproxy, systemd-analyze and openssl from
-# the system): the Kubernetes manifests against the official schemas (strict), the healthgate
-# configs inside them with `healthgate config validate`, the Envoy bootstrap against Envoy's API
-# definitions, the HAProxy config with `haproxy -c`, the systemd unit with
-# `systemd-analyze verify`. Run by .ci/run.
+# kubernetes-validate, envoy-data-plane and dockerfile in a venv; haproxy, systemd-analyze and
+# openssl from the system): the Kubernetes manifests against the official schemas (strict), the
+# healthgate configs inside them with `healthgate config validate`, the Envoy bootstrap against
+# Envoy's API definitions, the HAProxy config with `haproxy -c`, the systemd unit with
+# `systemd-analyze verify`, the Containerfile with BuildKit's parser and a build of its pruned
+# context (deploy/validate_container.py). Run by .ci/run.
 #
 #   deploy/check.sh [path/to/healthgate]   (default: target/debug/healthgate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/debug/healthgate}")
 venv=target/deploy-venv
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+if [ ! -x "$venv/bin/kubernetes-validate" ] || ! "$venv/bin/python" -c 'import dockerfile' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate envoy-data-plane pyyaml
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate envoy-data-plane pyyaml dockerfile
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -61,4 +62,7 @@ out=$(systemd-analyze verify "$work/healthgate.service" 2>&1) || { echo "$out"; 
 # It exits 0 on unknown keys and other mistakes, so any word from it is a failure.
 if [ -n "$out" ]; then echo "$out"; exit 1; fi
 echo "deploy/systemd/healthgate.service: valid"
+
+step "container image (BuildKit's parser, the builder's Rust, the pruned context builds)"
+"$venv/bin/python" deploy/validate_container.py deploy/container/Containerfile "$bin"
 echo "every recipe is valid"

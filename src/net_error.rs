@@ -12,16 +12,27 @@ use std::io;
 /// A reason for an error from a network library: the TLS or I/O cause if there is one, else the
 /// innermost cause's message. The top-level message is never used (it is the one that quotes the
 /// URL); with no cause at all the answer is `None` and the caller names the failure class.
+///
+/// A lookup failure is `dns: …`, as the HTTP and TCP probes' own resolvers say it: hyper-util's
+/// connector (the one tonic's channels use) wraps the resolver's I/O error in an error that
+/// reads `dns error` (its type is private), so that message is what marks it.
 pub(crate) fn describe(err: &(dyn Error + 'static)) -> Option<String> {
     let mut innermost = None;
+    let mut dns = false;
     let mut cur = err.source();
     while let Some(e) = cur {
         if let Some(tls) = find_tls(e) {
             return Some(format!("tls: {tls}"));
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(describe_io(io));
+            let reason = describe_io(io);
+            return Some(if dns {
+                format!("dns: {reason}")
+            } else {
+                reason
+            });
         }
+        dns |= e.to_string() == "dns error";
         innermost = Some(e);
         cur = e.source();
     }

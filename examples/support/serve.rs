@@ -1,5 +1,6 @@
 //! Starting `healthgate serve` for the benchmark and reliability helpers. Each helper
-//! includes this file with `#[path]`.
+//! includes this file with `#[path]` and uses some of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,6 +14,19 @@ pub(crate) async fn serve(
     prefix: &[String],
     config: &Path,
 ) -> Result<(Child, String), Box<dyn std::error::Error>> {
+    let (child, mut addrs) = serve_listening(program, prefix, config, &["grpc"]).await?;
+    Ok((child, addrs.remove(0)))
+}
+
+/// [`serve`], waiting for one `KIND listening on ADDR` line per entry of `kinds` (`grpc`,
+/// `http`, `probe`, …; the server prints them in that order): the child and the addresses, in
+/// the order of `kinds`.
+pub(crate) async fn serve_listening(
+    program: &str,
+    prefix: &[String],
+    config: &Path,
+    kinds: &[&str],
+) -> Result<(Child, Vec<String>), Box<dyn std::error::Error>> {
     let mut child = Command::new(program)
         .args(prefix)
         .arg("serve")
@@ -22,15 +36,23 @@ pub(crate) async fn serve(
         .stderr(Stdio::null())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let grpc = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| {
-            l.ok()?
-                .strip_prefix("grpc listening on ")
-                .map(str::to_owned)
-        })
+    let wanted: Vec<String> = kinds.iter().map(|k| format!("{k} listening on ")).collect();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            for (slot, prefix) in found.iter_mut().zip(&wanted) {
+                if let Some(addr) = line.strip_prefix(prefix.as_str()) {
+                    *slot = Some(addr.to_owned());
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                return Some(found.into_iter().flatten().collect::<Vec<_>>());
+            }
+        }
+        None
     })
     .await?
-    .ok_or("the server printed no listening line")?;
-    Ok((child, grpc))
+    .ok_or("the server did not print every listening line")?;
+    Ok((child, found))
 }

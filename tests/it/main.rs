@@ -18,6 +18,7 @@ mod listeners;
 mod metrics;
 mod otlp;
 mod parents;
+mod probe_dns;
 mod probe_grpc;
 mod probe_http;
 mod probe_http2;
