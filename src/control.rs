@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, DependencySpec, Problem, ServiceSpec};
-use crate::engine::{Applied, ChangeError, Handle};
+use crate::engine::{Applied, ChangeError, Handle, Plan};
 use metrics::ReloadMetrics;
 pub use state::StateFile;
 pub use watch::{ConfigWatch, DEFAULT_DEBOUNCE, watch};
@@ -83,10 +83,14 @@ pub struct Reloader {
 }
 
 struct InForce {
-    config: Config,
+    /// The file's configuration (shared with a reload being prepared).
+    config: Arc<Config>,
     status: ConfigStatus,
     /// Runtime changes (admin): a layer over the file that survives reloads until removed.
     runtime: Layer,
+    /// The engine's configuration revision at which it runs exactly what `config` and
+    /// `runtime` make (see [`Plan`]); `None` until a change through this reloader told it.
+    revision: Option<u64>,
 }
 
 /// The runtime layer: dependencies and services added by the admin API. A name belongs to
@@ -190,17 +194,48 @@ pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
     Ok((Config::from_file_text(path, &text)?, hash))
 }
 
-/// [`read`] on a thread of its own at a lower CPU priority (nice 5), so that the serving thread,
-/// often alone on its core, keeps answering while a reload parses: reading and validating a
-/// 1,000-dependency file costs about 7 ms of CPU (release). Measured with `bench/run.sh`
-/// (section `control`, one reload a second, server on one core, Check at a fixed 60,000/s):
-/// parsing on the serving thread made Check p99 1.12x the quiet figure, on the shared blocking
-/// pool (same priority, time-sliced with the server) 1.21x, here at nice 5 1.06x to 1.18x by
-/// round (nice 10 the same, 1.14x, with a slower swap: the rest is the swap's own work on the
-/// serving thread, about 1 to 2 ms per reload). Under saturating load the ratio is 0.99 to 1.00
-/// and the swap stays under 30 ms. Not the blocking pool: its threads also resolve names for
-/// the probes, which must not run at a lower priority.
-async fn read_in_background(path: PathBuf) -> Result<(Config, String), ReloadError> {
+/// A reload made ready on its own thread: the file read and validated, and everything the
+/// swap needs worked out, so that the serving thread only swaps.
+struct Prepared {
+    config: Config,
+    hash: String,
+    /// The runtime layer without the names the file now defines, and those names.
+    runtime: Layer,
+    shadowed: Vec<String>,
+    /// Keys that changed but apply only at the next start.
+    ignored: Vec<&'static str>,
+    /// The difference from the configuration in force, when its engine revision is known.
+    plan: Option<Result<Plan, ChangeError>>,
+}
+
+/// What a reload is prepared against: the configuration in force, and the engine revision
+/// at which the engine runs exactly its effective dependencies and services (`None` until a
+/// change through this reloader has told it).
+struct Base {
+    config: Arc<Config>,
+    runtime: Layer,
+    revision: Option<u64>,
+}
+
+/// [`read`], and the rest of a reload's preparation ([`Prepared`]: the shadowed runtime
+/// items, the keys that need a restart, capacity warnings, and the [`Plan`] against `base`),
+/// on a thread of its own at a lower CPU priority (nice 5), so that the serving thread, often
+/// alone on its core, keeps answering while a reload is worked out. Measured with
+/// `bench/run.sh` (section `control`, 1,000 dependencies, one reload a second, server on one
+/// core, Check at a fixed 60,000/s): reading and validating costs about 7 ms of CPU
+/// (release); parsing on the serving thread made Check p99 1.12x the quiet figure, on the
+/// shared blocking pool (same priority, time-sliced with the server) 1.21x, here at nice 5
+/// 1.06x to 1.18x by round (nice 10 the same, 1.14x, with a slower swap); what was left on
+/// the serving thread then — about 2 ms per reload: the effective configuration built, the
+/// whole of it checked and compared again by the engine, the old one dropped — is here too
+/// now, and the engine applies only the difference. Not the blocking pool: its threads also
+/// resolve names for the probes, which must not run at a lower priority. (The configuration
+/// a reload replaces is dropped on a thread of its own too: [`drop_elsewhere`].)
+async fn prepare_in_background(
+    path: PathBuf,
+    base: Base,
+    trigger: String,
+) -> Result<Prepared, ReloadError> {
     /// The reader's nice value: a quarter of the serving thread's CPU share under contention,
     /// so a reload still swaps in tens of milliseconds on a saturated core.
     const NICE: i32 = 5;
@@ -210,7 +245,7 @@ async fn read_in_background(path: PathBuf) -> Result<(Config, String), ReloadErr
         .spawn(move || {
             // Linux: the calling thread's nice value. A failure only costs the priority.
             let _ = rustix::process::setpriority_process(None, NICE);
-            let _ = tx.send(read(&path));
+            let _ = tx.send(prepare(&path, &base, &trigger));
         });
     if let Err(e) = spawned {
         return Err(ReloadError::Rejected(anyhow::anyhow!(
@@ -219,7 +254,43 @@ async fn read_in_background(path: PathBuf) -> Result<(Config, String), ReloadErr
     }
     rx.await
         .map_err(|_| ReloadError::Rejected(anyhow::anyhow!("the config reader stopped")))?
-        .map_err(ReloadError::from)
+}
+
+fn prepare(path: &Path, base: &Base, trigger: &str) -> Result<Prepared, ReloadError> {
+    let (config, hash) = read(path)?;
+    let (runtime, shadowed) = base.runtime.without(&config);
+    let ignored = not_reloadable(&base.config, &config);
+    let (dependencies, services) = effective(&config, &runtime);
+    for w in crate::engine::capacity::warnings(&dependencies) {
+        warn!(trigger, "config reload: performance warning: {w}");
+    }
+    let plan = base.revision.map(|revision| {
+        let (old_dependencies, old_services) = effective(&base.config, &base.runtime);
+        Plan::new(
+            revision,
+            &old_dependencies,
+            &old_services,
+            dependencies,
+            services,
+        )
+    });
+    Ok(Prepared {
+        config,
+        hash,
+        runtime,
+        shadowed,
+        ignored,
+        plan,
+    })
+}
+
+/// Drops `value` on a short-lived thread of its own: a replaced configuration of thousands
+/// of dependencies is thousands of frees the serving thread need not make.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // When no thread can start, the closure, and the value in it, drops here instead.
+    let _ = std::thread::Builder::new()
+        .name("healthgate-drop".into())
+        .spawn(move || drop(value));
 }
 
 /// SHA-256 of `bytes`, lowercase hex: the config hash.
@@ -249,13 +320,14 @@ impl Reloader {
             path: path.into(),
             handle,
             state: Mutex::new(InForce {
-                config,
+                config: Arc::new(config),
                 status: ConfigStatus {
                     hash,
                     loaded_at: now,
                     last_error: None,
                 },
                 runtime: Layer::default(),
+                revision: None,
             }),
             turn: tokio::sync::Mutex::new(()),
             metrics,
@@ -330,24 +402,45 @@ impl Reloader {
     }
 
     async fn try_reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
-        let (config, hash) = read_in_background(self.path.clone()).await?;
-        let (ignored, runtime, shadowed) = {
+        let base = {
             let state = self.lock();
-            let (runtime, shadowed) = state.runtime.without(&config);
-            (not_reloadable(&state.config, &config), runtime, shadowed)
+            Base {
+                config: state.config.clone(),
+                runtime: state.runtime.clone(),
+                revision: state.revision,
+            }
         };
-        let (dependencies, services) = effective(&config, &runtime);
-        for w in crate::engine::capacity::warnings(&dependencies) {
-            warn!(trigger, "config reload: performance warning: {w}");
-        }
-        let applied = self
-            .handle
-            .apply(dependencies, services)
-            .await
-            .map_err(|e| match e {
-                ChangeError::ShuttingDown => ReloadError::ShuttingDown,
-                e => ReloadError::Rejected(anyhow::Error::from(e)),
-            })?;
+        let Prepared {
+            config,
+            hash,
+            runtime,
+            shadowed,
+            ignored,
+            plan,
+        } = prepare_in_background(self.path.clone(), base, trigger.to_owned()).await?;
+        let refused = |e: ChangeError| match e {
+            ChangeError::ShuttingDown => ReloadError::ShuttingDown,
+            e => ReloadError::Rejected(anyhow::Error::from(e)),
+        };
+        let planned = match plan {
+            Some(Ok(plan)) => match self.handle.apply_plan(plan).await {
+                Err(ChangeError::Stale) => None,
+                other => Some(other),
+            },
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
+        let (applied, revision) = match planned {
+            Some(result) => result.map_err(refused)?,
+            // No plan (the first reload, or the engine changed since): apply in full.
+            None => {
+                let (dependencies, services) = effective(&config, &runtime);
+                self.handle
+                    .apply_at(dependencies, services)
+                    .await
+                    .map_err(refused)?
+            }
+        };
         for name in &shadowed {
             warn!(
                 name,
@@ -372,22 +465,25 @@ impl Reloader {
             services_removed = applied.removed_services.len(),
             "config reloaded"
         );
-        let mut state = self.lock();
-        // The sections that did not apply stay as they are in force, so the next reload still
-        // names them.
-        let server = state.config.server.clone();
-        let limits = state.config.limits;
-        let telemetry = state.config.telemetry.clone();
-        let admin = state.config.admin.clone();
-        state.config = Config {
-            server,
-            limits,
-            telemetry,
-            admin,
-            ..config
+        let replaced = {
+            let mut state = self.lock();
+            // The sections that did not apply stay as they are in force, so the next reload
+            // still names them.
+            let config = Arc::new(Config {
+                server: state.config.server.clone(),
+                limits: state.config.limits,
+                telemetry: state.config.telemetry.clone(),
+                admin: state.config.admin.clone(),
+                ..config
+            });
+            state.status.hash = hash;
+            state.revision = Some(revision);
+            (
+                std::mem::replace(&mut state.config, config),
+                std::mem::replace(&mut state.runtime, runtime),
+            )
         };
-        state.status.hash = hash;
-        state.runtime = runtime;
+        drop_elsewhere(replaced);
         Ok(applied)
     }
 
@@ -522,9 +618,11 @@ impl Reloader {
             let file = self.lock().config.clone();
             let layer = restored_layer(&file, &sources, &mut dropped);
             let (dependencies, services) = effective(&file, &layer);
-            match self.handle.apply(dependencies, services).await {
-                Ok(_) => {
-                    self.lock().runtime = layer;
+            match self.handle.apply_at(dependencies, services).await {
+                Ok((_, revision)) => {
+                    let mut state = self.lock();
+                    state.runtime = layer;
+                    state.revision = Some(revision);
                     true
                 }
                 Err(e) => {
@@ -562,8 +660,12 @@ impl Reloader {
         };
         edit(&file, &mut layer)?;
         let (dependencies, services) = effective(&file, &layer);
-        let applied = self.handle.apply(dependencies, services).await?;
-        self.lock().runtime = layer;
+        let (applied, revision) = self.handle.apply_at(dependencies, services).await?;
+        {
+            let mut state = self.lock();
+            state.runtime = layer;
+            state.revision = Some(revision);
+        }
         if let Some(state) = self.kept.get() {
             state.save().await?;
         }

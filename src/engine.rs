@@ -43,6 +43,7 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{Override, Snapshot};
+pub(crate) use change::Plan;
 pub use change::{Applied, ChangeError, MAX_OVERRIDE, Reporter, Saved, SavedReport, Target};
 use change::{Command, list};
 use reducer::Reducer;
@@ -334,12 +335,30 @@ impl Handle {
         dependencies: BTreeMap<String, DependencySpec>,
         services: BTreeMap<String, ServiceSpec>,
     ) -> Result<Applied, ChangeError> {
+        Ok(self.apply_at(dependencies, services).await?.0)
+    }
+
+    /// [`Handle::apply`], also answering the configuration revision it made (what a
+    /// [`Plan`] for the next change is computed against).
+    pub(crate) async fn apply_at(
+        &self,
+        dependencies: BTreeMap<String, DependencySpec>,
+        services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<(Applied, u64), ChangeError> {
         self.request(|reply| Command::Apply {
             dependencies,
             services,
             reply,
         })
         .await
+    }
+
+    /// Applies a [`Plan`]: as [`Handle::apply_at`] for the configuration it was computed to,
+    /// or [`ChangeError::Stale`] (nothing changed) when the engine no longer runs the one it
+    /// was computed from.
+    pub(crate) async fn apply_plan(&self, plan: Plan) -> Result<(Applied, u64), ChangeError> {
+        self.request(|reply| Command::ApplyPlan { plan, reply })
+            .await
     }
 
     /// Forces `target`'s health for `duration` (at most [`MAX_OVERRIDE`]) with a `reason`: a
@@ -471,7 +490,103 @@ impl Handle {
 mod tests {
     use super::*;
     use crate::Health;
+    use crate::probe::{Probe, ProbeContext, ProbeFuture};
     use crate::snapshot::{ServiceHealth, ServiceState};
+
+    #[derive(Debug)]
+    struct Idle;
+
+    impl Probe for Idle {
+        fn check(&self, _ctx: ProbeContext) -> ProbeFuture<'_> {
+            Box::pin(async { crate::Verdict::Healthy })
+        }
+    }
+
+    fn every(secs: u64) -> DependencySpec {
+        DependencySpec::custom(Arc::new(Idle), "idle")
+            .every(std::time::Duration::from_secs(secs), 0.0)
+    }
+
+    fn deps(specs: &[(&str, u64)]) -> BTreeMap<String, DependencySpec> {
+        (specs.iter())
+            .map(|(n, s)| (n.to_string(), every(*s)))
+            .collect()
+    }
+
+    fn names(handle: &Handle) -> Vec<String> {
+        (handle.snapshot().dependencies.iter())
+            .map(|d| d.name.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_plan_applies_what_changed_as_a_full_apply_would_and_a_stale_one_changes_nothing() {
+        let old = deps(&[("a", 5), ("b", 5), ("c", 5)]);
+        // (A custom probe's spec is equal only to itself: `a` is the same one.)
+        let mut new = old.clone();
+        new.remove("c");
+        new.extend(deps(&[("b", 7), ("d", 5)]));
+        let services = BTreeMap::from([(
+            "checkout".to_owned(),
+            ServiceSpec::with_all(["a".to_owned()], crate::Impact::Critical),
+        )]);
+        // The same change, in full on one engine and as a plan on another.
+        let full = Engine::builder().start().expect("starts");
+        full.apply_at(old.clone(), services.clone())
+            .await
+            .expect("applies");
+        let (in_full, _) = full
+            .apply_at(new.clone(), services.clone())
+            .await
+            .expect("applies");
+        let planned = Engine::builder().start().expect("starts");
+        let (_, base) = planned
+            .apply_at(old.clone(), services.clone())
+            .await
+            .expect("applies");
+        let plan = Plan::new(base, &old, &services, new.clone(), services.clone()).expect("valid");
+        assert_eq!(
+            plan.dependencies.keys().collect::<Vec<_>>(),
+            ["b", "d"],
+            "only what changed"
+        );
+        let (by_plan, revision) = planned.apply_plan(plan).await.expect("applies");
+        assert_eq!(by_plan, in_full);
+        assert_eq!(by_plan.replaced_dependencies, ["b"]);
+        assert_eq!(by_plan.added_dependencies, ["d"]);
+        assert_eq!(by_plan.removed_dependencies, ["c"]);
+        assert_eq!((by_plan.kept_dependencies, by_plan.kept_services), (1, 1));
+        assert_eq!(
+            by_plan.changed_services,
+            [""],
+            "the overall service follows its dependencies"
+        );
+        assert_eq!(names(&planned), names(&full));
+        assert_eq!(names(&planned), ["a", "b", "d"]);
+
+        // Computed against an earlier revision: refused, nothing changes.
+        let stale = Plan::new(base, &old, &services, old.clone(), services.clone()).expect("valid");
+        assert!(matches!(
+            planned.apply_plan(stale).await,
+            Err(ChangeError::Stale)
+        ));
+        assert_eq!(names(&planned), ["a", "b", "d"]);
+        // Any other change moves the revision on.
+        let current = Plan::new(revision, &new, &services, new.clone(), services.clone());
+        planned.add_dependency("e", every(5)).await.expect("added");
+        assert!(matches!(
+            planned.apply_plan(current.expect("valid")).await,
+            Err(ChangeError::Stale)
+        ));
+        // And an invalid configuration is no plan at all.
+        let broken = BTreeMap::from([(
+            "checkout".to_owned(),
+            ServiceSpec::with_all(["nowhere".to_owned()], crate::Impact::Critical),
+        )]);
+        assert!(Plan::new(revision, &new, &services, new.clone(), broken).is_err());
+        full.shutdown().await;
+        planned.shutdown().await;
+    }
 
     #[tokio::test]
     async fn a_watched_unknown_name_goes_with_its_last_watcher_and_a_known_one_stays() {

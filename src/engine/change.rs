@@ -36,11 +36,17 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), ChangeError>>,
     },
-    /// Every dependency and service at once (a reload): see [`check_apply`].
+    /// Every dependency and service at once (a reload): see [`check_apply`]. Answers with
+    /// the configuration revision it made.
     Apply {
         dependencies: BTreeMap<String, DependencySpec>,
         services: BTreeMap<String, ServiceSpec>,
-        reply: oneshot::Sender<Result<Applied, ChangeError>>,
+        reply: oneshot::Sender<Result<(Applied, u64), ChangeError>>,
+    },
+    /// A reload worked out away from the engine: see [`Plan`].
+    ApplyPlan {
+        plan: Plan,
+        reply: oneshot::Sender<Result<(Applied, u64), ChangeError>>,
     },
     /// Forces a dependency's or service's health for a while.
     Override {
@@ -232,6 +238,121 @@ pub(crate) fn check_apply(
     }
 }
 
+/// `services` with the server's overall service `""` added when it is missing: every
+/// dependency, critical (what the engine serves for `""` unless told otherwise).
+pub(crate) fn with_default_service(
+    dependencies: &BTreeMap<String, DependencySpec>,
+    mut services: BTreeMap<String, ServiceSpec>,
+) -> BTreeMap<String, ServiceSpec> {
+    services.entry(String::new()).or_insert_with(|| {
+        ServiceSpec::with_all(dependencies.keys().cloned(), crate::Impact::Critical)
+    });
+    services
+}
+
+/// A whole new configuration as its difference from the one the engine runs: what to add or
+/// replace, what to remove, how much stays. A reload of 1,000 dependencies that changes one
+/// costs the engine's thread (which also serves) the work for one, not for 1,000: the file is
+/// read, validated, checked as a whole ([`check_apply`]) and compared here, on the reload's
+/// own thread, and the engine applies the plan only to the configuration it was computed
+/// against — its `base` revision, which every structural change moves on. Against anything
+/// else the plan is refused ([`ChangeError::Stale`]) and the caller applies in full.
+///
+/// Measured (`bench/run.sh`, section `control`, 1,000 dependencies, one reload a second):
+/// the full apply's checks, comparisons and drops took about 1.2 ms of the serving thread
+/// per reload, and the reload's own preparation (the effective configuration, dropping the
+/// old one) another 0.9 ms (perf, dwarf call graphs).
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The revision it was computed against.
+    pub(super) base: u64,
+    /// Added or changed.
+    pub(super) dependencies: BTreeMap<String, DependencySpec>,
+    pub(super) removed_dependencies: Vec<String>,
+    /// Added or changed.
+    pub(super) services: BTreeMap<String, ServiceSpec>,
+    pub(super) removed_services: Vec<String>,
+    pub(super) kept_dependencies: usize,
+    pub(super) kept_services: usize,
+}
+
+impl Plan {
+    /// The plan from `old_*` — what was applied at revision `base`, as given to
+    /// [`Handle::apply`](super::Handle::apply) — to `dependencies` and `services`, which must
+    /// pass [`check_apply`] as a whole (else nothing is planned).
+    pub(crate) fn new(
+        base: u64,
+        old_dependencies: &BTreeMap<String, DependencySpec>,
+        old_services: &BTreeMap<String, ServiceSpec>,
+        dependencies: BTreeMap<String, DependencySpec>,
+        services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<Plan, ChangeError> {
+        let services = with_default_service(&dependencies, services);
+        check_apply(&dependencies, &services)?;
+        let old_default = (!old_services.contains_key("")).then(|| {
+            ServiceSpec::with_all(old_dependencies.keys().cloned(), crate::Impact::Critical)
+        });
+        let old_service = |name: &str| match (name, &old_default) {
+            ("", Some(default)) => Some(default),
+            _ => old_services.get(name),
+        };
+        let old_service_names = old_services
+            .keys()
+            .map(String::as_str)
+            .chain(old_default.as_ref().map(|_| ""));
+        Ok(Plan::diff(
+            base,
+            (
+                |name: &str| old_dependencies.get(name),
+                old_dependencies.keys().map(String::as_str),
+            ),
+            (old_service, old_service_names),
+            dependencies,
+            services,
+        ))
+    }
+
+    /// The difference between the old configuration — each half a lookup by name and every
+    /// name — and the new one (checked by the caller, `""` included).
+    pub(crate) fn diff<'a>(
+        base: u64,
+        old_dependencies: (
+            impl Fn(&str) -> Option<&'a DependencySpec>,
+            impl Iterator<Item = &'a str>,
+        ),
+        old_services: (
+            impl Fn(&str) -> Option<&'a ServiceSpec>,
+            impl Iterator<Item = &'a str>,
+        ),
+        mut dependencies: BTreeMap<String, DependencySpec>,
+        mut services: BTreeMap<String, ServiceSpec>,
+    ) -> Plan {
+        let removed_dependencies = (old_dependencies.1)
+            .filter(|n| !dependencies.contains_key(*n))
+            .map(str::to_owned)
+            .collect();
+        let removed_services = (old_services.1)
+            .filter(|n| !services.contains_key(*n))
+            .map(str::to_owned)
+            .collect();
+        let before = dependencies.len();
+        dependencies.retain(|n, spec| (old_dependencies.0)(n) != Some(spec));
+        let kept_dependencies = before - dependencies.len();
+        let before = services.len();
+        services.retain(|n, spec| (old_services.0)(n) != Some(spec));
+        let kept_services = before - services.len();
+        Plan {
+            base,
+            dependencies,
+            removed_dependencies,
+            services,
+            removed_services,
+            kept_dependencies,
+            kept_services,
+        }
+    }
+}
+
 /// Whether `spec` may be put under `name`: a valid spec, a non-empty name, and (with
 /// `replace`) a dependency that `exists`, else (without) one that does not.
 pub(crate) fn check_put_dependency(
@@ -367,6 +488,10 @@ pub enum ChangeError {
     /// Shutdown began; nothing changes any more.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A [`Plan`] computed against a configuration the engine no longer runs (another change
+    /// came first); nothing changed, and the whole configuration may be applied instead.
+    #[error("the configuration changed while this change was prepared")]
+    Stale,
 }
 
 impl ChangeError {

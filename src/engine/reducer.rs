@@ -17,7 +17,7 @@ use tracing::info;
 mod restore;
 
 use super::Shared;
-use super::change::{self, Applied, ChangeError, Command, Reporter, Target};
+use super::change::{self, Applied, ChangeError, Command, Plan, Reporter, Target};
 use super::dependency::Dependency;
 use super::factory::ProbeFactory;
 use super::publication::Throttle;
@@ -55,6 +55,9 @@ pub(crate) struct Reducer {
     /// When the earliest active override expires.
     next_expiry: Option<Instant>,
     metrics: Option<Arc<Metrics>>,
+    /// Moves on with every change to the dependencies or services: what a [`Plan`] is
+    /// computed against.
+    config_revision: u64,
 }
 
 /// How many outcomes the reducer applies before publishing, when many arrive at once.
@@ -86,6 +89,7 @@ impl Reducer {
             rollup_span: tracing::Span::none(),
             next_expiry: None,
             metrics,
+            config_revision: 0,
         }
     }
 
@@ -263,6 +267,12 @@ impl Reducer {
                 let _ = reply.send(result);
                 return;
             }
+            Command::ApplyPlan { plan, reply } => {
+                let result = self.apply_plan(plan);
+                self.publish();
+                let _ = reply.send(result);
+                return;
+            }
             Command::Override {
                 target,
                 health,
@@ -324,6 +334,9 @@ impl Reducer {
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         };
+        if result.is_ok() {
+            self.config_revision += 1;
+        }
         // Published before the reply: whoever asked sees the change in the next snapshot.
         self.publish();
         let _ = reply.send(result);
@@ -390,65 +403,80 @@ impl Reducer {
     fn apply(
         &mut self,
         dependencies: BTreeMap<String, DependencySpec>,
-        mut services: BTreeMap<String, ServiceSpec>,
-    ) -> Result<Applied, ChangeError> {
+        services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<(Applied, u64), ChangeError> {
         if self.shutting_down {
             return Err(ChangeError::ShuttingDown);
         }
-        services.entry(String::new()).or_insert_with(|| {
-            ServiceSpec::with_all(dependencies.keys().cloned(), crate::Impact::Critical)
-        });
+        let services = change::with_default_service(&dependencies, services);
         change::check_apply(&dependencies, &services)?;
+        let plan = Plan::diff(
+            self.config_revision,
+            (
+                |n: &str| self.dependencies.get(n).map(|d| &*d.spec),
+                self.dependencies.keys().map(|k| &**k),
+            ),
+            (
+                |n: &str| self.services.get(n).map(|s| &*s.spec),
+                self.services.keys().map(|k| &**k),
+            ),
+            dependencies,
+            services,
+        );
+        self.apply_plan(plan)
+    }
+
+    /// [`Reducer::apply`] from its difference with what runs, computed against this
+    /// configuration revision (see [`Plan`]): the work is the changes'.
+    fn apply_plan(&mut self, plan: Plan) -> Result<(Applied, u64), ChangeError> {
+        if self.shutting_down {
+            return Err(ChangeError::ShuttingDown);
+        }
+        if plan.base != self.config_revision {
+            return Err(ChangeError::Stale);
+        }
         // Every probe first: a build failure must find everything as it was.
         let mut probes = BTreeMap::new();
-        for (name, spec) in &dependencies {
-            let unchanged = self
-                .dependencies
-                .get(name.as_str())
-                .is_some_and(|d| *d.spec == *spec);
-            if !unchanged {
-                let probe = self
-                    .factory
-                    .build(spec)
-                    .map_err(|source| ChangeError::Probe {
-                        dependency: name.clone(),
-                        source,
-                    })?;
-                probes.insert(name.clone(), probe);
-            }
+        for (name, spec) in &plan.dependencies {
+            let probe = self
+                .factory
+                .build(spec)
+                .map_err(|source| ChangeError::Probe {
+                    dependency: name.clone(),
+                    source,
+                })?;
+            probes.insert(name.clone(), probe);
         }
-        let mut applied = Applied::default();
-        let gone: Vec<Arc<str>> = (self.services.keys())
-            .filter(|n| !services.contains_key(&***n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.services.remove(&name);
+        let mut applied = Applied {
+            kept_dependencies: plan.kept_dependencies,
+            kept_services: plan.kept_services,
+            ..Applied::default()
+        };
+        for name in plan.removed_services {
+            if self.services.remove(name.as_str()).is_none() {
+                continue;
+            }
             if let Some(m) = &self.metrics {
                 m.forget_service(&name);
             }
             info!(service = %name, "service removed");
-            applied.removed_services.push(name.to_string());
+            applied.removed_services.push(name);
         }
-        let gone: Vec<Arc<str>> = (self.dependencies.keys())
-            .filter(|n| !dependencies.contains_key(&***n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(mut dep) = self.dependencies.remove(&name) {
-                dep.task.cancel.cancel();
-                self.stale.clear(&mut dep.stale_key);
-            }
+        for name in plan.removed_dependencies {
+            let Some(mut dep) = self.dependencies.remove(name.as_str()) else {
+                continue;
+            };
+            dep.task.cancel.cancel();
+            self.stale.clear(&mut dep.stale_key);
             if let Some(m) = &self.metrics {
                 m.forget_dependency(&name);
             }
             info!(dependency = %name, "dependency removed");
-            applied.removed_dependencies.push(name.to_string());
+            applied.removed_dependencies.push(name);
             self.slots_changed = true;
         }
-        for (name, spec) in dependencies {
+        for (name, spec) in plan.dependencies {
             let Some(probe) = probes.remove(&name) else {
-                applied.kept_dependencies += 1;
                 continue;
             };
             match self.dependencies.remove(name.as_str()) {
@@ -463,23 +491,19 @@ impl Reducer {
                 }
             }
         }
-        for (name, spec) in services {
-            match self.services.get(name.as_str()) {
-                Some(s) if *s.spec == spec => applied.kept_services += 1,
-                Some(_) => {
-                    info!(service = %name, "service set");
-                    self.insert_service(&name, spec);
-                    applied.changed_services.push(name);
-                }
-                None => {
-                    info!(service = %name, "service set");
-                    self.insert_service(&name, spec);
-                    applied.added_services.push(name);
-                }
+        for (name, spec) in plan.services {
+            let exists = self.services.contains_key(name.as_str());
+            info!(service = %name, "service set");
+            self.insert_service(&name, spec);
+            if exists {
+                applied.changed_services.push(name);
+            } else {
+                applied.added_services.push(name);
             }
         }
+        self.config_revision += 1;
         self.health_may_change();
-        Ok(applied)
+        Ok((applied, self.config_revision))
     }
 
     fn remove_dependency(&mut self, name: &str) -> Result<(), ChangeError> {
