@@ -4,6 +4,7 @@ mod admin;
 mod check;
 mod demo;
 mod serve;
+mod systemd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

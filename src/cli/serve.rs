@@ -287,7 +287,16 @@ pub(crate) async fn serve_config(
         admin_identities: config.admin.allowed_identities.clone(),
         probe,
     };
-    let result = serve(listener, handle, options, shutdown_signal()).await;
+    // Every listener is bound (connections queue until `serve` accepts them, a moment from
+    // now): systemd may start what depends on us.
+    super::systemd::ready();
+    let watchdog = tokio::spawn(super::systemd::watchdog());
+    let shutdown = async {
+        shutdown_signal().await;
+        super::systemd::stopping();
+    };
+    let result = serve(listener, handle, options, shutdown).await;
+    watchdog.abort();
     http_stop.cancel();
     telemetry.shutdown().await;
     match result {
@@ -366,9 +375,15 @@ fn fit_limits(config: &Config, listeners: usize) -> Limits {
 
 /// Reloads the config on every SIGHUP (a failed reload is logged and counted by the
 /// reloader; the running config stays).
+/// systemd hears of each one (`RELOADING=1`, then `READY=1`).
 async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, reloader: Arc<Reloader>) {
     while hup.recv().await.is_some() {
-        let _ = reloader.reload("SIGHUP").await;
+        super::systemd::reloading();
+        let outcome = match reloader.reload("SIGHUP").await {
+            Ok(_) => "serving; config reloaded",
+            Err(_) => "serving; config reload rejected, the running config stays",
+        };
+        super::systemd::reloaded(outcome);
     }
 }
 

@@ -28,5 +28,6 @@ mod push;
 mod reload;
 mod secrets;
 mod state;
+mod systemd;
 mod tls;
 mod wire;
