@@ -1,7 +1,8 @@
 //! The resource model, tried as a hostile or broken client would: a stream flood on one
-//! connection, thousands of idle Detail watchers, tens of thousands of Watch names, silent
-//! connections past the connection cap and the open-file limit, idle connections. Each test
-//! runs the real binary (or the real server in process) on 127.0.0.1:0 and asserts the bound.
+//! connection (gRPC and h2c), oversized HTTP heads and never-read bodies, thousands of idle
+//! Detail watchers, tens of thousands of Watch names, silent connections past the connection
+//! cap and the open-file limit, idle connections. Each test runs the real binary (or the real
+//! server in process) on 127.0.0.1:0 and asserts the bound.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -727,4 +728,124 @@ async fn distinct_detail_watch_requests_past_the_cap_are_refused_and_shared_ones
     .expect("a slot came free");
     drop((open, shared));
     handle.shutdown().await;
+}
+
+/// HPACK for `GET {path}` over h2c, every field a literal without indexing.
+fn http_get_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http (static table)
+    for (prefix, value) in [(0x04u8, path), (0x01, "localhost")] {
+        block.push(prefix);
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// `GET /readyz` from a well-behaved client on a fresh connection: it must answer 200 fast
+/// whatever the abusive clients are doing.
+async fn readyz_answers(http: SocketAddr) {
+    let started = Instant::now();
+    let (code, body) = crate::support::http_call(http, "GET", "/readyz", None).await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a second client's /readyz took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_http_listener_bounds_heads_bodies_and_streams_and_keeps_answering_others() {
+    let target = tcp_dependency().await;
+    let served = Served::start(&config("max_concurrent_streams = 100", 1, target), None)
+        .await
+        .serving()
+        .await;
+    readyz_answers(served.http).await;
+    let before = served.rss_kib();
+
+    // A request head past the 32 KiB HTTP/1 buffer is refused: `431`, or a reset when the
+    // server closes with the rest of the head unread. Never an answer: without the bound
+    // this request would succeed (an `exclude` that matches nothing is only a warning).
+    let mut tcp = TcpStream::connect(served.http).await.expect("connect");
+    let head = format!(
+        "GET /readyz?exclude={} HTTP/1.1\r\nHost: hg\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let mut said = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut said))
+        .await
+        .expect("closed by the server");
+    let said = String::from_utf8_lossy(&said);
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 431"),
+        "an oversized head was answered: {said:.80}"
+    );
+    readyz_answers(served.http).await;
+
+    // A push with a 1 GiB body: the answer comes from the head alone and the body is never
+    // read, so the writer is cut off once the socket buffers are full, not after a gigabyte.
+    let tcp = TcpStream::connect(served.http).await.expect("connect");
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let head = "POST /push/d0 HTTP/1.1\r\nHost: hg\r\nContent-Length: 1073741824\r\n\r\n";
+        write.write_all(head.as_bytes()).await.expect("head");
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0usize;
+        while written < 256 * 1024 * 1024 {
+            match tokio::time::timeout(PATIENCE, write.write_all(&chunk)).await {
+                Ok(Ok(())) => written += chunk.len(),
+                Ok(Err(_)) => return (written, true),
+                // Blocked: the server reads nothing more and has not closed yet.
+                Err(_) => return (written, false),
+            }
+        }
+        (written, false)
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, read.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed");
+    let answer = String::from_utf8_lossy(&answer);
+    readyz_answers(served.http).await;
+    let (written, cut) = writer.await.expect("writer");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 401"),
+        "push without a token: {answer:.80}"
+    );
+    assert!(
+        cut && written < 64 * 1024 * 1024,
+        "the body was read: {written} bytes written, cut off: {cut}"
+    );
+
+    // h2c: a stream flood past the advertised cap is refused on the HTTP listener too.
+    let tcp = TcpStream::connect(served.http).await.expect("connect");
+    let (read, mut write) = tcp.into_split();
+    let mut flood = PREFACE.to_vec();
+    flood.extend(frame(SETTINGS, 0, 0, &[]));
+    let block = http_get_headers("/readyz");
+    // HEADERS without END_STREAM: each stream stays open, waiting for a body never sent.
+    for i in 0..400u32 {
+        flood.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &block));
+    }
+    let _ = write.write_all(&flood).await;
+    let (refused, goaway, settings) = read_frames(read, Duration::from_secs(2)).await;
+    assert!(settings.contains(&(0x3, 100)), "settings: {settings:?}");
+    assert!(
+        refused >= 300 || goaway,
+        "streams past the cap refused ({refused}) or the connection told off ({goaway})"
+    );
+    readyz_answers(served.http).await;
+
+    let after = served.rss_kib();
+    eprintln!(
+        "http abuse: {written} body bytes before the cut, {refused} streams refused; RSS {before} -> {after} KiB"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(write);
+    served.stop().await;
 }
