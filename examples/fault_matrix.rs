@@ -22,7 +22,7 @@
 //! | `grpc-not-serving` | tonic-health answering NOT_SERVING | `NOT_SERVING` |
 //! | `grpc-no-health` | a gRPC server without the health service | `no health service` (UNIMPLEMENTED) |
 //! | `grpc-not-grpc` | an HTTP server that is not gRPC (axum: h2c, `404`) | `no health service` |
-//! | `grpc-garbage` | bytes that are not HTTP/2 | Unhealthy |
+//! | `grpc-garbage` | bytes that are not HTTP/2 | Unhealthy, `grpc status CODE: CAUSE` (the transport failure our side saw) |
 //! | `grpc-hung` | accepts, never answers | `timed out after 150ms` (or `unavailable: operation timed out` when the channel's keep-alive ping, every 30 s, finds the connection dead first) |
 //! | `tcp-refused` | TCP connection refused | `connection refused` |
 //!

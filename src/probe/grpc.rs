@@ -283,7 +283,10 @@ impl Probe for GrpcProbe {
 }
 
 /// The reason for a failed Check. The remote's status message is not used: it is the
-/// dependency's free text, and may say anything.
+/// dependency's free text, and may say anything. A status our own side made from a transport
+/// failure (a peer that is not HTTP/2, a connection reset mid-call) carries that failure as
+/// its source, and the reason names it (`grpc status UNKNOWN: …`): the code alone is tonic's
+/// mapping and tells an operator nothing. A status the dependency sent has no source.
 fn status_reason(status: &tonic::Status) -> String {
     match status.code() {
         Code::NotFound => "service unknown".to_owned(),
@@ -293,6 +296,12 @@ fn status_reason(status: &tonic::Status) -> String {
             Some(cause) => format!("unavailable: {cause}"),
             None => "unavailable".to_owned(),
         },
-        code => format!("grpc status {}", crate::grpc_code::code_name(code)),
+        code => {
+            let code = crate::grpc_code::code_name(code);
+            match net_error::describe(status) {
+                Some(cause) => format!("grpc status {code}: {cause}"),
+                None => format!("grpc status {code}"),
+            }
+        }
     }
 }

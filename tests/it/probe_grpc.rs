@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use healthgate::Verdict;
+use healthgate::{Health, Verdict};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataMap;
@@ -96,6 +96,37 @@ async fn hung_and_refused_servers_are_unhealthy() {
     assert_eq!(
         outcome.verdict,
         Verdict::unhealthy("unavailable: connection refused")
+    );
+}
+
+/// A server that answers HTTP/2's preface with bytes that are not HTTP/2: the reason names
+/// the protocol failure our side saw, not only the status code tonic turned it into.
+#[tokio::test]
+async fn a_server_that_is_not_http2_is_unhealthy_with_the_protocol_error() {
+    let garbage = crate::support::garbage_server().await;
+    let outcome = probe_once(&grpc(garbage, "")).await;
+    assert_eq!(outcome.verdict.health(), Health::Unhealthy, "{outcome:?}");
+    let reason = crate::support::reason(&outcome);
+    let cause = reason
+        .strip_prefix("grpc status ")
+        .and_then(|r| r.split_once(": "))
+        .map(|(_, cause)| cause);
+    assert!(
+        cause.is_some_and(|c| !c.is_empty()),
+        "a cause after the code: {reason:?}"
+    );
+    assert!(!reason.contains("127.0.0.1"), "{reason:?}");
+
+    // A status the dependency itself sent is its code alone: its message is free text.
+    let (reporter, service) = tonic_health::server::health_reporter();
+    drop(reporter);
+    let service = InterceptedService::new(service, |_req: tonic::Request<()>| {
+        Err(tonic::Status::permission_denied("ask bob: token hunter2"))
+    });
+    let refusing = serve(Server::builder().add_service(service)).await;
+    assert_eq!(
+        probe_once(&grpc(refusing, "")).await.verdict,
+        Verdict::unhealthy("grpc status PERMISSION_DENIED")
     );
 }
 
