@@ -51,7 +51,7 @@ impl Validator<'_> {
                 Err(_) => self.problem(&mpath, "invalid metadata value"),
             }
         }
-        let tls = self.tls(&format!("{path}.tls"), raw.tls.as_ref());
+        let tls = self.tls(&At(path, "tls"), raw.tls.as_ref());
         let target = target?;
         if raw.tls.is_some() && target.scheme() != "https" {
             self.problem(format!("{path}.tls"), "has no effect on an http:// target");

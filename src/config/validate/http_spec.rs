@@ -47,11 +47,11 @@ impl Validator<'_> {
             }
         }
         let expected_statuses = self.statuses(
-            &format!("{path}.expected_statuses"),
+            &At(path, "expected_statuses"),
             raw.expected_statuses.as_deref(),
         );
         let degraded_statuses = self.statuses(
-            &format!("{path}.degraded_statuses"),
+            &At(path, "degraded_statuses"),
             raw.degraded_statuses.as_deref(),
         );
         let body = self.body(path, raw.body.as_deref());
@@ -78,7 +78,7 @@ impl Validator<'_> {
                 HttpVersion::Auto
             }
         };
-        let tls = self.tls(&format!("{path}.tls"), raw.tls.as_ref());
+        let tls = self.tls(&At(path, "tls"), raw.tls.as_ref());
         let url = url?;
         if raw.tls.is_some() && url.scheme() != "https" {
             self.problem(format!("{path}.tls"), "has no effect on an http:// url");
@@ -99,7 +99,11 @@ impl Validator<'_> {
     }
 
     /// Status lists: numbers (`503`) and ranges (`"200-299"`).
-    fn statuses(&mut self, path: &str, raw: Option<&[toml::Value]>) -> Option<Option<StatusSet>> {
+    fn statuses(
+        &mut self,
+        path: &(impl std::fmt::Display + ?Sized),
+        raw: Option<&[toml::Value]>,
+    ) -> Option<Option<StatusSet>> {
         let Some(raw) = raw else { return Some(None) };
         let mut set = Vec::new();
         let mut ok = true;

@@ -32,7 +32,7 @@ impl Validator<'_> {
             return None;
         }
         let tls = match &raw.tls {
-            Some(t) => Some(Box::new(self.tls(&format!("{path}.tls"), Some(t))?)),
+            Some(t) => Some(Box::new(self.tls(&At(path, "tls"), Some(t))?)),
             None => None,
         };
         Some(TcpSpec { address, tls })

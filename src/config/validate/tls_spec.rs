@@ -4,7 +4,11 @@
 use super::*;
 
 impl Validator<'_> {
-    pub(super) fn tls(&mut self, path: &str, raw: Option<&RawTls>) -> Option<TlsSpec> {
+    pub(super) fn tls(
+        &mut self,
+        path: &(impl std::fmt::Display + ?Sized),
+        raw: Option<&RawTls>,
+    ) -> Option<TlsSpec> {
         let Some(raw) = raw else {
             return Some(TlsSpec::default());
         };
@@ -42,7 +46,10 @@ impl Validator<'_> {
                 cert_pem.zip(key_pem)
             }
             _ => {
-                self.problem(path, "cert_file and key_file must be set together");
+                self.problem(
+                    path.to_string(),
+                    "cert_file and key_file must be set together",
+                );
                 None
             }
         };
@@ -60,13 +67,10 @@ impl Validator<'_> {
         }
         let insecure = raw.insecure.unwrap_or(false);
         if insecure && raw.ca_file.is_some() {
-            self.problem(path, "insecure = true and ca_file contradict each other: a CA is pointless when nothing is verified");
+            self.problem(path.to_string(), "insecure = true and ca_file contradict each other: a CA is pointless when nothing is verified");
         }
         let expiry_warning = self
-            .duration(
-                &format!("{path}.expiry_warning"),
-                raw.expiry_warning.as_deref(),
-            )
+            .duration(&At(path, "expiry_warning"), raw.expiry_warning.as_deref())
             .unwrap_or(tls::DEFAULT_EXPIRY_WARNING);
         (self.problems.len() == before).then(|| TlsSpec {
             ca_pem,
