@@ -204,8 +204,6 @@ struct Prepared {
     shadowed: Vec<String>,
     /// Keys that changed but apply only at the next start.
     ignored: Vec<&'static str>,
-    /// Capacity warnings for the new configuration (logged once the reload is in hand).
-    warnings: Vec<String>,
     /// The difference from the configuration in force, when its engine revision is known.
     plan: Option<Result<Plan, ChangeError>>,
 }
@@ -221,112 +219,51 @@ struct Base {
 
 /// [`read`], and the rest of a reload's preparation ([`Prepared`]: the shadowed runtime
 /// items, the keys that need a restart, capacity warnings, and the [`Plan`] against `base`),
-/// off the serving thread, which is often alone on its core: first on a thread of Linux's
-/// `SCHED_IDLE` class, which runs only when the core has nothing else to run and yields it
-/// the moment the server wakes; if that has not finished within [`IDLE_GRACE`] (a saturated
-/// core has no idle time), a second preparation starts at nice 5 (a quarter of the server's
-/// share under contention) and whichever finishes first is used. The reload is the same
-/// either way: both read the same file against the same base.
-///
-/// Measured with `bench/run.sh` (section `control`, 1,000 dependencies, one reload a second,
-/// server on one core, Check at a fixed rate): reading and validating costs 7 ms of CPU on
-/// the first machine and 14.5 ms on the second (release). Where it ran, Check p99 reloading
-/// over quiet: on the serving thread 1.12x; on the shared blocking pool 1.21x; on its own
-/// thread at nice 5 1.06x to 1.18x, and 1.4x to 1.6x on the second machine once the
-/// engine's own share was gone (the [`Plan`]): a nice thread still holds the core for a
-/// whole scheduler slice (EEVDF protects a running task's slice, about 0.75 ms) when the
-/// server wakes, while a `SCHED_IDLE` one is preempted at once. Not the blocking pool: its
-/// threads also resolve names for the probes, which must not wait. (The configuration a
-/// reload replaces is dropped on a low-priority thread too: [`drop_elsewhere`].)
-async fn prepare_in_background(path: PathBuf, base: Base) -> Result<Prepared, ReloadError> {
-    let base = Arc::new(base);
-    let idle = prepare_on_thread(Priority::Idle, path.clone(), base.clone())?;
-    tokio::pin!(idle);
-    tokio::select! {
-        prepared = &mut idle => return prepared,
-        () = tokio::time::sleep(IDLE_GRACE) => {}
-    }
-    match prepare_on_thread(Priority::Nice5, path, base) {
-        Ok(fair) => tokio::select! {
-            prepared = &mut idle => prepared,
-            prepared = fair => prepared,
-        },
-        // No second thread: the first one finishes, in whatever time it gets.
-        Err(_) => idle.await,
-    }
-}
-
-/// How long a reload's preparation waits for idle CPU before it also asks for a fair share.
-/// A fixed-rate load leaves idle time and the preparation finishes inside it (about twice
-/// its CPU time); a saturated core leaves none, and the reload must still swap in well under
-/// 100 ms.
-const IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(30);
-
-#[derive(Clone, Copy)]
-enum Priority {
-    /// `SCHED_IDLE`: only the core's idle time, preempted whenever anything else wakes.
-    Idle,
-    /// `SCHED_OTHER` at nice 5.
-    Nice5,
-    /// `SCHED_OTHER` at nice 19: work with no deadline at all (dropping a replaced config).
-    Nice19,
-}
-
-impl Priority {
-    /// Sets the calling thread's priority. A failure (another OS, a sandbox that forbids
-    /// it) only costs the priority, so it is not reported.
-    fn apply_to_this_thread(self) {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id,
-        };
-        let nice = match self {
-            Priority::Idle => {
-                let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-                if set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
-                    .is_ok()
-                {
-                    return;
-                }
-                19
-            }
-            Priority::Nice5 => 5,
-            Priority::Nice19 => 19,
-        };
-        // Linux: the calling thread's nice value.
-        let _ = rustix::process::setpriority_process(None, nice);
-    }
-}
-
-/// [`prepare`] on a thread of its own at `priority`; the future resolves with its result.
-fn prepare_on_thread(
-    priority: Priority,
+/// on a thread of its own at a lower CPU priority (nice 5), so that the serving thread, often
+/// alone on its core, keeps answering while a reload is worked out. Measured with
+/// `bench/run.sh` (section `control`, 1,000 dependencies, one reload a second, server on one
+/// core, Check at a fixed 60,000/s): reading and validating costs about 7 ms of CPU
+/// (release); parsing on the serving thread made Check p99 1.12x the quiet figure, on the
+/// shared blocking pool (same priority, time-sliced with the server) 1.21x, here at nice 5
+/// 1.06x to 1.18x by round (nice 10 the same, 1.14x, with a slower swap); what was left on
+/// the serving thread then — about 2 ms per reload: the effective configuration built, the
+/// whole of it checked and compared again by the engine, the old one dropped — is here too
+/// now, and the engine applies only the difference. Not the blocking pool: its threads also
+/// resolve names for the probes, which must not run at a lower priority. (The configuration
+/// a reload replaces is dropped on a thread of its own too: [`drop_elsewhere`].)
+async fn prepare_in_background(
     path: PathBuf,
-    base: Arc<Base>,
-) -> Result<impl std::future::Future<Output = Result<Prepared, ReloadError>>, ReloadError> {
+    base: Base,
+    trigger: String,
+) -> Result<Prepared, ReloadError> {
+    /// The reader's nice value: a quarter of the serving thread's CPU share under contention,
+    /// so a reload still swaps in tens of milliseconds on a saturated core.
+    const NICE: i32 = 5;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("healthgate-config".into())
         .spawn(move || {
-            priority.apply_to_this_thread();
-            // A preparation that lost the race is dropped here, on its own thread.
-            let _ = tx.send(prepare(&path, &base));
-        })
-        .map_err(|e| {
-            ReloadError::Rejected(anyhow::anyhow!("cannot start the config reader: {e}"))
-        })?;
-    Ok(async move {
-        rx.await
-            .map_err(|_| ReloadError::Rejected(anyhow::anyhow!("the config reader stopped")))?
-    })
+            // Linux: the calling thread's nice value. A failure only costs the priority.
+            let _ = rustix::process::setpriority_process(None, NICE);
+            let _ = tx.send(prepare(&path, &base, &trigger));
+        });
+    if let Err(e) = spawned {
+        return Err(ReloadError::Rejected(anyhow::anyhow!(
+            "cannot start the config reader: {e}"
+        )));
+    }
+    rx.await
+        .map_err(|_| ReloadError::Rejected(anyhow::anyhow!("the config reader stopped")))?
 }
 
-fn prepare(path: &Path, base: &Base) -> Result<Prepared, ReloadError> {
+fn prepare(path: &Path, base: &Base, trigger: &str) -> Result<Prepared, ReloadError> {
     let (config, hash) = read(path)?;
     let (runtime, shadowed) = base.runtime.without(&config);
     let ignored = not_reloadable(&base.config, &config);
     let (dependencies, services) = effective(&config, &runtime);
-    let warnings = crate::engine::capacity::warnings(&dependencies);
+    for w in crate::engine::capacity::warnings(&dependencies) {
+        warn!(trigger, "config reload: performance warning: {w}");
+    }
     let plan = base.revision.map(|revision| {
         let (old_dependencies, old_services) = effective(&base.config, &base.runtime);
         Plan::new(
@@ -343,7 +280,6 @@ fn prepare(path: &Path, base: &Base) -> Result<Prepared, ReloadError> {
         runtime,
         shadowed,
         ignored,
-        warnings,
         plan,
     })
 }
@@ -354,12 +290,7 @@ fn drop_elsewhere<T: Send + 'static>(value: T) {
     // When no thread can start, the closure, and the value in it, drops here instead.
     let _ = std::thread::Builder::new()
         .name("healthgate-drop".into())
-        .spawn(move || {
-            // Nothing waits for it (not SCHED_IDLE: on a saturated core that could hold
-            // every replaced configuration for as long as the saturation lasts).
-            Priority::Nice19.apply_to_this_thread();
-            drop(value)
-        });
+        .spawn(move || drop(value));
 }
 
 /// SHA-256 of `bytes`, lowercase hex: the config hash.
@@ -485,12 +416,8 @@ impl Reloader {
             runtime,
             shadowed,
             ignored,
-            warnings,
             plan,
-        } = prepare_in_background(self.path.clone(), base).await?;
-        for w in warnings {
-            warn!(trigger, "config reload: performance warning: {w}");
-        }
+        } = prepare_in_background(self.path.clone(), base, trigger.to_owned()).await?;
         let refused = |e: ChangeError| match e {
             ChangeError::ShuttingDown => ReloadError::ShuttingDown,
             e => ReloadError::Rejected(anyhow::Error::from(e)),
@@ -953,37 +880,6 @@ fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The calling thread's scheduling policy and nice value, from `/proc/thread-self/sched`
-    /// (Linux): policy 0 is SCHED_OTHER, 5 SCHED_IDLE; `prio` is 120 + nice.
-    fn this_threads_policy_and_prio() -> (u32, u32) {
-        let sched = std::fs::read_to_string("/proc/thread-self/sched").expect("linux /proc");
-        let field = |name: &str| -> u32 {
-            sched
-                .lines()
-                .find_map(|l| {
-                    let (key, value) = l.split_once(':')?;
-                    (key.trim() == name).then(|| value.trim().parse().ok())?
-                })
-                .unwrap_or_else(|| panic!("{name} in {sched}"))
-        };
-        (field("policy"), field("prio"))
-    }
-
-    #[test]
-    fn preparations_run_in_idle_time_or_at_nice_5_and_drops_at_nice_19() {
-        let on_thread = |priority: Priority| {
-            std::thread::spawn(move || {
-                priority.apply_to_this_thread();
-                this_threads_policy_and_prio()
-            })
-            .join()
-            .expect("thread")
-        };
-        assert_eq!(on_thread(Priority::Idle).0, 5, "SCHED_IDLE");
-        assert_eq!(on_thread(Priority::Nice5), (0, 125));
-        assert_eq!(on_thread(Priority::Nice19), (0, 139));
-    }
 
     #[test]
     fn changed_listeners_and_sections_are_named_and_nothing_else() {
