@@ -247,6 +247,28 @@ async fn read_frames(
     (refused, goaway, settings)
 }
 
+/// Opens `streams` streams on one new HTTP/2 connection to `addr`, each a HEADERS frame with
+/// `block` and no END_STREAM (so each stays open, waiting for a body never sent), in one
+/// write; then [`read_frames`] for `wait`.
+async fn open_streams(
+    addr: SocketAddr,
+    block: &[u8],
+    streams: u32,
+    wait: Duration,
+) -> (usize, bool, Vec<(u16, u32)>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = tcp.into_split();
+    let mut flood = PREFACE.to_vec();
+    flood.extend(frame(SETTINGS, 0, 0, &[]));
+    for i in 0..streams {
+        flood.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, block));
+    }
+    // The server may refuse and close before the whole flood is written (a reset then fails
+    // the write): that is one of the outcomes the callers check, not a test failure.
+    let _ = write.write_all(&flood).await;
+    read_frames(read, wait).await
+}
+
 #[tokio::test]
 async fn a_stream_flood_on_one_connection_is_refused_past_the_cap_and_memory_stays_bounded() {
     let target = tcp_dependency().await;
@@ -258,18 +280,9 @@ async fn a_stream_flood_on_one_connection_is_refused_past_the_cap_and_memory_sta
     let before = served.rss_kib();
 
     // Never-finished Checks: HEADERS without END_STREAM, far more than the cap, in one write.
-    let tcp = TcpStream::connect(served.grpc).await.expect("connect");
-    let (read, mut write) = tcp.into_split();
-    let mut flood = PREFACE.to_vec();
-    flood.extend(frame(SETTINGS, 0, 0, &[]));
     let block = grpc_headers("Check");
-    for i in 0..20_000u32 {
-        flood.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &block));
-    }
-    // The server may refuse and close before the whole flood is written (a reset then fails
-    // the write): that is one of the outcomes checked below, not a test failure.
-    let _ = write.write_all(&flood).await;
-    let (refused, goaway, settings) = read_frames(read, Duration::from_secs(5)).await;
+    let (refused, goaway, settings) =
+        open_streams(served.grpc, &block, 20_000, Duration::from_secs(5)).await;
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) is advertised.
     assert!(settings.contains(&(0x3, 100)), "settings: {settings:?}");
     assert!(
@@ -820,17 +833,9 @@ async fn the_http_listener_bounds_heads_bodies_and_streams_and_keeps_answering_o
     );
 
     // h2c: a stream flood past the advertised cap is refused on the HTTP listener too.
-    let tcp = TcpStream::connect(served.http).await.expect("connect");
-    let (read, mut write) = tcp.into_split();
-    let mut flood = PREFACE.to_vec();
-    flood.extend(frame(SETTINGS, 0, 0, &[]));
     let block = http_get_headers("/readyz");
-    // HEADERS without END_STREAM: each stream stays open, waiting for a body never sent.
-    for i in 0..400u32 {
-        flood.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &block));
-    }
-    let _ = write.write_all(&flood).await;
-    let (refused, goaway, settings) = read_frames(read, Duration::from_secs(2)).await;
+    let (refused, goaway, settings) =
+        open_streams(served.http, &block, 400, Duration::from_secs(2)).await;
     assert!(settings.contains(&(0x3, 100)), "settings: {settings:?}");
     assert!(
         refused >= 300 || goaway,
@@ -846,6 +851,5 @@ async fn the_http_listener_bounds_heads_bodies_and_streams_and_keeps_answering_o
         after < before + 16 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
-    drop(write);
     served.stop().await;
 }
