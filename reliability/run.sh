@@ -16,7 +16,12 @@ QUICK=${QUICK:-}
 size() { if [ -n "$QUICK" ]; then echo "$2"; else echo "$1"; fi; }
 
 examples=()
-for run in $RUNS; do examples+=(--example "$run"); done
+for run in $RUNS; do
+  case $run in
+    fault_matrix | soak | churn | drain_load) examples+=(--example "$run") ;;
+    *) echo "unknown run: $run (fault_matrix soak churn drain_load)" >&2; exit 1 ;;
+  esac
+done
 cargo build --release --locked --bin healthgate "${examples[@]}"
 hg=target/release/healthgate
 ex=target/release/examples
@@ -33,7 +38,6 @@ for run in $RUNS; do
     churn) taskset -c 1 "$ex/churn" "$(size 100000 10000)" "$(size 10000 1000)" "${server[@]}" ;;
     # SIGTERM at thousands of Check/s with WATCHERS open (LOADERS Check connections).
     drain_load) taskset -c 1 "$ex/drain_load" "$(size 10000 1000)" 8 "${server[@]}" ;;
-    *) echo "unknown run: $run (fault_matrix soak churn drain_load)" >&2; exit 1 ;;
   esac
 done
 echo "every reliability run held"
