@@ -27,6 +27,8 @@ SCALE_SECONDS=${SCALE_SECONDS:-20}  # measured seconds per engine-scale run (aft
 BASELINE=${BASELINE:-}      # an earlier healthgate binary to compare with, same run
 TWIN_SETTLE=${TWIN_SETTLE:-5}  # seconds between a twin server's start and its load
 RELOAD_DEPS=${RELOAD_DEPS:-1000}  # dependencies in the config the control section reloads
+RELOAD_PHASE=${RELOAD_PHASE:-3}  # seconds per quiet / reloading phase in the control section
+RELOAD_CYCLES=${RELOAD_CYCLES:-5}  # quiet + reloading cycles per Check load there
 work=target/bench
 mkdir -p "$work"
 
@@ -280,28 +282,76 @@ pushcsv="$work/push.csv"
 echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$controlcsv"
 echo "round,deps,reloads,swap_ms_p50,swap_ms_max,kept_ok,replaced_ok,unchanged_intervals,early_probes,shortest_interval_ms" >"$reloadcsv"
 echo "round,server,conns,rps,p50_us,p99_us,failed,non2xx" >"$pushcsv"
-# reload_bench (CPU 1, with its 1,000 dependencies) runs healthgate on CPU 0: a quiet phase, then
-# one reload per second; the same Check loads run in each phase, against the same process.
-phase_seconds=$((2 * (DURATION + 3) + 4))  # two loads, each 1 s warm-up + DURATION + start-up, with margin
+# reload_bench (CPU 1, with its 1,000 dependencies) runs healthgate on CPU 0 and alternates
+# quiet and reloading phases of RELOAD_PHASE seconds (one reload a second in the latter); each
+# Check load runs across RELOAD_CYCLES cycles and its requests are split by the phase they
+# started in (alternating, because this machine's speed drifts more between two consecutive
+# quiet phases than the 5 % the target resolves; see examples/reload_bench.rs).
+cycle_seconds=$((2 * RELOAD_PHASE))
+load_seconds=$((RELOAD_CYCLES * cycle_seconds))
 for round in $(seq "$ROUNDS"); do
   out="$work/reload_bench.out"
-  taskset -c 1 "$ex/reload_bench" "$RELOAD_DEPS" "$phase_seconds" "$phase_seconds" taskset -c 0 "$hg" \
+  # Two loads, each with 1 s of warm-up, plus a cycle of margin.
+  taskset -c 1 "$ex/reload_bench" "$RELOAD_DEPS" "$RELOAD_PHASE" "$((2 * RELOAD_CYCLES + 2))" taskset -c 0 "$hg" \
     >"$out" 2>"$work/reload_bench.err" &
   bench_pid=$!
   echo "$bench_pid" >>"$pidfile"
   line=$(nth_line "$out" 1 120)
   pid=$(kv "$line" pid); addr=$(kv "$line" grpc)
   echo "$pid" >>"$pidfile"
-  LOAD_CSV=$controlcsv load "$round" saturated quiet "$pid" "$addr" "$work/overall.bin"
-  LOAD_CSV=$controlcsv load "$round" fixed quiet "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
-  nth_line "$out" 2 60 >/dev/null # "reloading"
-  LOAD_CSV=$controlcsv load "$round" saturated reloading "$pid" "$addr" "$work/overall.bin"
-  LOAD_CSV=$controlcsv load "$round" fixed reloading "$pid" "$addr" "$work/overall.bin" --rps "$((RATE / CONNS))"
+  for scenario in saturated fixed; do
+    rate=()
+    [ "$scenario" = fixed ] && rate=(--rps "$((RATE / CONNS))")
+    taskset -c 1 h2load -D "$load_seconds" --warm-up-time 1 -c "$CONNS" -m "$STREAMS" "${rate[@]}" \
+      -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/overall.bin" \
+      --log-file "$work/h2load-control-$round-$scenario.log" \
+      "http://$addr/grpc.health.v1.Health/Check" >"$work/h2load-control-$round-$scenario.out" 2>&1
+  done
   wait "$bench_pid" || { echo "reload_bench failed: $(cat "$work/reload_bench.err")" >&2; exit 1; }
-  line=$(nth_line "$out" 3 1)
-  echo "$round,$(kv "$line" deps),$(kv "$line" reloads),$(kv "$line" swap_ms_p50),$(kv "$line" swap_ms_max),$(kv "$line" kept_ok),$(kv "$line" replaced_ok),$(kv "$line" unchanged_intervals),$(kv "$line" early_probes),$(kv "$line" shortest_interval_ms)" >>"$reloadcsv"
-  tail -1 "$reloadcsv" | awk -F, '{printf "  %s reloads of %s deps: signal to swap p50 %s ms max %s ms  kept ok %s  early re-probes %s of %s (shortest %s ms)\n", $3, $2, $4, $5, $6, $9, $8, $10}'
-
+  # Each load's requests, by the phase they started in: one row per phase into control.csv.
+  for scenario in saturated fixed; do
+    python3 - "$round" "$scenario" "$work/h2load-control-$round-$scenario.log" "$out" "$tick_us" >>"$controlcsv" <<'PY'
+import bisect, sys
+round_, scenario, log, phases_file, tick_us = sys.argv[1:]
+reqs = []
+for l in open(log):
+    p = l.split()
+    if len(p) >= 3:
+        reqs.append((int(p[0]), int(p[1]), int(p[2])))
+reqs.sort()
+first, last = reqs[0][0], reqs[-1][0]
+phases = []
+for l in open(phases_file):
+    p = l.split()
+    if len(p) == 4 and p[0] in ("quiet", "reloading"):
+        phases.append((int(p[1]), int(p[2]), p[0], int(p[3])))
+phases.sort()
+starts = [p[0] for p in phases]
+by = {"quiet": [], "reloading": []}
+failed = {"quiet": 0, "reloading": 0}
+for t, status, d in reqs:
+    i = bisect.bisect_right(starts, t) - 1
+    if i < 0 or t >= phases[i][1]:
+        continue
+    name = phases[i][2]
+    by[name].append(d)
+    if status != 200:
+        failed[name] += 1
+for name in ("quiet", "reloading"):
+    # Seconds of the phase inside the load's span; CPU from the phases wholly inside it.
+    span = sum(max(0, min(e, last) - max(s, first)) for s, e, n, _ in phases if n == name) / 1e6
+    whole = [(s, e, c) for s, e, n, c in phases if n == name and s >= first and e <= last]
+    inside = sum(1 for t, _, _ in reqs if any(s <= t < e for s, e, _ in whole))
+    ticks = sum(c for _, _, c in whole)
+    lat = sorted(by[name])
+    n = len(lat)
+    p = lambda q: lat[min(n - 1, int(q * n))] if n else 0
+    cpu = ticks * int(tick_us) / inside if inside else 0
+    print(f"{round_},{scenario},{name},{n / span if span else 0:.0f},{p(0.5)},{p(0.99)},{cpu:.2f},{failed[name]}")
+PY
+    tail -2 "$controlcsv" | awk -F, '{printf "  %-9s %-9s %9s req/s  p50 %5s us  p99 %6s us  cpu %s us/req  failed %s\n", $2, $3, $4, $5, $6, $7, $8}'
+  done
+  line=$(nth_line "$out" 2 1)
   # POST /push/job (a heartbeat) over HTTP/1.1 keep-alive, without and with a state file (every
   # report written to disk, fsync'd, before it is answered).
   printf 'x' >"$work/push-body.bin"

@@ -1,20 +1,28 @@
-//! Benchmark helper: hot reload. `reload_bench DEPS QUIET_SECONDS RELOAD_SECONDS COMMAND
-//! [ARGS…]` serves DEPS HTTP dependencies on 127.0.0.1 (paths `/d/0` … `/d/DEPS-1`, `200 ok`,
-//! arrival times recorded), writes a config probing each every second, runs
-//! `COMMAND ARGS… serve --config FILE` (e.g. `taskset -c 0 target/release/healthgate`), waits
-//! until every dependency was probed, then:
+//! Benchmark helper: hot reload. `reload_bench DEPS PHASE_SECONDS CYCLES COMMAND [ARGS…]`
+//! serves DEPS HTTP dependencies on 127.0.0.1 (paths `/d/0` … `/d/DEPS-1`, `200 ok`, arrival
+//! times recorded), writes a config probing each every second, runs `COMMAND ARGS… serve
+//! --config FILE` (e.g. `taskset -c 0 target/release/healthgate`), waits until every dependency
+//! was probed, then:
 //!
-//! 1. prints `pid=PID grpc=ADDR` (the server's) and stays quiet for QUIET_SECONDS (a load generator
-//!    measures Check without reloads);
-//! 2. prints `reloading`, and for RELOAD_SECONDS sends one SIGHUP per second, each after
+//! 1. prints `pid=PID grpc=ADDR` (the server's), and runs CYCLES cycles of two phases of
+//!    PHASE_SECONDS each: *quiet* (nothing), then *reloading*: one SIGHUP per second, each after
 //!    rewriting the file (atomically, as an editor does) with dependency `d0`'s URL changed, so
-//!    every reload replaces one dependency and keeps DEPS − 1 (the load generator measures
-//!    Check during reloads);
-//! 3. prints one `key=value` line: signal-to-swap time per reload (from the signal to the
+//!    every reload replaces one dependency and keeps DEPS − 1. A load generator runs across the
+//!    cycles and its requests are told apart by the phase they started in.
+//! 2. prints one `key=value` line: signal-to-swap time per reload (from the signal to the
 //!    timestamp of the server's `config reloaded` log line, which it writes once the swap is
 //!    done), what the server said it kept and replaced, and `early_probes`: intervals between
 //!    two probes of an *unchanged* dependency shorter than 80 % of its interval (1 s ± 10 %
 //!    jitter cannot make one; a reload that re-probed what it kept would make hundreds).
+//! 3. prints one `PHASE START_US END_US CPU_TICKS` line per phase (`quiet` or `reloading`;
+//!    microseconds since the Unix epoch, as `h2load --log-file` stamps requests; the server's
+//!    user + system clock ticks spent in the phase, from `/proc/PID/stat`).
+//!
+//! Why the phases alternate: on a shared 2-vCPU machine the server's speed drifts by tens of
+//! percent over tens of seconds (two consecutive 10 s quiet phases of the same process, same
+//! fixed Check load: p99 1,714 vs 2,045 µs, and 263 vs 367 ticks of CPU for the same work), so a
+//! quiet phase followed by a reloading phase measured the drift, not the reloads. Alternating
+//! every few seconds puts both phases under the same drift.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -56,15 +64,15 @@ fn write_config(path: &std::path::Path, deps: u32, port: u16, version: u32) -> s
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: reload_bench DEPS QUIET_SECONDS RELOAD_SECONDS COMMAND [ARGS…]";
+    const USAGE: &str = "usage: reload_bench DEPS PHASE_SECONDS CYCLES COMMAND [ARGS…]";
     let mut args = std::env::args().skip(1);
     let deps: u32 = args.next().ok_or(USAGE)?.parse()?;
-    let quiet: u64 = args.next().ok_or(USAGE)?.parse()?;
-    let reloading: u32 = args.next().ok_or(USAGE)?.parse()?;
+    let phase: u32 = args.next().ok_or(USAGE)?.parse()?;
+    let cycles: u32 = args.next().ok_or(USAGE)?.parse()?;
     let command: Vec<String> = args.collect();
     let (program, prefix) = command.split_first().ok_or(USAGE)?;
-    if deps < 2 {
-        return Err("DEPS must be at least 2".into());
+    if deps < 2 || phase < 1 || cycles < 1 {
+        return Err("DEPS must be at least 2, PHASE_SECONDS and CYCLES at least 1".into());
     }
 
     let started = Instant::now();
@@ -143,43 +151,79 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("pid={pid} grpc={grpc}");
-    tokio::time::sleep(Duration::from_secs(quiet)).await;
-    println!("reloading");
     let window_start = started.elapsed().as_micros() as u64;
 
+    let epoch_us = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros()
+    };
+    // The server's user + system clock ticks (fields 14 and 15 of /proc/PID/stat).
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        // Fields after the command start at field 3.
+        field(14 - 3).unwrap_or(0) + field(15 - 3).unwrap_or(0)
+    };
+    let mut phases = Vec::new();
     let mut swap_ms = Vec::new();
     let mut kept = Vec::new();
     let mut replaced = Vec::new();
-    for version in 1..=reloading {
-        let tick = Instant::now();
-        write_config(&config, deps, port, version)?;
-        let signalled = SystemTime::now();
-        // kill(2) directly: spawning `kill` would fork on the load generator's core.
-        let target = rustix::process::Pid::from_raw(pid as i32).ok_or("no server pid")?;
-        rustix::process::kill_process(target, rustix::process::Signal::HUP)?;
-        let line = tokio::time::timeout(Duration::from_secs(10), reloaded.recv())
-            .await?
-            .ok_or("the server's log ended")?;
-        if line.contains("rejected") {
-            return Err(format!("a reload was rejected: {line}").into());
+    let mut version = 0;
+    let mut next = Instant::now();
+    let mut mark = (SystemTime::now(), cpu_ticks());
+    let mut close_phase = |name: &'static str, mark: &mut (SystemTime, u64)| {
+        let now = (SystemTime::now(), cpu_ticks());
+        phases.push(format!(
+            "{name} {} {} {}",
+            epoch_us(mark.0),
+            epoch_us(now.0),
+            now.1.saturating_sub(mark.1)
+        ));
+        *mark = now;
+    };
+    for _ in 0..cycles {
+        next += Duration::from_secs(u64::from(phase));
+        tokio::time::sleep_until(next.into()).await;
+        close_phase("quiet", &mut mark);
+        for _ in 0..phase {
+            version += 1;
+            write_config(&config, deps, port, version)?;
+            let signalled = SystemTime::now();
+            // kill(2) directly: spawning `kill` would fork on the load generator's core.
+            let target = rustix::process::Pid::from_raw(pid as i32).ok_or("no server pid")?;
+            rustix::process::kill_process(target, rustix::process::Signal::HUP)?;
+            let line = tokio::time::timeout(Duration::from_secs(10), reloaded.recv())
+                .await?
+                .ok_or("the server's log ended")?;
+            if line.contains("rejected") {
+                return Err(format!("a reload was rejected: {line}").into());
+            }
+            let stamp = line.split_whitespace().next().unwrap_or_default();
+            let swapped = humantime::parse_rfc3339(stamp)?;
+            let ms = swapped
+                .duration_since(signalled)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0;
+            swap_ms.push(ms);
+            let field = |key: &str| -> u64 {
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(u64::MAX)
+            };
+            kept.push(field("kept="));
+            replaced.push(field("replaced="));
+            next += Duration::from_secs(1);
+            tokio::time::sleep_until(next.into()).await;
         }
-        let stamp = line.split_whitespace().next().unwrap_or_default();
-        let swapped = humantime::parse_rfc3339(stamp)?;
-        let ms = swapped
-            .duration_since(signalled)
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1000.0;
-        swap_ms.push(ms);
-        let field = |key: &str| -> u64 {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u64::MAX)
-        };
-        kept.push(field("kept="));
-        replaced.push(field("replaced="));
-        tokio::time::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed())).await;
+        close_phase("reloading", &mut mark);
     }
     // One more interval, so a probe a late reload caused is in the record.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -190,7 +234,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
     arrivals.sort_unstable();
-    // Intervals of unchanged dependencies (all but d0) that end inside the reloading window.
+    // Intervals of unchanged dependencies (all but d0) that end inside the cycles.
     let intervals: Vec<u64> = arrivals
         .windows(2)
         .filter(|w| w[0].0 == w[1].0 && w[0].0 != 0)
@@ -213,5 +257,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         all(&replaced, 1),
         intervals.len(),
     );
+    for line in &phases {
+        println!("{line}");
+    }
     Ok(())
 }
