@@ -108,6 +108,7 @@ load() {
   local round=$1 scenario=$2 server=$3 pid=$4 addr=$5 body=$6
   shift 6
   local log="$work/h2load-$round-$scenario-$server.log"
+  rm -f "$log"  # h2load appends to its log file: an earlier run's requests would count again
   local before after
   before=$(cpu_ticks "$pid")
   local out
@@ -252,6 +253,7 @@ for round in $(seq "$ROUNDS"); do
     # Past the first probe rounds (the target is about steady state).
     sleep "$TWIN_SETTLE"
     log="$work/h2load-twin-$round-$server.log"
+    rm -f "$log"
     out=$(taskset -c 1 h2load --h1 -D "$DURATION" --warm-up-time 1 -c "$CONNS" -m 1 --log-file "$log" \
       "http://$addr/readyz" 2>&1)
     python3 - "$round" "$server" "$log" "$out" >>"$twincsv" <<'PY'
@@ -281,6 +283,8 @@ reloadcsv="$work/reload.csv"
 pushcsv="$work/push.csv"
 echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$controlcsv"
 echo "round,deps,reloads,swap_ms_p50,swap_ms_max,kept_ok,replaced_ok,unchanged_intervals,early_probes,shortest_interval_ms" >"$reloadcsv"
+footprintcsv="$work/reload_footprint.csv"
+echo "round,scenario,slow_after_signal_pct,slow_quiet_same_offsets_pct,excess_pct,p99_bound_ratio,aa_quiet_ratio" >"$footprintcsv"
 echo "round,server,conns,rps,p50_us,p99_us,failed,non2xx" >"$pushcsv"
 # reload_bench (CPU 1, with its 1,000 dependencies) runs healthgate on CPU 0 and alternates
 # quiet and reloading phases of RELOAD_PHASE seconds (one reload a second in the latter); each
@@ -290,7 +294,7 @@ echo "round,server,conns,rps,p50_us,p99_us,failed,non2xx" >"$pushcsv"
 cycle_seconds=$((2 * RELOAD_PHASE))
 load_seconds=$((RELOAD_CYCLES * cycle_seconds))
 for round in $(seq "$ROUNDS"); do
-  out="$work/reload_bench.out"
+  out="$work/reload_bench-$round.out"
   # Two loads, each with 1 s of warm-up, plus a cycle of margin.
   taskset -c 1 "$ex/reload_bench" "$RELOAD_DEPS" "$RELOAD_PHASE" "$((2 * RELOAD_CYCLES + 2))" taskset -c 0 "$hg" \
     >"$out" 2>"$work/reload_bench.err" &
@@ -302,6 +306,7 @@ for round in $(seq "$ROUNDS"); do
   for scenario in saturated fixed; do
     rate=()
     [ "$scenario" = fixed ] && rate=(--rps "$((RATE / CONNS))")
+    rm -f "$work/h2load-control-$round-$scenario.log"
     taskset -c 1 h2load -D "$load_seconds" --warm-up-time 1 -c "$CONNS" -m "$STREAMS" "${rate[@]}" \
       -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/overall.bin" \
       --log-file "$work/h2load-control-$round-$scenario.log" \
@@ -350,8 +355,50 @@ for name in ("quiet", "reloading"):
     print(f"{round_},{scenario},{name},{n / span if span else 0:.0f},{p(0.5)},{p(0.99)},{cpu:.2f},{failed[name]}")
 PY
     tail -2 "$controlcsv" | awk -F, '{printf "  %-9s %-9s %9s req/s  p50 %5s us  p99 %6s us  cpu %s us/req  failed %s\n", $2, $3, $4, $5, $6, $7, $8}'
+    # The reloads' own footprint, which this machine's drift does not blur: requests started
+    # in the first 100 ms of each second of a reloading phase (a reload is signalled at the
+    # start of each second and swaps within 100 ms) slower than the quiet phases' p99,
+    # against the same offsets of the quiet phases. Their excess, as a share of all requests,
+    # moved to the tail, bounds the p99 the reloads cause: the quiet quantile at
+    # 0.99 + excess over the quiet p99. And the noise floor of the pooled ratio: the p99 of
+    # the odd quiet phases over that of the even ones (A/A).
+    python3 - "$round" "$scenario" "$work/h2load-control-$round-$scenario.log" "$out" >>"$footprintcsv" <<'PY'
+import bisect, sys
+round_, scenario, log, phases_file = sys.argv[1:]
+reqs = [(int(p[0]), int(p[2])) for p in (l.split() for l in open(log)) if len(p) >= 3]
+phases = sorted((int(p[1]), int(p[2]), p[0]) for p in (l.split() for l in open(phases_file))
+                if len(p) == 4 and p[0] in ("quiet", "reloading"))
+starts = [p[0] for p in phases]
+lat = {"quiet": [], "reloading": []}
+early = {"quiet": [], "reloading": []}
+window = {}
+for t, d in reqs:
+    i = bisect.bisect_right(starts, t) - 1
+    if i < 0 or t >= phases[i][1]:
+        continue
+    name = phases[i][2]
+    lat[name].append(d)
+    window.setdefault(i, []).append(d)
+    if (t - phases[i][0]) % 1_000_000 < 100_000:
+        early[name].append(d)
+quiet = sorted(lat["quiet"])
+q = lambda sorted_, x: sorted_[min(len(sorted_) - 1, int(x * len(sorted_)))]
+p99 = q(quiet, 0.99)
+slow = lambda ds: 100 * sum(d > p99 for d in ds) / max(1, len(ds))
+after, same = slow(early["reloading"]), slow(early["quiet"])
+share = len(early["reloading"]) / max(1, len(lat["reloading"]))
+excess = max(0.0, after - same) * share
+bound = q(quiet, 0.99 + excess / 100) / p99
+odd = sorted(d for k, i in enumerate(i for i in sorted(window) if phases[i][2] == "quiet") if k % 2 for d in window[i])
+even = sorted(d for k, i in enumerate(i for i in sorted(window) if phases[i][2] == "quiet") if not k % 2 for d in window[i])
+aa = q(odd, 0.99) / q(even, 0.99) if odd and even else 0
+print(f"{round_},{scenario},{after:.2f},{same:.2f},{excess:.3f},{bound:.3f},{aa:.3f}")
+PY
+    tail -1 "$footprintcsv" | awk -F, '{printf "  %-9s reload footprint: %s%% slow in the 100 ms after a signal vs %s%% quiet; excess %s%% of all; p99 bound %s x; A/A of quiet phases %s x\n", $2, $3, $4, $5, $6, $7}'
   done
   line=$(nth_line "$out" 2 1)
+  echo "$round,$(kv "$line" deps),$(kv "$line" reloads),$(kv "$line" swap_ms_p50),$(kv "$line" swap_ms_max),$(kv "$line" kept_ok),$(kv "$line" replaced_ok),$(kv "$line" unchanged_intervals),$(kv "$line" early_probes),$(kv "$line" shortest_interval_ms)" >>"$reloadcsv"
+  tail -1 "$reloadcsv" | awk -F, '{printf "  %s reloads of %s deps: signal to swap p50 %s ms max %s ms  kept ok %s  early re-probes %s of %s (shortest %s ms)\n", $3, $2, $4, $5, $6, $9, $8, $10}'
   # POST /push/job (a heartbeat) over HTTP/1.1 keep-alive, without and with a state file (every
   # report written to disk, fsync'd, before it is answered).
   printf 'x' >"$work/push-body.bin"
@@ -365,6 +412,7 @@ PY
     read -r pid addr < <(LISTEN=http start "$server" 0 "$hg" serve --config "$work/$server.toml")
     for conns in $CONNS 64; do
       log="$work/h2load-push-$round-$server-$conns.log"
+      rm -f "$log"
       out=$(taskset -c 1 h2load --h1 -D "$DURATION" --warm-up-time 1 -c "$conns" -m 1 -d "$work/push-body.bin" \
         -H 'authorization: Bearer bench-admin-token' --log-file "$log" \
         "http://$addr/push/job?status=healthy" 2>&1)

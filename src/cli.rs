@@ -103,7 +103,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Validate { file },
         } => match healthgate::Config::load(&file) {
             Ok(config) => {
-                for w in healthgate::engine::capacity::warnings(&config.dependencies) {
+                for w in healthgate::engine::capacity::warnings(config.dependencies.values()) {
                     eprintln!("{}: warning: {w}", file.display());
                 }
                 println!(

@@ -256,6 +256,54 @@ pub(crate) fn parse_known(
     env: &dyn Fn(&str) -> Option<String>,
     known: &dyn Fn(&str) -> bool,
 ) -> Result<Config, ConfigError> {
+    parse_with(text, source, base_dir, env, known, None).map(|(config, _)| config)
+}
+
+/// What validating a config file keeps for validating the same file again (a reload): each
+/// dependency's table as written, with the file's `[defaults]`, where the spec came from
+/// that table and those defaults alone — no `${NAME}` in it and no file read for it (a
+/// variable or a certificate file may have changed since). A table that is equal the next
+/// time takes the spec validated from it then instead of being validated again: the same
+/// input, the same answer. About 150–300 bytes a dependency.
+///
+/// Measured (1,000 HTTP dependencies, one changed per reload, release, the CPU time of 12
+/// reloads' preparations as logged in `prepare_cpu_ms`): 5.8 ms median without it, 4.5 ms
+/// with it; validating had been 2.0–2.2 ms of it, parsing the TOML 1.6–2.0 ms (which stays).
+#[derive(Debug, Default)]
+pub(crate) struct Validated {
+    defaults: raw::RawDefaults,
+    tables: std::collections::HashMap<String, raw::RawDependency>,
+}
+
+/// The file at `path` validated again as [`Config::from_file_text`] does, taking the specs of
+/// `earlier` (the config read before, with what that read kept) for dependencies whose tables
+/// are unchanged; with what this read keeps for the next.
+pub(crate) fn parse_again(
+    path: &Path,
+    text: &str,
+    earlier: (&Config, &Validated),
+) -> Result<(Config, Validated), ConfigError> {
+    let source = path.display().to_string();
+    let env = |name: &str| std::env::var(name).ok();
+    parse_with(
+        text,
+        &source,
+        path.parent(),
+        &env,
+        &|_| false,
+        Some(earlier),
+    )
+    .map(|(config, kept)| (config, kept.unwrap_or_default()))
+}
+
+fn parse_with(
+    text: &str,
+    source: &str,
+    base_dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    known: &dyn Fn(&str) -> bool,
+    earlier: Option<(&Config, &Validated)>,
+) -> Result<(Config, Option<Validated>), ConfigError> {
     let fail = |problems| ConfigError::new(source, problems);
     let de = toml::Deserializer::parse(text)
         .map_err(|e| fail(vec![Problem::new("", syntax_message(text, &e))]))?;
@@ -274,9 +322,12 @@ pub(crate) fn parse_known(
         base_dir,
         target_template: None,
         known,
+        earlier: earlier.map(|(config, kept)| (&config.dependencies, kept)),
+        pure: true,
+        kept: None,
     };
     match v.config(raw) {
-        Some(config) => Ok(config),
+        Some(config) => Ok((config, v.kept)),
         None => {
             v.problems.sort_by(|a, b| a.path.cmp(&b.path));
             Err(fail(v.problems))

@@ -22,12 +22,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, DependencySpec, Problem, ServiceSpec};
-use crate::engine::{Applied, ChangeError, Handle, Plan};
+use crate::config::{Config, ConfigError, DependencySpec, Problem, ServiceSpec, Validated};
+use crate::engine::{Applied, ChangeError, Effective, Handle, Plan, Service};
 use metrics::ReloadMetrics;
 pub use state::StateFile;
 pub use watch::{ConfigWatch, DEFAULT_DEBOUNCE, watch};
@@ -91,6 +91,8 @@ struct InForce {
     /// The engine's configuration revision at which it runs exactly what `config` and
     /// `runtime` make (see [`Plan`]); `None` until a change through this reloader told it.
     revision: Option<u64>,
+    /// What reading `config` kept for reading the file again (empty for the first read).
+    validated: Arc<Validated>,
 }
 
 /// The runtime layer: dependencies and services added by the admin API. A name belongs to
@@ -176,8 +178,19 @@ impl fmt::Debug for Reloader {
     }
 }
 
-/// Reads and validates the config file at `path`, with the SHA-256 of its bytes.
-pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
+/// [`read`] again: dependencies whose tables are unchanged since `earlier` take their specs
+/// from there ([`Validated`]); with what this read keeps for the next.
+fn read_again(
+    path: &Path,
+    earlier: (&Config, &Validated),
+) -> Result<(Config, String, Validated), ConfigError> {
+    let (text, hash) = read_text(path)?;
+    let (config, validated) = crate::config::parse_again(path, &text, earlier)?;
+    Ok((config, hash, validated))
+}
+
+/// The file's text, with the SHA-256 of its bytes.
+fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
     let text = std::fs::read(path).map_err(|e| {
         ConfigError::new(
             path.display().to_string(),
@@ -191,6 +204,12 @@ pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
             vec![Problem::new("", "the file is not UTF-8 text")],
         )
     })?;
+    Ok((text, hash))
+}
+
+/// Reads and validates the config file at `path`, with the SHA-256 of its bytes.
+pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
+    let (text, hash) = read_text(path)?;
     Ok((Config::from_file_text(path, &text)?, hash))
 }
 
@@ -204,8 +223,14 @@ struct Prepared {
     shadowed: Vec<String>,
     /// Keys that changed but apply only at the next start.
     ignored: Vec<&'static str>,
+    /// Capacity warnings for the new configuration (logged once the reload is in hand).
+    warnings: Vec<String>,
     /// The difference from the configuration in force, when its engine revision is known.
     plan: Option<Result<Plan, ChangeError>>,
+    /// The CPU time the preparation took (logged with the reload).
+    cpu: Duration,
+    /// What this read keeps for the next.
+    validated: Validated,
 }
 
 /// What a reload is prepared against: the configuration in force, and the engine revision
@@ -215,80 +240,215 @@ struct Base {
     config: Arc<Config>,
     runtime: Layer,
     revision: Option<u64>,
+    validated: Arc<Validated>,
 }
 
 /// [`read`], and the rest of a reload's preparation ([`Prepared`]: the shadowed runtime
 /// items, the keys that need a restart, capacity warnings, and the [`Plan`] against `base`),
-/// on a thread of its own at a lower CPU priority (nice 5), so that the serving thread, often
-/// alone on its core, keeps answering while a reload is worked out. Measured with
-/// `bench/run.sh` (section `control`, 1,000 dependencies, one reload a second, server on one
-/// core, Check at a fixed 60,000/s): reading and validating costs about 7 ms of CPU
-/// (release); parsing on the serving thread made Check p99 1.12x the quiet figure, on the
-/// shared blocking pool (same priority, time-sliced with the server) 1.21x, here at nice 5
-/// 1.06x to 1.18x by round (nice 10 the same, 1.14x, with a slower swap); what was left on
-/// the serving thread then — about 2 ms per reload: the effective configuration built, the
-/// whole of it checked and compared again by the engine, the old one dropped — is here too
-/// now, and the engine applies only the difference. Not the blocking pool: its threads also
-/// resolve names for the probes, which must not run at a lower priority. (The configuration
-/// a reload replaces is dropped on a thread of its own too: [`drop_elsewhere`].)
+/// off the serving thread, which is often alone on its core: on a thread of Linux's
+/// `SCHED_IDLE` class, which runs only when the core has nothing else to run and yields it
+/// the moment the server wakes; if it has not finished within [`IDLE_GRACE`] (a saturated
+/// core has no idle time), the same thread is moved to the normal class at nice 5 (a quarter
+/// of the server's share under contention) to finish.
 ///
-/// Tried and dropped: `SCHED_IDLE` (preempted the moment the server wakes, where a nice
-/// thread keeps its scheduler slice), with a nice-5 second preparation after 30 ms without
-/// idle time. On a second, 2x slower machine (validation 14.5 ms), 5 rounds at a fixed
-/// 30,000 Check/s: p99 reloading over quiet 1.16x to 1.95x by round against 1.29x to 1.70x
-/// at nice 5 in the run before, no better, and signal to swap max 106 to 117 ms against 40 to
-/// 75 ms. The serving thread's p99 under reloads is not decided by this thread's priority.
-async fn prepare_in_background(
-    path: PathBuf,
-    base: Base,
-    trigger: String,
-) -> Result<Prepared, ReloadError> {
-    /// The reader's nice value: a quarter of the serving thread's CPU share under contention,
-    /// so a reload still swaps in tens of milliseconds on a saturated core.
-    const NICE: i32 = 5;
+/// Why not a nice thread alone: under EEVDF a running task keeps its slice (about 0.75 ms)
+/// when the server wakes, whatever its nice value, while a `SCHED_IDLE` one is preempted at
+/// once. Measured (`bench/run.sh`, section `control`, 1,000 dependencies, one reload a
+/// second, server on one core, Check at a fixed 30,000/s, requests by 20 ms since the
+/// signal): at nice 5, 23 % of the requests of the first 20 ms after a signal were slower
+/// than the quiet phases' p99 (0.0–1.7 % in the rest of the second); in `SCHED_IDLE`, 7.9 %.
+/// Why the same thread and not a second preparation at nice 5 (as first built): a starved
+/// idle thread left running still gets picked now and then on a saturated core, and then
+/// holds it for a whole slice while the server, never waking, waits (saturated Check p99
+/// 1.28x the quiet phases' in a run whose quiet halves agreed within 2 %). Not the blocking
+/// pool: its threads also resolve names for the probes, which must not wait. (The
+/// configuration a reload replaces is dropped on a thread of its own: [`drop_elsewhere`].)
+async fn prepare_in_background(path: PathBuf, base: Base) -> Result<Prepared, ReloadError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
+    // The reader while it runs: taken under the lock to raise it, cleared under the lock
+    // before it ends, so a raise never names a thread that is gone.
+    let running: Arc<Mutex<Option<thread_priority::ThreadId>>> = Arc::default();
+    let reader = running.clone();
+    std::thread::Builder::new()
         .name("healthgate-config".into())
         .spawn(move || {
-            // Linux: the calling thread's nice value. A failure only costs the priority.
-            let _ = rustix::process::setpriority_process(None, NICE);
-            let _ = tx.send(prepare(&path, &base, &trigger));
-        });
-    if let Err(e) = spawned {
-        return Err(ReloadError::Rejected(anyhow::anyhow!(
-            "cannot start the config reader: {e}"
-        )));
+            *reader.lock().unwrap_or_else(|p| p.into_inner()) = Reader::start_idle();
+            let prepared = prepare(&path, &base);
+            *reader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let _ = tx.send(prepared);
+        })
+        .map_err(|e| {
+            ReloadError::Rejected(anyhow::anyhow!("cannot start the config reader: {e}"))
+        })?;
+    let prepared = async {
+        rx.await
+            .map_err(|_| ReloadError::Rejected(anyhow::anyhow!("the config reader stopped")))?
+    };
+    tokio::pin!(prepared);
+    tokio::select! {
+        prepared = &mut prepared => return prepared,
+        () = tokio::time::sleep(IDLE_GRACE) => {}
     }
-    rx.await
-        .map_err(|_| ReloadError::Rejected(anyhow::anyhow!("the config reader stopped")))?
+    Reader::raise(running);
+    prepared.await
 }
 
-fn prepare(path: &Path, base: &Base, trigger: &str) -> Result<Prepared, ReloadError> {
-    let (config, hash) = read(path)?;
+/// How long a reload's preparation waits for idle CPU before it asks for a quarter of the
+/// server's share (nice 5). A core under a fixed load leaves idle time and the preparation
+/// finishes inside it; a saturated core leaves none, and the reload must still swap well
+/// under 100 ms. Tried: nice 10 first (a tenth for longer cost a saturated server's p99 less:
+/// 0.08–0.23 % of all requests slowed, against 0.27–0.45 % at nice 5) swapped up to 145 ms
+/// after the signal; nice 10 then nice 5 from 60 ms, up to 112 ms. Nice 5 from 15 ms: 49 ms.
+const IDLE_GRACE: Duration = Duration::from_millis(15);
+
+/// A reload preparation thread's scheduling (Linux; elsewhere these calls fail and cost only
+/// the priority, so failures are not reported).
+struct Reader;
+
+impl Reader {
+    /// Puts the calling thread in `SCHED_IDLE`, with nice 5 for when it leaves it; its id for
+    /// [`Reader::raise`], or `None` when the class could not be set (then it runs at nice 5).
+    fn start_idle() -> Option<thread_priority::ThreadId> {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let id = thread_native_id();
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let set = set_thread_priority_and_policy(id, ThreadPriority::Min, idle).is_ok();
+        // After the class: setting it also sets the calling thread's nice value.
+        let _ = rustix::process::setpriority_process(None, 5);
+        set.then_some(id)
+    }
+
+    /// Moves the reader in `running`, if it still runs, from `SCHED_IDLE` to the normal
+    /// class, where its nice 5 applies. From a short-lived thread of its own: the library
+    /// also sets the nice value of the thread that calls it, which must not be the server's.
+    fn raise(running: Arc<Mutex<Option<thread_priority::ThreadId>>>) {
+        let _ = std::thread::Builder::new()
+            .name("healthgate-config".into())
+            .spawn(move || {
+                use thread_priority::{
+                    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                    set_thread_priority_and_policy,
+                };
+                let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(id) = *running {
+                    let other = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+                    let _ = set_thread_priority_and_policy(id, ThreadPriority::Min, other);
+                }
+            });
+    }
+}
+
+fn prepare(path: &Path, base: &Base) -> Result<Prepared, ReloadError> {
+    let started = thread_cpu_time();
+    let (config, hash, validated) = read_again(path, (&base.config, &base.validated))?;
     let (runtime, shadowed) = base.runtime.without(&config);
     let ignored = not_reloadable(&base.config, &config);
-    let (dependencies, services) = effective(&config, &runtime);
-    for w in crate::engine::capacity::warnings(&dependencies) {
-        warn!(trigger, "config reload: performance warning: {w}");
-    }
+    let new = InEffect {
+        file: &config,
+        layer: &runtime,
+    };
+    let warnings = crate::engine::capacity::warnings(new.dependencies().map(|(_, spec)| spec));
     let plan = base.revision.map(|revision| {
-        let (old_dependencies, old_services) = effective(&base.config, &base.runtime);
-        Plan::new(
-            revision,
-            &old_dependencies,
-            &old_services,
-            dependencies,
-            services,
-        )
+        let old = InEffect {
+            file: &base.config,
+            layer: &base.runtime,
+        };
+        Plan::between(revision, &old, &new)
     });
+    let cpu = thread_cpu_time().saturating_sub(started);
     Ok(Prepared {
         config,
         hash,
         runtime,
         shadowed,
         ignored,
+        warnings,
         plan,
+        cpu,
+        validated,
     })
+}
+
+/// The CPU time of the calling thread so far (zero where the clock cannot be read).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The effective configuration by reference: the file's dependencies and services with the
+/// runtime layer's (which holds no name the file defines, but may hold `""`). What
+/// [`effective`] builds, without building it: a reload compares two of these
+/// ([`Plan::between`]) and clones only what changed.
+struct InEffect<'a> {
+    file: &'a Config,
+    layer: &'a Layer,
+}
+
+impl InEffect<'_> {
+    /// Whether `spec` is what the validator puts under `""` when the file does not configure
+    /// it: every file dependency, critical.
+    fn is_defaulted(&self, spec: &ServiceSpec) -> bool {
+        spec.quorums.is_empty()
+            && spec.degraded == crate::config::DegradedPolicy::default()
+            && spec.dependencies.len() == self.file.dependencies.len()
+            && (spec.dependencies.iter())
+                .zip(self.file.dependencies.keys())
+                .all(|((n, impact), k)| n == k && *impact == crate::Impact::Critical)
+    }
+}
+
+impl Effective for InEffect<'_> {
+    fn dependency(&self, name: &str) -> Option<&DependencySpec> {
+        (self.file.dependencies.get(name))
+            .or_else(|| self.layer.dependencies.get(name).map(|r| &r.spec))
+    }
+
+    fn dependencies(&self) -> Box<dyn Iterator<Item = (&str, &DependencySpec)> + '_> {
+        let file = self.file.dependencies.iter();
+        let layer = (self.layer.dependencies.iter())
+            .filter(|(n, _)| !self.file.dependencies.contains_key(*n))
+            .map(|(n, r)| (n, &r.spec));
+        Box::new(file.chain(layer).map(|(n, s)| (n.as_str(), s)))
+    }
+
+    fn service(&self, name: &str) -> Option<Service<'_>> {
+        let spec = (self.layer.services.get(name).map(|r| &r.spec))
+            .or_else(|| self.file.services.get(name));
+        match spec {
+            Some(s) if !(name.is_empty() && self.is_defaulted(s)) => Some(Service::Spec(s)),
+            _ if name.is_empty() => Some(Service::Every),
+            _ => None,
+        }
+    }
+
+    fn services(&self) -> Box<dyn Iterator<Item = (&str, Service<'_>)> + '_> {
+        let mut names: std::collections::BTreeSet<&str> =
+            (self.file.services.keys().chain(self.layer.services.keys()))
+                .map(String::as_str)
+                .collect();
+        names.insert("");
+        Box::new(
+            names
+                .into_iter()
+                .filter_map(|n| self.service(n).map(|s| (n, s))),
+        )
+    }
+
+    fn parent_problems(&self) -> Vec<Problem> {
+        if self.layer.dependencies.is_empty() {
+            return crate::config::parent_problems(&self.file.dependencies, &|_| false);
+        }
+        let every: BTreeMap<String, DependencySpec> = (self.dependencies())
+            .map(|(n, s)| (n.to_owned(), s.clone()))
+            .collect();
+        crate::config::parent_problems(&every, &|_| false)
+    }
 }
 
 /// Drops `value` on a short-lived thread of its own: a replaced configuration of thousands
@@ -335,6 +495,7 @@ impl Reloader {
                 },
                 runtime: Layer::default(),
                 revision: None,
+                validated: Arc::default(),
             }),
             turn: tokio::sync::Mutex::new(()),
             metrics,
@@ -415,6 +576,7 @@ impl Reloader {
                 config: state.config.clone(),
                 runtime: state.runtime.clone(),
                 revision: state.revision,
+                validated: state.validated.clone(),
             }
         };
         let Prepared {
@@ -423,8 +585,14 @@ impl Reloader {
             runtime,
             shadowed,
             ignored,
+            warnings,
             plan,
-        } = prepare_in_background(self.path.clone(), base, trigger.to_owned()).await?;
+            cpu,
+            validated,
+        } = prepare_in_background(self.path.clone(), base).await?;
+        for w in &warnings {
+            warn!(trigger, "config reload: performance warning: {w}");
+        }
         let refused = |e: ChangeError| match e {
             ChangeError::ShuttingDown => ReloadError::ShuttingDown,
             e => ReloadError::Rejected(anyhow::Error::from(e)),
@@ -470,6 +638,7 @@ impl Reloader {
             services_added = applied.added_services.len(),
             services_changed = applied.changed_services.len(),
             services_removed = applied.removed_services.len(),
+            prepare_cpu_ms = format_args!("{:.1}", cpu.as_secs_f64() * 1000.0),
             "config reloaded"
         );
         let replaced = {
@@ -488,6 +657,7 @@ impl Reloader {
             (
                 std::mem::replace(&mut state.config, config),
                 std::mem::replace(&mut state.runtime, runtime),
+                std::mem::replace(&mut state.validated, Arc::new(validated)),
             )
         };
         drop_elsewhere(replaced);
@@ -924,6 +1094,129 @@ mod tests {
         let mut almost = full;
         almost.remove("d0");
         assert!(room(&almost, "dependency", "new").is_ok());
+    }
+
+    fn layer(dependencies: &[&str], services: &[(&str, ServiceSpec)]) -> Layer {
+        let toml: Arc<str> = Arc::from("");
+        Layer {
+            dependencies: (dependencies.iter())
+                .map(|n| {
+                    let spec = DependencySpec::push(Duration::from_secs(30), None);
+                    let toml = toml.clone();
+                    ((*n).to_owned(), Runtime { spec, toml })
+                })
+                .collect(),
+            services: (services.iter())
+                .map(|(n, spec)| {
+                    let (spec, toml) = (spec.clone(), toml.clone());
+                    ((*n).to_owned(), Runtime { spec, toml })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_effective_view_is_what_effective_builds_with_the_default_service() {
+        let defaulted = Config::from_toml(
+            "[dependencies.a]\nkind = \"tcp\"\naddress = \"a:1\"\n\
+             [dependencies.b]\nkind = \"tcp\"\naddress = \"b:1\"\n\
+             [services.web]\ndependencies = { a = \"critical\" }\n",
+        )
+        .expect("valid");
+        let configured = Config::from_toml(
+            "[dependencies.a]\nkind = \"tcp\"\naddress = \"a:1\"\n\
+             [services.\"\"]\ndependencies = { a = \"degrading\" }\n",
+        )
+        .expect("valid");
+        let critical_a = ServiceSpec::with_all(["a"], crate::Impact::Critical);
+        let layers = [
+            layer(&[], &[]),
+            layer(&["r1", "r2"], &[]),
+            layer(&["r1"], &[("ops", critical_a.clone())]),
+            layer(&[], &[("", critical_a.clone())]),
+        ];
+        for file in [&defaulted, &configured] {
+            for layer in &layers {
+                let view = InEffect { file, layer };
+                let (dependencies, services) = effective(file, layer);
+                let services = crate::engine::with_default_service(&dependencies, services);
+                let seen: BTreeMap<String, DependencySpec> = (view.dependencies())
+                    .map(|(n, s)| (n.to_owned(), s.clone()))
+                    .collect();
+                assert_eq!(seen, dependencies, "{layer:?}");
+                let seen: BTreeMap<String, ServiceSpec> = (view.services())
+                    .map(|(n, s)| (n.to_owned(), s.to_spec(&view)))
+                    .collect();
+                assert_eq!(seen, services, "{layer:?}");
+                for name in ["a", "r1", "zz"] {
+                    assert_eq!(view.dependency(name), dependencies.get(name));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reload_plan_between_views_keeps_the_same_and_names_every_difference() {
+        let before = Config::from_toml(
+            "[dependencies.a]\nkind = \"tcp\"\naddress = \"a:1\"\n\
+             [dependencies.b]\nkind = \"tcp\"\naddress = \"b:1\"\n\
+             [dependencies.c]\nkind = \"tcp\"\naddress = \"c:1\"\n\
+             [services.web]\ndependencies = { a = \"critical\" }\n",
+        )
+        .expect("valid");
+        // b changed, c removed, d added; web the same; "" follows the dependencies.
+        let after = Config::from_toml(
+            "[dependencies.a]\nkind = \"tcp\"\naddress = \"a:1\"\n\
+             [dependencies.b]\nkind = \"tcp\"\naddress = \"b:2\"\n\
+             [dependencies.d]\nkind = \"tcp\"\naddress = \"d:1\"\n\
+             [services.web]\ndependencies = { a = \"critical\" }\n",
+        )
+        .expect("valid");
+        let empty = Layer::default();
+        let view = |file| InEffect {
+            file,
+            layer: &empty,
+        };
+        let plan = Plan::between(7, &view(&before), &view(&after)).expect("valid");
+        let text = format!("{plan:?}");
+        for expected in [
+            "base: 7",
+            "removed_dependencies: [\"c\"]",
+            "kept_dependencies: 1",
+            "kept_services: 1",
+            "removed_services: []",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        let (deps, services) = plan.parts();
+        assert_eq!(deps, ["b", "d"]);
+        assert_eq!(services, [""]);
+        // Nothing changed: nothing to apply.
+        let same = Plan::between(7, &view(&after), &view(&after)).expect("valid");
+        assert_eq!(same.parts(), (vec![], vec![]));
+        // A kept service that relies on a removed dependency refuses the plan.
+        let broken = Config::from_toml("[dependencies.b]\nkind = \"tcp\"\naddress = \"b:1\"\n")
+            .expect("valid");
+        let mut layer = Layer::default();
+        layer.services.insert(
+            "ops".into(),
+            Runtime {
+                spec: ServiceSpec::with_all(["a"], crate::Impact::Critical),
+                toml: Arc::from(""),
+            },
+        );
+        let old = InEffect {
+            file: &before,
+            layer: &layer,
+        };
+        let new = InEffect {
+            file: &broken,
+            layer: &layer,
+        };
+        assert!(matches!(
+            Plan::between(7, &old, &new),
+            Err(ChangeError::InvalidConfig(_))
+        ));
     }
 
     #[test]

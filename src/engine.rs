@@ -43,9 +43,11 @@ use crate::config::{Config, DependencySpec, Problem, ServiceSpec, path_key};
 use crate::metrics::Metrics;
 use crate::probe::BuildError;
 use crate::snapshot::{Override, Snapshot};
-pub(crate) use change::Plan;
+#[cfg(test)]
+pub(crate) use change::with_default_service;
 pub use change::{Applied, ChangeError, MAX_OVERRIDE, Reporter, Saved, SavedReport, Target};
 use change::{Command, list};
+pub(crate) use change::{Effective, Plan, Service};
 use reducer::Reducer;
 pub use shared::ServiceWatch;
 pub(crate) use shared::Shared;

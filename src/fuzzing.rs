@@ -30,7 +30,7 @@ pub fn config(data: &[u8]) {
         return;
     };
     if let Ok(config) = Config::from_toml_with_env(text, &|_| Some("value".into())) {
-        let _ = crate::engine::capacity::warnings(&config.dependencies);
+        let _ = crate::engine::capacity::warnings(config.dependencies.values());
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) async fn serve_config(
             return ExitCode::from(2);
         }
     };
-    for w in healthgate::engine::capacity::warnings(&config.dependencies) {
+    for w in healthgate::engine::capacity::warnings(config.dependencies.values()) {
         warn!("performance warning: {w}");
     }
     // The engine starts (and can still refuse a probe) before anything listens.

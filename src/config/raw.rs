@@ -85,7 +85,7 @@ pub(crate) struct RawServerTls {
 }
 
 /// Settings that apply to every dependency unless it overrides them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(crate) struct RawDefaults {
     pub(crate) interval: Option<String>,
     pub(crate) timeout: Option<String>,
@@ -95,7 +95,7 @@ pub(crate) struct RawDefaults {
     pub(crate) degraded_after: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(crate) struct RawDependency {
     pub(crate) kind: Option<String>,
     pub(crate) parents: Option<Vec<String>>,
@@ -174,7 +174,7 @@ impl RawDependency {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(crate) struct RawBodyCondition {
     pub(crate) contains: Option<String>,
     pub(crate) json: Option<String>,
@@ -182,7 +182,7 @@ pub(crate) struct RawBodyCondition {
     pub(crate) on_mismatch: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(crate) struct RawTls {
     pub(crate) ca_file: Option<String>,
     pub(crate) cert_file: Option<String>,

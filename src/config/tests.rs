@@ -630,3 +630,61 @@ fn the_state_file_is_resolved_beside_the_config_and_its_directory_must_exist() {
     }
     std::fs::remove_dir_all(&dir).expect("clean");
 }
+
+#[test]
+fn a_reread_takes_the_earlier_spec_of_an_unchanged_table_that_used_no_variable_and_no_file() {
+    let dir = std::env::temp_dir().join(format!("healthgate-validated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["ca.internal".to_owned()]).expect("cert");
+    std::fs::write(dir.join("ca.pem"), cert.cert.pem()).expect("ca file");
+    let path = dir.join("healthgate.toml");
+    let text = |url: &str, fall: u32| {
+        format!(
+            "[defaults]\nfall = {fall}\n\
+             [dependencies.a]\nkind = \"http\"\nurl = \"{url}\"\n\
+             [dependencies.b]\nkind = \"http\"\nurl = \"http://b.internal/\"\nheaders = {{ x-path = \"${{PATH}}\" }}\n\
+             [dependencies.c]\nkind = \"http\"\nurl = \"https://c.internal/\"\ntls = {{ ca_file = \"ca.pem\" }}\n"
+        )
+    };
+    let first = text("http://a.internal/", 2);
+    let config = Config::from_file_text(&path, &first).expect("valid");
+    let (again, kept) =
+        parse_again(&path, &first, (&config, &Validated::default())).expect("valid");
+    assert_eq!(
+        again.dependencies, config.dependencies,
+        "nothing to take: validated in full"
+    );
+    let mut kept_names: Vec<&String> = kept.tables.keys().collect();
+    kept_names.sort();
+    assert_eq!(kept_names, ["a"], "b reads ${{PATH}}, c reads a file");
+
+    // An earlier spec that differs from what validating would give shows which one is taken.
+    let mut earlier = config.clone();
+    for spec in earlier.dependencies.values_mut() {
+        spec.fall = 9;
+    }
+    let (taken, _) = parse_again(&path, &first, (&earlier, &kept)).expect("valid");
+    assert_eq!(
+        taken.dependencies["a"].fall, 9,
+        "a's table is unchanged: taken"
+    );
+    assert_eq!(
+        taken.dependencies["b"], config.dependencies["b"],
+        "validated again"
+    );
+    assert_eq!(
+        taken.dependencies["c"], config.dependencies["c"],
+        "validated again"
+    );
+    // A changed table, or changed defaults, is validated again.
+    let (changed, _) =
+        parse_again(&path, &text("http://a2.internal/", 2), (&earlier, &kept)).expect("valid");
+    assert_eq!(changed.dependencies["a"].fall, 2);
+    let (defaults, _) =
+        parse_again(&path, &text("http://a.internal/", 3), (&earlier, &kept)).expect("valid");
+    assert_eq!(defaults.dependencies["a"].fall, 3);
+    // A file with a problem is refused whatever was taken.
+    let broken = format!("{first}[dependencies.d]\nkind = \"http\"\n");
+    assert!(parse_again(&path, &broken, (&earlier, &kept)).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,6 +47,12 @@ pub(crate) struct Validator<'a> {
     pub(crate) target_template: Option<String>,
     /// Dependencies that exist besides the text's (a runtime service may rely on them).
     pub(crate) known: &'a dyn Fn(&str) -> bool,
+    /// The specs validated by the read before, and what it kept: an equal table takes its
+    /// spec from there ([`super::Validated`]). With it, `kept` is filled for the next read.
+    pub(crate) earlier: Option<(&'a BTreeMap<String, DependencySpec>, &'a super::Validated)>,
+    /// Whether the current dependency's spec came from its table alone (no `${NAME}`, no file).
+    pub(crate) pure: bool,
+    pub(crate) kept: Option<super::Validated>,
 }
 
 /// A key path `PARENT.KEY`, formatted only when a problem names it: a dependency's settings
@@ -68,12 +74,22 @@ impl Validator<'_> {
     pub(crate) fn config(&mut self, raw: RawConfig) -> Option<Config> {
         let server = self.server(&raw.server);
         let mut dependencies = BTreeMap::new();
+        // By position in `raw.dependencies`: whether the spec came from the table alone.
+        let mut pure = Vec::with_capacity(raw.dependencies.len());
         for (name, dep) in &raw.dependencies {
+            if let Some(spec) = self.validated_before(name, dep, &raw.defaults) {
+                pure.push(true);
+                dependencies.insert(name.clone(), spec);
+                continue;
+            }
             let path = format!("dependencies.{}", key(name));
             if name.is_empty() {
                 self.problem(&path, "a dependency name must not be empty");
             }
-            if let Some(spec) = self.dependency(&path, dep, &raw.defaults) {
+            self.pure = true;
+            let spec = self.dependency(&path, dep, &raw.defaults);
+            pure.push(self.pure && spec.is_some());
+            if let Some(spec) = spec {
                 dependencies.insert(name.clone(), spec);
             }
         }
@@ -133,6 +149,14 @@ impl Validator<'_> {
                     );
                 }
             }
+        }
+        if self.problems.is_empty() && self.earlier.is_some() {
+            self.kept = Some(super::Validated {
+                tables: (raw.dependencies.into_iter().zip(pure))
+                    .filter_map(|(table, pure)| pure.then_some(table))
+                    .collect(),
+                defaults: raw.defaults,
+            });
         }
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),
@@ -198,6 +222,9 @@ impl Validator<'_> {
     ) -> Option<String> {
         match env::expand(raw, self.env) {
             Ok(e) => {
+                if !e.from_env.is_empty() {
+                    self.pure = false;
+                }
                 secrets.extend(e.from_env);
                 Some(e.text)
             }
@@ -206,6 +233,21 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// The spec the read before validated from a table equal to `raw` under equal
+    /// `defaults`, when it came from them alone.
+    fn validated_before(
+        &self,
+        name: &str,
+        raw: &RawDependency,
+        defaults: &RawDefaults,
+    ) -> Option<DependencySpec> {
+        let (specs, kept) = self.earlier?;
+        if kept.defaults != *defaults || kept.tables.get(name) != Some(raw) {
+            return None;
+        }
+        specs.get(name).cloned()
     }
 
     fn dependency(
@@ -465,6 +507,7 @@ impl Validator<'_> {
     }
 
     fn read_file(&mut self, path: &str, file: &str) -> Option<Vec<u8>> {
+        self.pure = false;
         let full = match self.base_dir {
             Some(dir) => dir.join(file),
             None => Path::new(file).to_path_buf(),

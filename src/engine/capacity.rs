@@ -10,8 +10,6 @@
 //!   above [`PROBES_PER_SECOND`] the probes alone would take most of a core and Checks with
 //!   them.
 
-use std::collections::BTreeMap;
-
 use super::schedule::MAX_CONCURRENT_PROBES;
 use crate::config::{DependencySpec, Mode};
 
@@ -28,12 +26,12 @@ pub struct Load {
 }
 
 /// The load of `dependencies` (push dependencies are never probed).
-pub fn load(dependencies: &BTreeMap<String, DependencySpec>) -> Load {
+pub fn load<'a>(dependencies: impl IntoIterator<Item = &'a DependencySpec>) -> Load {
     let mut l = Load {
         probes_per_second: 0.0,
         in_flight_at_timeouts: 0.0,
     };
-    for spec in dependencies.values() {
+    for spec in dependencies {
         let period = match &spec.mode {
             Mode::Background { interval, .. } => *interval,
             Mode::OnDemand(o) => o.ttl.min(o.failure_ttl),
@@ -50,7 +48,7 @@ pub fn load(dependencies: &BTreeMap<String, DependencySpec>) -> Load {
 }
 
 /// One line per bound the configuration exceeds, naming the numbers; empty when it fits.
-pub fn warnings(dependencies: &BTreeMap<String, DependencySpec>) -> Vec<String> {
+pub fn warnings<'a>(dependencies: impl IntoIterator<Item = &'a DependencySpec>) -> Vec<String> {
     let l = load(dependencies);
     let mut out = Vec::new();
     if l.in_flight_at_timeouts > MAX_CONCURRENT_PROBES as f64 {
@@ -89,14 +87,13 @@ mod tests {
         }
     }
 
-    fn deps(n: usize, interval: Duration, timeout: Duration) -> BTreeMap<String, DependencySpec> {
+    fn deps(n: usize, interval: Duration, timeout: Duration) -> Vec<DependencySpec> {
         let probe: Arc<dyn Probe> = Arc::new(Idle);
         (0..n)
-            .map(|i| {
-                let spec = DependencySpec::custom(probe.clone(), "idle")
+            .map(|_| {
+                DependencySpec::custom(probe.clone(), "idle")
                     .every(interval, 0.0)
-                    .with_timeout(timeout);
-                (format!("d{i}"), spec)
+                    .with_timeout(timeout)
             })
             .collect()
     }
@@ -116,8 +113,7 @@ mod tests {
         let w = warnings(&deps(2_000, ms(100), ms(50)));
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("20000 probes per second"), "{w:?}");
-        let mut push = BTreeMap::new();
-        push.insert("job".to_owned(), DependencySpec::push(ms(1), None));
+        let push = [DependencySpec::push(ms(1), None)];
         assert_eq!(load(&push).probes_per_second, 0.0);
     }
 }

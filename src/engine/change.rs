@@ -250,6 +250,86 @@ pub(crate) fn with_default_service(
     services
 }
 
+/// A configuration as the engine runs it, by reference: every dependency, and every service
+/// with the server's overall service `""` in it (see [`with_default_service`]). What
+/// [`Plan::between`] compares.
+pub(crate) trait Effective {
+    /// The dependency `name`.
+    fn dependency(&self, name: &str) -> Option<&DependencySpec>;
+    /// Every dependency, in name order.
+    fn dependencies(&self) -> Box<dyn Iterator<Item = (&str, &DependencySpec)> + '_>;
+    /// The service `name`.
+    fn service(&self, name: &str) -> Option<Service<'_>>;
+    /// Every service, `""` included.
+    fn services(&self) -> Box<dyn Iterator<Item = (&str, Service<'_>)> + '_>;
+    /// [`crate::config::parent_problems`] of every dependency.
+    fn parent_problems(&self) -> Vec<Problem>;
+}
+
+/// Maps as given to [`Handle::apply`](super::Handle::apply) (`""` missing: every dependency,
+/// critical), as an [`Effective`] configuration.
+#[cfg(test)]
+struct Maps<'a> {
+    dependencies: &'a BTreeMap<String, DependencySpec>,
+    services: &'a BTreeMap<String, ServiceSpec>,
+}
+
+#[cfg(test)]
+impl Effective for Maps<'_> {
+    fn dependency(&self, name: &str) -> Option<&DependencySpec> {
+        self.dependencies.get(name)
+    }
+
+    fn dependencies(&self) -> Box<dyn Iterator<Item = (&str, &DependencySpec)> + '_> {
+        Box::new(self.dependencies.iter().map(|(n, s)| (n.as_str(), s)))
+    }
+
+    fn service(&self, name: &str) -> Option<Service<'_>> {
+        match self.services.get(name) {
+            Some(s) => Some(Service::Spec(s)),
+            None => name.is_empty().then_some(Service::Every),
+        }
+    }
+
+    fn services(&self) -> Box<dyn Iterator<Item = (&str, Service<'_>)> + '_> {
+        let every = (!self.services.contains_key("")).then_some(("", Service::Every));
+        Box::new(
+            every.into_iter().chain(
+                self.services
+                    .iter()
+                    .map(|(n, s)| (n.as_str(), Service::Spec(s))),
+            ),
+        )
+    }
+
+    fn parent_problems(&self) -> Vec<Problem> {
+        crate::config::parent_problems(self.dependencies, &|_| false)
+    }
+}
+
+/// A service of an [`Effective`] configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Service<'a> {
+    /// As configured.
+    Spec(&'a ServiceSpec),
+    /// Every dependency of the configuration, critical: `""` when not configured otherwise
+    /// (kept unbuilt: two of them are equal when their configurations' names are).
+    Every,
+}
+
+impl Service<'_> {
+    /// The spec itself; [`Service::Every`] built from `of`'s dependencies.
+    pub(crate) fn to_spec(self, of: &dyn Effective) -> ServiceSpec {
+        match self {
+            Service::Spec(s) => s.clone(),
+            Service::Every => ServiceSpec::with_all(
+                of.dependencies().map(|(n, _)| n.to_owned()),
+                crate::Impact::Critical,
+            ),
+        }
+    }
+}
+
 /// A whole new configuration as its difference from the one the engine runs: what to add or
 /// replace, what to remove, how much stays. A reload of 1,000 dependencies that changes one
 /// costs the engine's thread (which also serves) the work for one, not for 1,000: the file is
@@ -278,8 +358,9 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// The plan from `old_*` — what was applied at revision `base`, as given to
-    /// [`Handle::apply`](super::Handle::apply) — to `dependencies` and `services`, which must
-    /// pass [`check_apply`] as a whole (else nothing is planned).
+    /// [`Handle::apply`](super::Handle::apply) — to `dependencies` and `services`
+    /// ([`Plan::between`] those maps).
+    #[cfg(test)]
     pub(crate) fn new(
         base: u64,
         old_dependencies: &BTreeMap<String, DependencySpec>,
@@ -287,29 +368,97 @@ impl Plan {
         dependencies: BTreeMap<String, DependencySpec>,
         services: BTreeMap<String, ServiceSpec>,
     ) -> Result<Plan, ChangeError> {
-        let services = with_default_service(&dependencies, services);
-        check_apply(&dependencies, &services)?;
-        let old_default = (!old_services.contains_key("")).then(|| {
-            ServiceSpec::with_all(old_dependencies.keys().cloned(), crate::Impact::Critical)
-        });
-        let old_service = |name: &str| match (name, &old_default) {
-            ("", Some(default)) => Some(default),
-            _ => old_services.get(name),
+        let old = Maps {
+            dependencies: old_dependencies,
+            services: old_services,
         };
-        let old_service_names = old_services
-            .keys()
-            .map(String::as_str)
-            .chain(old_default.as_ref().map(|_| ""));
-        Ok(Plan::diff(
+        let new = Maps {
+            dependencies: &dependencies,
+            services: &services,
+        };
+        Plan::between(base, &old, &new)
+    }
+
+    /// The plan from `old` — what was applied at revision `base` — to `new`, both by
+    /// reference: only what is added or changed is checked ([`DependencySpec::check`]) and
+    /// cloned, then the whole of `new` is checked as [`check_apply`] checks it (services name
+    /// dependencies that exist, parents exist and make no cycle). A reload of 1,000
+    /// dependencies that changes one clones one spec, not 2,000 (measured in
+    /// `control::prepare`).
+    pub(crate) fn between(
+        base: u64,
+        old: &dyn Effective,
+        new: &dyn Effective,
+    ) -> Result<Plan, ChangeError> {
+        let mut problems = Vec::new();
+        let mut dependencies = BTreeMap::new();
+        let mut kept_dependencies = 0;
+        for (name, spec) in new.dependencies() {
+            if old.dependency(name) == Some(spec) {
+                kept_dependencies += 1;
+                continue;
+            }
+            if name.is_empty() {
+                problems.push(Problem::new("dependencies", "a name must not be empty"));
+            }
+            problems.extend(spec.check(&format!("dependencies.{}", path_key(name))));
+            dependencies.insert(name.to_owned(), spec.clone());
+        }
+        let removed_dependencies = old
+            .dependencies()
+            .filter(|(n, _)| new.dependency(n).is_none())
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let mut services = BTreeMap::new();
+        let mut kept_services = 0;
+        let exists = |d: &str| new.dependency(d).is_some();
+        for (name, spec) in new.services() {
+            let same = match (old.service(name), &spec) {
+                (None, _) => false,
+                (Some(Service::Spec(a)), Service::Spec(b)) => a == *b,
+                (Some(Service::Every), Service::Every) => old
+                    .dependencies()
+                    .map(|(n, _)| n)
+                    .eq(new.dependencies().map(|(n, _)| n)),
+                (Some(a), b) => a.to_spec(old) == b.to_spec(new),
+            };
+            if let Service::Spec(s) = spec {
+                // Every service, kept or not: a removed dependency may be one it relies on.
+                problems.extend(s.check(name, &exists));
+            }
+            if same {
+                kept_services += 1;
+            } else {
+                services.insert(name.to_owned(), spec.to_spec(new));
+            }
+        }
+        let removed_services = old
+            .services()
+            .filter(|(n, _)| new.service(n).is_none())
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        problems.extend(new.parent_problems());
+        if !problems.is_empty() {
+            return Err(ChangeError::InvalidConfig(problems));
+        }
+        Ok(Plan {
             base,
-            (
-                |name: &str| old_dependencies.get(name),
-                old_dependencies.keys().map(String::as_str),
-            ),
-            (old_service, old_service_names),
             dependencies,
+            removed_dependencies,
             services,
-        ))
+            removed_services,
+            kept_dependencies,
+            kept_services,
+        })
+    }
+
+    /// The names this plan adds or replaces: dependencies, services.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (Vec<&str>, Vec<&str>) {
+        (
+            self.dependencies.keys().map(String::as_str).collect(),
+            self.services.keys().map(String::as_str).collect(),
+        )
     }
 
     /// The difference between the old configuration — each half a lookup by name and every
