@@ -307,18 +307,33 @@ struct Reader;
 
 impl Reader {
     /// Puts the calling thread in `SCHED_IDLE`, with nice 5 for when it leaves it; its id for
-    /// [`Reader::raise`], or `None` when the class could not be set (then it runs at nice 5).
+    /// [`Reader::raise`], or `None` when the class could not be set or could not be left
+    /// again (then it runs at nice 5 throughout).
     fn start_idle() -> Option<thread_priority::ThreadId> {
         use thread_priority::{
             NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
             set_thread_priority_and_policy, thread_native_id,
         };
+        if !Reader::can_leave_idle() {
+            let _ = rustix::process::setpriority_process(None, 5);
+            return None;
+        }
         let id = thread_native_id();
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
         let set = set_thread_priority_and_policy(id, ThreadPriority::Min, idle).is_ok();
         // After the class: setting it also sets the calling thread's nice value.
         let _ = rustix::process::setpriority_process(None, 5);
         set.then_some(id)
+    }
+
+    /// Whether a thread of this process may move from `SCHED_IDLE` back to the normal class
+    /// at nice 5: Linux allows it only within `RLIMIT_NICE` (20 − 5 = 15 needed; the default
+    /// limit is 0) or with `CAP_SYS_NICE`, here taken as root. An unprivileged server (the
+    /// systemd unit's user, a non-root container) would otherwise leave a reader starved on a
+    /// saturated core for seconds.
+    fn can_leave_idle() -> bool {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nice);
+        rustix::process::geteuid().is_root() || limit.current.is_none_or(|n| n >= 15)
     }
 
     /// Moves the reader in `running`, if it still runs, from `SCHED_IDLE` to the normal
@@ -1217,6 +1232,48 @@ mod tests {
             Plan::between(7, &old, &new),
             Err(ChangeError::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn a_reader_that_may_leave_idle_is_raised_to_the_normal_class_and_one_that_may_not_stays_fair()
+    {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let policy = || thread_priority::thread_schedule_policy().expect("policy");
+        let other = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let running: Arc<Mutex<Option<thread_priority::ThreadId>>> = Arc::default();
+        let (raised_tx, raised_rx) = std::sync::mpsc::channel();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let reader = running.clone();
+        let thread = std::thread::spawn(move || {
+            let id = Reader::start_idle();
+            let started = policy();
+            *reader.lock().expect("lock") = id;
+            started_tx.send((id.is_some(), started)).expect("send");
+            raised_rx.recv().expect("raised");
+            policy()
+        });
+        let (idle_set, started) = started_rx.recv().expect("started");
+        assert_eq!(idle_set, Reader::can_leave_idle());
+        assert_eq!(started, if idle_set { idle } else { other });
+        Reader::raise(running.clone());
+        // The raise runs on a thread of its own and holds the lock while it sets the class.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while idle_set && std::time::Instant::now() < deadline {
+            let id = running.lock().expect("lock").expect("id");
+            let (policy, _) = thread_priority::thread_schedule_policy_param(id).expect("policy");
+            if policy == other {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        raised_tx.send(()).expect("send");
+        assert_eq!(
+            thread.join().expect("reader"),
+            other,
+            "the reader left SCHED_IDLE"
+        );
+        assert_eq!(policy(), other, "the raise left the calling thread alone");
     }
 
     #[test]

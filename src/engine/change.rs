@@ -256,7 +256,7 @@ pub(crate) fn with_default_service(
 pub(crate) trait Effective {
     /// The dependency `name`.
     fn dependency(&self, name: &str) -> Option<&DependencySpec>;
-    /// Every dependency, in name order.
+    /// Every dependency (an implementation keeps one order for two configurations alike).
     fn dependencies(&self) -> Box<dyn Iterator<Item = (&str, &DependencySpec)> + '_>;
     /// The service `name`.
     fn service(&self, name: &str) -> Option<Service<'_>>;
