@@ -5,8 +5,8 @@
 //! was probed, then:
 //!
 //! 1. prints `pid=PID grpc=ADDR` (the server's), and runs CYCLES cycles of two phases of
-//!    PHASE_SECONDS each: *quiet* (nothing), then *reloading*: one SIGHUP per second, each after
-//!    rewriting the file (atomically, as an editor does) with dependency `d0`'s URL changed, so
+//!    PHASE_SECONDS each: *quiet* (nothing), then *reloading*: one SIGHUP per second, each half a
+//!    second after rewriting the file (atomically, as an editor does) with dependency `d0`'s URL changed, so
 //!    every reload replaces one dependency and keeps DEPS − 1. A load generator runs across the
 //!    cycles and its requests are told apart by the phase they started in.
 //! 2. prints one `key=value` line: signal-to-swap time per reload (from the signal to the
@@ -187,13 +187,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
         *mark = now;
     };
+    // Each version is written half a second before its signal, as an editor saves before
+    // anyone signals: the write runs on the load generator's core, and at the signal it would
+    // delay the load's own requests in the very window the footprint below counts.
+    let ahead = Duration::from_millis(500);
     for _ in 0..cycles {
         next += Duration::from_secs(u64::from(phase));
+        tokio::time::sleep_until((next - ahead).into()).await;
+        version += 1;
+        write_config(&config, deps, port, version)?;
         tokio::time::sleep_until(next.into()).await;
         close_phase("quiet", &mut mark);
-        for _ in 0..phase {
-            version += 1;
-            write_config(&config, deps, port, version)?;
+        for reload in 0..phase {
+            if reload > 0 {
+                tokio::time::sleep_until((next - ahead).into()).await;
+                version += 1;
+                write_config(&config, deps, port, version)?;
+                tokio::time::sleep_until(next.into()).await;
+            }
             let signalled = SystemTime::now();
             // kill(2) directly: spawning `kill` would fork on the load generator's core.
             let target = rustix::process::Pid::from_raw(pid as i32).ok_or("no server pid")?;
@@ -221,8 +232,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             kept.push(field("kept="));
             replaced.push(field("replaced="));
             next += Duration::from_secs(1);
-            tokio::time::sleep_until(next.into()).await;
         }
+        tokio::time::sleep_until(next.into()).await;
         close_phase("reloading", &mut mark);
     }
     // One more interval, so a probe a late reload caused is in the record.

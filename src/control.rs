@@ -263,6 +263,19 @@ struct Base {
 /// 1.28x the quiet phases' in a run whose quiet halves agreed within 2 %). Not the blocking
 /// pool: its threads also resolve names for the probes, which must not wait. (The
 /// configuration a reload replaces is dropped on a thread of its own: [`drop_elsewhere`].)
+///
+/// What limits a saturated core (`perf sched timehist`, server on one core under saturating
+/// Check load, one reload a second): Linux ends a running thread's turn at a scheduler tick
+/// (4 ms at `HZ=250`, as here) or when it blocks, whatever its class or slice. A new thread
+/// is placed ahead of a server that is runnable without pause, so at the next tick the reader
+/// takes the core and keeps it to the following one: 3.5–4.0 ms at a stretch, its whole
+/// preparation, while the server waits runnable; 27–84 % of the requests started in those
+/// milliseconds were slower than the quiet phases' p99. Tried: giving the core back (`sched_yield`)
+/// every 250 µs of preparation. Stretches fell to 0.26 ms (the TOML parse, 1.2–1.6 ms, stayed
+/// one), but each yield waited for a tick to be resumed, so a reload swapped up to 407 ms after
+/// its signal, and the p99 bound did not improve (saturated median 1.067): dropped. Less work
+/// per reload shortens the one stretch; a kernel with `HRTICK` or `HZ=1000` would end it at
+/// the slice.
 async fn prepare_in_background(path: PathBuf, base: Base) -> Result<Prepared, ReloadError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The reader while it runs: taken under the lock to raise it, cleared under the lock

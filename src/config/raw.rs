@@ -14,8 +14,10 @@ pub(crate) struct RawConfig {
     pub(crate) server: RawServer,
     #[serde(default)]
     pub(crate) defaults: RawDefaults,
+    /// Boxed: a table is about a kilobyte of mostly empty options, and the map's inserts
+    /// (in file order, not key order) and every later move would copy it whole.
     #[serde(default)]
-    pub(crate) dependencies: BTreeMap<String, RawDependency>,
+    pub(crate) dependencies: BTreeMap<String, Box<RawDependency>>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
     #[serde(default)]

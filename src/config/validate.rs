@@ -55,6 +55,19 @@ pub(crate) struct Validator<'a> {
     pub(crate) kept: Option<super::Validated>,
 }
 
+/// The spec the read before validated from a table equal to `raw`, if it kept one.
+fn validated_before(
+    specs: &BTreeMap<String, DependencySpec>,
+    kept: &super::Validated,
+    name: &str,
+    raw: &RawDependency,
+) -> Option<DependencySpec> {
+    if kept.tables.get(name).map(|t| &**t) != Some(raw) {
+        return None;
+    }
+    specs.get(name).cloned()
+}
+
 /// A key path `PARENT.KEY`, formatted only when a problem names it: a dependency's settings
 /// are mostly valid, and formatting each one's path up front was 7 % of validating a
 /// 1,000-dependency file (`perf`, `config validate`), work a reload repeats every time.
@@ -76,8 +89,12 @@ impl Validator<'_> {
         let mut dependencies = BTreeMap::new();
         // By position in `raw.dependencies`: whether the spec came from the table alone.
         let mut pure = Vec::with_capacity(raw.dependencies.len());
+        // The read before applies only under the same `[defaults]`.
+        let earlier = (self.earlier).filter(|(_, kept)| kept.defaults == raw.defaults);
         for (name, dep) in &raw.dependencies {
-            if let Some(spec) = self.validated_before(name, dep, &raw.defaults) {
+            if let Some(spec) =
+                earlier.and_then(|(specs, kept)| validated_before(specs, kept, name, dep))
+            {
                 pure.push(true);
                 dependencies.insert(name.clone(), spec);
                 continue;
@@ -233,21 +250,6 @@ impl Validator<'_> {
                 None
             }
         }
-    }
-
-    /// The spec the read before validated from a table equal to `raw` under equal
-    /// `defaults`, when it came from them alone.
-    fn validated_before(
-        &self,
-        name: &str,
-        raw: &RawDependency,
-        defaults: &RawDefaults,
-    ) -> Option<DependencySpec> {
-        let (specs, kept) = self.earlier?;
-        if kept.defaults != *defaults || kept.tables.get(name) != Some(raw) {
-            return None;
-        }
-        specs.get(name).cloned()
     }
 
     fn dependency(
