@@ -31,6 +31,9 @@ RELOAD_PHASE=${RELOAD_PHASE:-3}  # seconds per quiet / reloading phase in the co
 RELOAD_CYCLES=${RELOAD_CYCLES:-5}  # quiet + reloading cycles per Check load there
 work=target/bench
 mkdir -p "$work"
+# The summary reads every section's figures from these files: a section that does not run this
+# time must not leave an earlier run's behind to be summarized as this run's.
+rm -f "$work"/*.csv "$work/status_json.txt" "$work/summary.txt"
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need h2load || ! need go || ! need openssl || [ ! -d /usr/share/gocode/src/google.golang.org/grpc/health ]; then
