@@ -5,9 +5,9 @@
 //! was probed, then:
 //!
 //! 1. prints `pid=PID grpc=ADDR` (the server's), and runs CYCLES cycles of two phases of
-//!    PHASE_SECONDS each: *quiet* (nothing), then *reloading*: one SIGHUP per second, each half a
-//!    second after rewriting the file (atomically, as an editor does) with dependency `d0`'s URL changed, so
-//!    every reload replaces one dependency and keeps DEPS − 1. A load generator runs across the
+//!    PHASE_SECONDS each: *quiet* (nothing), then *reloading*: one SIGHUP per second, each half
+//!    a second after rewriting the file (atomically, as an editor does) with dependency `d0`'s
+//!    URL changed, so every reload replaces one dependency and keeps DEPS − 1. A load generator runs across the
 //!    cycles and its requests are told apart by the phase they started in.
 //! 2. prints one `key=value` line: signal-to-swap time per reload (from the signal to the
 //!    timestamp of the server's `config reloaded` log line, which it writes once the swap is

@@ -269,13 +269,15 @@ struct Base {
 /// (4 ms at `HZ=250`, as here) or when it blocks, whatever its class or slice. A new thread
 /// is placed ahead of a server that is runnable without pause, so at the next tick the reader
 /// takes the core and keeps it to the following one: 3.5–4.0 ms at a stretch, its whole
-/// preparation, while the server waits runnable; 27–84 % of the requests started in those
-/// milliseconds were slower than the quiet phases' p99. Tried: giving the core back (`sched_yield`)
-/// every 250 µs of preparation. Stretches fell to 0.26 ms (the TOML parse, 1.2–1.6 ms, stayed
-/// one), but each yield waited for a tick to be resumed, so a reload swapped up to 407 ms after
-/// its signal, and the p99 bound did not improve (saturated median 1.067): dropped. Less work
-/// per reload shortens the one stretch; a kernel with `HRTICK` or `HZ=1000` would end it at
-/// the slice.
+/// preparation, while the server waits runnable; 21–84 % of the requests started in those
+/// milliseconds were slower than the quiet phases' p99. Tried: giving the core back
+/// (`sched_yield`) every 250 µs of preparation. Stretches fell to 0.26 ms (the TOML parse,
+/// 1.2–1.6 ms, stayed one), but each yield waited for a tick to be resumed, so a reload
+/// swapped up to 407 ms after its signal, and the p99 bound did not improve (saturated median
+/// 1.067): dropped. A third less work (5.8 → 3.7 ms) did not move the bound either: the
+/// stretch ends at the tick, not with the work. What would is a preparation that ends well
+/// inside one (parsing only the tables whose text changed), or a kernel with `HRTICK` or
+/// `HZ=1000`, which ends the turn sooner.
 async fn prepare_in_background(path: PathBuf, base: Base) -> Result<Prepared, ReloadError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The reader while it runs: taken under the lock to raise it, cleared under the lock
