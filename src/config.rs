@@ -11,6 +11,7 @@
 mod dependency;
 mod env;
 mod error;
+mod layout;
 pub(crate) mod limits;
 mod listen;
 mod raw;
@@ -265,7 +266,7 @@ pub(crate) fn parse_known(
 /// variable or a certificate file may have changed since). A table that is equal the next
 /// time takes the spec validated from it then instead of being validated again: the same
 /// input, the same answer. About a kilobyte a dependency (a table is 816 bytes of mostly
-/// empty options, boxed, and its strings).
+/// empty options, shared, and its strings), and the file's text.
 ///
 /// Measured (1,000 HTTP dependencies, one changed per reload, release, the CPU time of 12
 /// reloads' preparations as logged in `prepare_cpu_ms`): 5.8 ms median without it, 4.5 ms
@@ -273,11 +274,20 @@ pub(crate) fn parse_known(
 /// Later, on a noisier machine (20 reloads, thread CPU by phase): with the tables unboxed
 /// (each insert into the raw map moved 816-byte values about) and `[defaults]` compared per
 /// dependency, 5.8 ms median (deserializing 1.0, validating 2.6); boxed, compared once, and
-/// `serde_path_to_error` only for a file that fails: 3.7 ms (0.6 and 1.4).
+/// `serde_path_to_error` only for a file that fails: 3.7 ms (0.6 and 1.4). The text's
+/// [`layout::Layout`] then took parsing the unchanged tables away too (its docs).
 #[derive(Debug, Default)]
 pub(crate) struct Validated {
-    defaults: raw::RawDefaults,
-    tables: std::collections::HashMap<String, Box<raw::RawDependency>>,
+    /// The file as this read found it (its tables shared with the next read's where they did
+    /// not change).
+    raw: raw::RawConfig,
+    /// By position in `raw.dependencies`: whether the spec came from the table and
+    /// `[defaults]` alone.
+    pure: Vec<bool>,
+    /// Where the tables lie in the file's text: the next read parses only the changed ones.
+    layout: Option<layout::Layout>,
+    /// How many dependency tables this read parsed (the others it took from the read before).
+    pub(crate) tables_parsed: usize,
 }
 
 /// The file at `path` validated again as [`Config::from_file_text`] does, taking the specs of
@@ -310,31 +320,14 @@ fn parse_with(
     earlier: Option<(&Config, &Validated)>,
 ) -> Result<(Config, Option<Validated>), ConfigError> {
     let fail = |problems| ConfigError::new(source, problems);
-    let parse = || {
-        toml::Deserializer::parse(text)
-            .map_err(|e| fail(vec![Problem::new("", syntax_message(text, &e))]))
-    };
-    let de = parse()?;
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| {
-        unknown.push(Problem::new(path.to_string(), "unknown key"));
-    };
-    // Without the key paths first: `serde_path_to_error` records every key on the way, which
-    // only a file that does not deserialize needs; that one is read again to name the key.
-    let first =
-        serde::Deserialize::deserialize(serde_ignored::Deserializer::new(de, &mut on_unknown));
-    let raw: raw::RawConfig = match first {
-        Ok(raw) => raw,
-        Err(first) => {
-            let mut ignore = |_: serde_ignored::Path<'_>| {};
-            let ignored = serde_ignored::Deserializer::new(parse()?, &mut ignore);
-            let problem = match serde_path_to_error::deserialize::<_, raw::RawConfig>(ignored) {
-                Err(e) => Problem::new(e.path().to_string(), e.inner().message()),
-                // The same text cannot deserialize the second time only; if it did, the
-                // first error without its key.
-                Ok(_) => Problem::new("", first.message()),
-            };
-            return Err(fail(vec![problem]));
+    let reparsed = earlier.and_then(|(_, kept)| kept.layout.as_ref()?.reparse(&kept.raw, text));
+    let (raw, layout, tables_parsed) = match reparsed {
+        Some(r) => (r.raw, Some(r.layout), r.parsed),
+        None => {
+            let raw = parse_whole(text, &fail, &mut unknown)?;
+            let count = raw.dependencies.len();
+            (raw, None, count)
         }
     };
     let mut v = validate::Validator {
@@ -347,11 +340,53 @@ fn parse_with(
         pure: true,
         kept: None,
     };
-    match v.config(raw) {
-        Some(config) => Ok((config, v.kept)),
+    match v.config(&raw) {
+        Some(config) => {
+            let kept = v.kept.map(|pure| Validated {
+                layout: layout.or_else(|| layout::Layout::of(text)),
+                raw,
+                pure,
+                tables_parsed,
+            });
+            Ok((config, kept))
+        }
         None => {
             v.problems.sort_by(|a, b| a.path.cmp(&b.path));
             Err(fail(v.problems))
+        }
+    }
+}
+
+/// The whole text parsed into its raw mirror; unknown keys are added to `unknown`.
+pub(crate) fn parse_whole(
+    text: &str,
+    fail: &dyn Fn(Vec<Problem>) -> ConfigError,
+    unknown: &mut Vec<Problem>,
+) -> Result<raw::RawConfig, ConfigError> {
+    let parse = || {
+        toml::Deserializer::parse(text)
+            .map_err(|e| fail(vec![Problem::new("", syntax_message(text, &e))]))
+    };
+    let de = parse()?;
+    let mut on_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.push(Problem::new(path.to_string(), "unknown key"));
+    };
+    // Without the key paths first: `serde_path_to_error` records every key on the way, which
+    // only a file that does not deserialize needs; that one is read again to name the key.
+    let first =
+        serde::Deserialize::deserialize(serde_ignored::Deserializer::new(de, &mut on_unknown));
+    match first {
+        Ok(raw) => Ok(raw),
+        Err(first) => {
+            let mut ignore = |_: serde_ignored::Path<'_>| {};
+            let ignored = serde_ignored::Deserializer::new(parse()?, &mut ignore);
+            let problem = match serde_path_to_error::deserialize::<_, raw::RawConfig>(ignored) {
+                Err(e) => Problem::new(e.path().to_string(), e.inner().message()),
+                // The same text cannot deserialize the second time only; if it did, the
+                // first error without its key.
+                Ok(_) => Problem::new("", first.message()),
+            };
+            Err(fail(vec![problem]))
         }
     }
 }

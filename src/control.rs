@@ -668,6 +668,7 @@ impl Reloader {
             services_added = applied.added_services.len(),
             services_changed = applied.changed_services.len(),
             services_removed = applied.removed_services.len(),
+            tables_parsed = validated.tables_parsed,
             prepare_cpu_ms = format_args!("{:.1}", cpu.as_secs_f64() * 1000.0),
             "config reloaded"
         );

@@ -5,19 +5,21 @@
 //! collected by `serde_ignored` in [`super::parse`] for the same reason.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
     #[serde(default)]
     pub(crate) defaults: RawDefaults,
-    /// Boxed: a table is about a kilobyte of mostly empty options, and the map's inserts
-    /// (in file order, not key order) and every later move would copy it whole.
+    /// Shared: a table is about a kilobyte of mostly empty options, which the map's inserts
+    /// (in file order, not key order) and every later move would copy whole, and a reload
+    /// takes the unchanged tables of the read before ([`super::layout`]).
     #[serde(default)]
-    pub(crate) dependencies: BTreeMap<String, Box<RawDependency>>,
+    pub(crate) dependencies: BTreeMap<String, Arc<RawDependency>>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
     #[serde(default)]
@@ -28,13 +30,13 @@ pub(crate) struct RawConfig {
     pub(crate) admin: RawAdmin,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawAdmin {
     pub(crate) token: Option<String>,
     pub(crate) allowed_identities: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawLimits {
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_concurrent_streams: Option<i64>,
@@ -42,7 +44,7 @@ pub(crate) struct RawLimits {
     pub(crate) idle_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawTelemetry {
     pub(crate) otlp_endpoint: Option<String>,
     pub(crate) service_name: Option<String>,
@@ -51,7 +53,7 @@ pub(crate) struct RawTelemetry {
     pub(crate) queue_size: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawServer {
     pub(crate) grpc_listen: Option<String>,
     pub(crate) drain_delay: Option<String>,
@@ -70,7 +72,7 @@ pub(crate) struct RawServer {
 }
 
 /// A file mode: TOML's `0o660`, or the text `"0660"` (octal).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum RawMode {
     Number(i64),
@@ -78,7 +80,7 @@ pub(crate) enum RawMode {
 }
 
 /// `[server.grpc_tls]` / `[server.http_tls]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawServerTls {
     pub(crate) cert_file: Option<String>,
     pub(crate) key_file: Option<String>,
@@ -87,7 +89,7 @@ pub(crate) struct RawServerTls {
 }
 
 /// Settings that apply to every dependency unless it overrides them.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawDefaults {
     pub(crate) interval: Option<String>,
     pub(crate) timeout: Option<String>,
@@ -97,7 +99,7 @@ pub(crate) struct RawDefaults {
     pub(crate) degraded_after: Option<String>,
 }
 
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawDependency {
     pub(crate) kind: Option<String>,
     pub(crate) parents: Option<Vec<String>>,
@@ -176,7 +178,7 @@ impl RawDependency {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawBodyCondition {
     pub(crate) contains: Option<String>,
     pub(crate) json: Option<String>,
@@ -184,7 +186,7 @@ pub(crate) struct RawBodyCondition {
     pub(crate) on_mismatch: Option<String>,
 }
 
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawTls {
     pub(crate) ca_file: Option<String>,
     pub(crate) cert_file: Option<String>,
@@ -194,7 +196,7 @@ pub(crate) struct RawTls {
     pub(crate) expiry_warning: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawService {
     #[serde(default)]
     pub(crate) dependencies: BTreeMap<String, String>,
@@ -203,7 +205,7 @@ pub(crate) struct RawService {
     pub(crate) degraded: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(crate) struct RawQuorum {
     #[serde(default)]
     pub(crate) dependencies: Vec<String>,

@@ -654,8 +654,9 @@ fn a_reread_takes_the_earlier_spec_of_an_unchanged_table_that_used_no_variable_a
         again.dependencies, config.dependencies,
         "nothing to take: validated in full"
     );
-    let mut kept_names: Vec<&String> = kept.tables.keys().collect();
-    kept_names.sort();
+    let kept_names: Vec<&String> = (kept.raw.dependencies.keys().zip(&kept.pure))
+        .filter_map(|(name, pure)| pure.then_some(name))
+        .collect();
     assert_eq!(kept_names, ["a"], "b reads ${{PATH}}, c reads a file");
 
     // An earlier spec that differs from what validating would give shows which one is taken.

@@ -11,6 +11,7 @@ mod tls_spec;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -52,20 +53,51 @@ pub(crate) struct Validator<'a> {
     pub(crate) earlier: Option<(&'a BTreeMap<String, DependencySpec>, &'a super::Validated)>,
     /// Whether the current dependency's spec came from its table alone (no `${NAME}`, no file).
     pub(crate) pure: bool,
-    pub(crate) kept: Option<super::Validated>,
+    /// With `earlier`, once the config validated: by position in the raw dependencies,
+    /// whether the spec came from the table alone.
+    pub(crate) kept: Option<Vec<bool>>,
 }
 
-/// The spec the read before validated from a table equal to `raw`, if it kept one.
-fn validated_before(
-    specs: &BTreeMap<String, DependencySpec>,
-    kept: &super::Validated,
-    name: &str,
-    raw: &RawDependency,
-) -> Option<DependencySpec> {
-    if kept.tables.get(name).map(|t| &**t) != Some(raw) {
-        return None;
+/// The read before's tables, each with whether its spec came from the table alone.
+type Tables<'a> = std::iter::Zip<
+    std::collections::btree_map::Iter<'a, String, Arc<RawDependency>>,
+    std::slice::Iter<'a, bool>,
+>;
+
+/// The read before's specs and tables, walked beside this read's tables: all three are in name
+/// order, so each lookup is a step or two instead of a search (a 1,000-dependency reload
+/// looked each name up in three maps, a fifth of validating it: `perf`).
+struct Before<'a> {
+    specs: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, DependencySpec>>,
+    tables: std::iter::Peekable<Tables<'a>>,
+}
+
+impl<'a> Before<'a> {
+    fn new(specs: &'a BTreeMap<String, DependencySpec>, kept: &'a super::Validated) -> Before<'a> {
+        Before {
+            specs: specs.iter().peekable(),
+            tables: kept.raw.dependencies.iter().zip(&kept.pure).peekable(),
+        }
     }
-    specs.get(name).cloned()
+
+    /// The spec the read before validated from a table equal to `raw`, if it kept one.
+    /// Names must come in order.
+    fn spec(&mut self, name: &str, raw: &Arc<RawDependency>) -> Option<DependencySpec> {
+        while self
+            .tables
+            .next_if(|((k, _), _)| k.as_str() < name)
+            .is_some()
+        {}
+        let ((_, table), pure) = self.tables.next_if(|((k, _), _)| k.as_str() == name)?;
+        // A table the read took from the read before is the same one.
+        if !*pure || !(Arc::ptr_eq(table, raw) || table == raw) {
+            return None;
+        }
+        while self.specs.next_if(|(k, _)| k.as_str() < name).is_some() {}
+        self.specs
+            .next_if(|(k, _)| k.as_str() == name)
+            .map(|(_, spec)| spec.clone())
+    }
 }
 
 /// A key path `PARENT.KEY`, formatted only when a problem names it: a dependency's settings
@@ -84,19 +116,20 @@ impl Validator<'_> {
         self.problems.push(Problem::new(path, message));
     }
 
-    pub(crate) fn config(&mut self, raw: RawConfig) -> Option<Config> {
+    pub(crate) fn config(&mut self, raw: &RawConfig) -> Option<Config> {
         let server = self.server(&raw.server);
-        let mut dependencies = BTreeMap::new();
+        // In name order, collected at once (a sorted map is then built, not searched).
+        let mut dependencies = Vec::with_capacity(raw.dependencies.len());
         // By position in `raw.dependencies`: whether the spec came from the table alone.
         let mut pure = Vec::with_capacity(raw.dependencies.len());
         // The read before applies only under the same `[defaults]`.
-        let earlier = (self.earlier).filter(|(_, kept)| kept.defaults == raw.defaults);
+        let mut before = (self.earlier)
+            .filter(|(_, kept)| kept.raw.defaults == raw.defaults)
+            .map(|(specs, kept)| Before::new(specs, kept));
         for (name, dep) in &raw.dependencies {
-            if let Some(spec) =
-                earlier.and_then(|(specs, kept)| validated_before(specs, kept, name, dep))
-            {
+            if let Some(spec) = before.as_mut().and_then(|b| b.spec(name, dep)) {
                 pure.push(true);
-                dependencies.insert(name.clone(), spec);
+                dependencies.push((name.clone(), spec));
                 continue;
             }
             let path = format!("dependencies.{}", key(name));
@@ -107,9 +140,10 @@ impl Validator<'_> {
             let spec = self.dependency(&path, dep, &raw.defaults);
             pure.push(self.pure && spec.is_some());
             if let Some(spec) = spec {
-                dependencies.insert(name.clone(), spec);
+                dependencies.push((name.clone(), spec));
             }
         }
+        let dependencies: BTreeMap<String, DependencySpec> = dependencies.into_iter().collect();
         {
             let failed = |d: &str| raw.dependencies.contains_key(d) || (self.known)(d);
             let problems = super::dependency::parent_problems(&dependencies, &failed);
@@ -121,10 +155,6 @@ impl Validator<'_> {
                 services.insert(name.clone(), spec);
             }
         }
-        // `""` is the whole server; when not configured it relies on every dependency.
-        services.entry(String::new()).or_insert_with(|| {
-            ServiceSpec::with_all(dependencies.keys().cloned(), Impact::Critical)
-        });
         for (name, spec) in &services {
             // Skip references to dependencies that failed validation: they were reported already.
             let exists = |d: &str| {
@@ -132,6 +162,11 @@ impl Validator<'_> {
             };
             self.problems.extend(spec.check(name, &exists));
         }
+        // `""` is the whole server; when not configured it relies on every dependency (all
+        // of them exist: nothing to check).
+        services.entry(String::new()).or_insert_with(|| {
+            ServiceSpec::with_all(dependencies.keys().cloned(), Impact::Critical)
+        });
         let telemetry = self.telemetry(&raw.telemetry);
         let limits = self.limits(&raw.limits);
         let mut admin = AdminConfig::default();
@@ -168,12 +203,7 @@ impl Validator<'_> {
             }
         }
         if self.problems.is_empty() && self.earlier.is_some() {
-            self.kept = Some(super::Validated {
-                tables: (raw.dependencies.into_iter().zip(pure))
-                    .filter_map(|(table, pure)| pure.then_some(table))
-                    .collect(),
-                defaults: raw.defaults,
-            });
+            self.kept = Some(pure);
         }
         (self.problems.is_empty()).then(|| Config {
             server: server.unwrap_or_default(),
