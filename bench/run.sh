@@ -285,7 +285,7 @@ controlcsv="$work/control.csv"
 reloadcsv="$work/reload.csv"
 pushcsv="$work/push.csv"
 echo "round,scenario,server,rps,p50_us,p99_us,cpu_us_per_req,failed" >"$controlcsv"
-echo "round,deps,reloads,swap_ms_p50,swap_ms_max,kept_ok,replaced_ok,unchanged_intervals,early_probes,shortest_interval_ms" >"$reloadcsv"
+echo "round,deps,reloads,swap_ms_p50,swap_ms_max,kept_ok,replaced_ok,unchanged_intervals,early_probes,shortest_interval_ms,prepare_cpu_ms_p50,tables_parsed_later_max" >"$reloadcsv"
 footprintcsv="$work/reload_footprint.csv"
 echo "round,scenario,slow_after_signal_pct,slow_quiet_same_offsets_pct,excess_pct,p99_bound_ratio,aa_quiet_ratio" >"$footprintcsv"
 echo "round,server,conns,rps,p50_us,p99_us,failed,non2xx" >"$pushcsv"
@@ -400,8 +400,8 @@ PY
     tail -1 "$footprintcsv" | awk -F, '{printf "  %-9s reload footprint: %s%% slow in the 100 ms after a signal vs %s%% quiet; excess %s%% of all; p99 bound %s x; A/A of quiet phases %s x\n", $2, $3, $4, $5, $6, $7}'
   done
   line=$(nth_line "$out" 2 1)
-  echo "$round,$(kv "$line" deps),$(kv "$line" reloads),$(kv "$line" swap_ms_p50),$(kv "$line" swap_ms_max),$(kv "$line" kept_ok),$(kv "$line" replaced_ok),$(kv "$line" unchanged_intervals),$(kv "$line" early_probes),$(kv "$line" shortest_interval_ms)" >>"$reloadcsv"
-  tail -1 "$reloadcsv" | awk -F, '{printf "  %s reloads of %s deps: signal to swap p50 %s ms max %s ms  kept ok %s  early re-probes %s of %s (shortest %s ms)\n", $3, $2, $4, $5, $6, $9, $8, $10}'
+  echo "$round,$(kv "$line" deps),$(kv "$line" reloads),$(kv "$line" swap_ms_p50),$(kv "$line" swap_ms_max),$(kv "$line" kept_ok),$(kv "$line" replaced_ok),$(kv "$line" unchanged_intervals),$(kv "$line" early_probes),$(kv "$line" shortest_interval_ms),$(kv "$line" prepare_cpu_ms_p50),$(kv "$line" tables_parsed_later_max)" >>"$reloadcsv"
+  tail -1 "$reloadcsv" | awk -F, '{printf "  %s reloads of %s deps: signal to swap p50 %s ms max %s ms  kept ok %s  early re-probes %s of %s (shortest %s ms)  preparation CPU p50 %s ms, at most %s tables parsed after the first\n", $3, $2, $4, $5, $6, $9, $8, $10, $11, $12}'
   # POST /push/job (a heartbeat) over HTTP/1.1 keep-alive, without and with a state file (every
   # report written to disk, fsync'd, before it is answered).
   printf 'x' >"$work/push-body.bin"

@@ -174,6 +174,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut swap_ms = Vec::new();
     let mut kept = Vec::new();
     let mut replaced = Vec::new();
+    // What each reload's preparation cost its thread, and how many tables it parsed.
+    let mut prepare_ms = Vec::new();
+    let mut parsed = Vec::new();
     let mut version = 0;
     let mut next = Instant::now();
     let mut mark = (SystemTime::now(), cpu_ticks());
@@ -231,6 +234,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             kept.push(field("kept="));
             replaced.push(field("replaced="));
+            parsed.push(field("tables_parsed="));
+            prepare_ms.push(
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("prepare_cpu_ms="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN),
+            );
             next += Duration::from_secs(1);
         }
         tokio::time::sleep_until(next.into()).await;
@@ -258,15 +268,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let pct = |q: f64| sorted[((q * sorted.len() as f64) as usize).min(sorted.len() - 1)];
     let all = |v: &[u64], want: u64| v.iter().all(|&x| x == want);
+    prepare_ms.sort_by(f64::total_cmp);
+    // The first reload after the start parses the whole file (the start keeps no layout).
+    let parsed_after_first = parsed.iter().skip(1).max().copied().unwrap_or(0);
     println!(
         "deps={deps} reloads={} swap_ms_p50={:.1} swap_ms_max={:.1} kept_ok={} replaced_ok={} \
-         unchanged_intervals={} early_probes={early} shortest_interval_ms={shortest_ms:.1}",
+         unchanged_intervals={} early_probes={early} shortest_interval_ms={shortest_ms:.1} \
+         prepare_cpu_ms_p50={:.1} tables_parsed_first={} tables_parsed_later_max={parsed_after_first}",
         sorted.len(),
         pct(0.5),
         sorted.last().copied().unwrap_or_default(),
         all(&kept, u64::from(deps - 1)),
         all(&replaced, 1),
         intervals.len(),
+        prepare_ms
+            .get(prepare_ms.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN),
+        parsed.first().copied().unwrap_or(0),
     );
     for line in &phases {
         println!("{line}");

@@ -306,7 +306,24 @@ pub(crate) fn parse_again(
         path.parent(),
         &env,
         &|_| false,
-        Some(earlier),
+        Some((&earlier.0.dependencies, earlier.1)),
+    )
+    .map(|(config, kept)| (config, kept.unwrap_or_default()))
+}
+
+/// The file at `path` validated as [`Config::from_file_text`] does, with what the read keeps
+/// for reading the same file again ([`parse_again`]).
+pub(crate) fn parse_keeping(path: &Path, text: &str) -> Result<(Config, Validated), ConfigError> {
+    let source = path.display().to_string();
+    let env = |name: &str| std::env::var(name).ok();
+    let nothing = (&BTreeMap::new(), &Validated::default());
+    parse_with(
+        text,
+        &source,
+        path.parent(),
+        &env,
+        &|_| false,
+        Some(nothing),
     )
     .map(|(config, kept)| (config, kept.unwrap_or_default()))
 }
@@ -317,7 +334,7 @@ fn parse_with(
     base_dir: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
     known: &dyn Fn(&str) -> bool,
-    earlier: Option<(&Config, &Validated)>,
+    earlier: Option<(&BTreeMap<String, DependencySpec>, &Validated)>,
 ) -> Result<(Config, Option<Validated>), ConfigError> {
     let fail = |problems| ConfigError::new(source, problems);
     let mut unknown = Vec::new();
@@ -336,7 +353,7 @@ fn parse_with(
         base_dir,
         target_template: None,
         known,
-        earlier: earlier.map(|(config, kept)| (&config.dependencies, kept)),
+        earlier,
         pure: true,
         kept: None,
     };

@@ -91,7 +91,7 @@ struct InForce {
     /// The engine's configuration revision at which it runs exactly what `config` and
     /// `runtime` make (see [`Plan`]); `None` until a change through this reloader told it.
     revision: Option<u64>,
-    /// What reading `config` kept for reading the file again (empty for the first read).
+    /// What reading `config` kept for reading the file again.
     validated: Arc<Validated>,
 }
 
@@ -207,11 +207,20 @@ fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
     Ok((text, hash))
 }
 
-/// Reads and validates the config file at `path`, with the SHA-256 of its bytes.
-pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
+/// Reads and validates the config file at `path`, with the SHA-256 of its bytes and what the
+/// read keeps for [`Reloader::new`].
+pub fn read(path: &Path) -> Result<(Config, String, Kept), ConfigError> {
     let (text, hash) = read_text(path)?;
-    Ok((Config::from_file_text(path, &text)?, hash))
+    let (config, validated) = crate::config::parse_keeping(path, &text)?;
+    Ok((config, hash, Kept(Arc::new(validated))))
 }
+
+/// What reading the config file kept for reading it again, so that even the first reload
+/// parses only the tables that changed ([`Validated`]): the file's text and raw tables, about
+/// a kilobyte a dependency, as every reload keeps them anyway. `Kept::default()` keeps
+/// nothing (the first reload then parses the whole file).
+#[derive(Debug, Default)]
+pub struct Kept(Arc<Validated>);
 
 /// A reload made ready on its own thread: the file read and validated, and everything the
 /// swap needs worked out, so that the serving thread only swaps.
@@ -498,7 +507,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Reloader {
     /// A reloader for the engine `handle` started from `config`, read from `path` with `hash`
-    /// (see [`read`]). With `metrics`, reloads are counted there
+    /// and `kept` (see [`read`]). With `metrics`, reloads are counted there
     /// (`healthgate_config_reloads_total{result}`, `healthgate_config_last_reload_successful`,
     /// `healthgate_config_last_reload_success_timestamp_seconds`).
     pub fn new(
@@ -506,6 +515,7 @@ impl Reloader {
         handle: Handle,
         config: Config,
         hash: String,
+        kept: Kept,
         metrics: Option<&crate::metrics::Metrics>,
     ) -> Reloader {
         let now = SystemTime::now();
@@ -525,7 +535,7 @@ impl Reloader {
                 },
                 runtime: Layer::default(),
                 revision: None,
-                validated: Arc::default(),
+                validated: kept.0,
             }),
             turn: tokio::sync::Mutex::new(()),
             metrics,

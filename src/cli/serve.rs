@@ -38,13 +38,15 @@ pub(crate) struct Source {
     path: PathBuf,
     watch: bool,
     hash: String,
+    /// What reading the file kept for reading it again.
+    kept: healthgate::control::Kept,
     /// The config as the file says (before command-line overrides).
     config: Config,
 }
 
 /// Loads the config; on failure prints every problem and returns exit code 2.
 pub(crate) fn load(args: &ServeArgs) -> Result<(Config, Source), ExitCode> {
-    let (config, hash) = healthgate::control::read(&args.config).map_err(|e| {
+    let (config, hash, kept) = healthgate::control::read(&args.config).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
@@ -52,6 +54,7 @@ pub(crate) fn load(args: &ServeArgs) -> Result<(Config, Source), ExitCode> {
         path: args.config.clone(),
         watch: args.watch_config,
         hash,
+        kept,
         config: config.clone(),
     };
     Ok((config, source))
@@ -107,6 +110,7 @@ pub(crate) async fn serve_config(
             handle.clone(),
             source.config,
             source.hash,
+            source.kept,
             Some(&metrics),
         ));
         config_reloader = Some(reloader.clone());

@@ -283,6 +283,44 @@ async fn sighup_applies_a_good_file_in_one_step_and_a_bad_one_changes_nothing() 
     crate::support::terminate(&mut child).await;
 }
 
+/// A reload parses only the dependency tables whose text changed, the first one after the
+/// start included (the start keeps the file's layout); a change elsewhere parses the whole file.
+#[tokio::test]
+async fn a_reload_parses_only_the_dependency_tables_that_changed() {
+    let (a, b, c) = (
+        HttpServer::start().await,
+        HttpServer::start().await,
+        HttpServer::start().await,
+    );
+    let file = temp_dir("reload-parsed").join("healthgate.toml");
+    let write = |b_interval: &str, services: &str| {
+        let deps = [("a", &a, "60s"), ("b", &b, b_interval), ("c", &c, "60s")];
+        std::fs::write(&file, config(&deps, services)).expect("write");
+    };
+    write("60s", "");
+    let (mut child, _addr, _http) = serve_file(&file, &[], &[], Stdio::piped()).await;
+    let mut logs = log_lines(&mut child);
+    let service = "[services.s]\ndependencies = { a = \"critical\" }\n";
+    for (b_interval, services, says) in [
+        ("30s", "", ["tables_parsed=1", "replaced=1", "kept=2"]),
+        (
+            "30s",
+            service,
+            ["tables_parsed=3", "kept=3", "services_added=1"],
+        ),
+        ("20s", service, ["tables_parsed=1", "replaced=1", "kept=2"]),
+    ] {
+        write(b_interval, services);
+        hup(&child);
+        let lines = line_with(&mut logs, "config reloaded").await;
+        let reloaded = lines.last().expect("the line");
+        for field in says {
+            assert!(reloaded.contains(field), "{field}: {reloaded}");
+        }
+    }
+    crate::support::terminate(&mut child).await;
+}
+
 /// A Kubernetes ConfigMap volume's update: the file is a symlink through `..data`, which is
 /// swapped to a new directory and the old one removed.
 fn configmap_update(dir: &std::path::Path, version: u32, text: &str) {
