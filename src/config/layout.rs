@@ -257,14 +257,29 @@ fn counts(segments: &[Segment]) -> HashMap<Arc<str>, u32> {
     counts
 }
 
+/// Compared a block at a time (`memcmp`), then byte by byte: a byte-at-a-time loop over a
+/// 100 KB file was a tenth of a reload's preparation.
+const BLOCK: usize = 256;
+
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + (a[i..n].iter().zip(&b[i..n]))
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
-        .rev()
-        .zip(b.iter().rev())
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
+    let mut i = 0;
+    while i + BLOCK <= n && a[n - i - BLOCK..n - i] == b[n - i - BLOCK..n - i] {
+        i += BLOCK;
+    }
+    i + (a[..n - i].iter().rev().zip(b[..n - i].iter().rev()))
         .take_while(|(x, y)| x == y)
         .count()
 }

@@ -299,10 +299,10 @@ impl Validator<'_> {
         let probe = match kind {
             Some("http") => self
                 .http(path, raw, &mut secrets)
-                .map(|s| ProbeSpec::Http(Box::new(s))),
+                .map(|s| ProbeSpec::Http(Arc::new(s))),
             Some("grpc") => self
                 .grpc(path, raw, &mut secrets)
-                .map(|s| ProbeSpec::Grpc(Box::new(s))),
+                .map(|s| ProbeSpec::Grpc(Arc::new(s))),
             Some("tcp") => self.tcp(path, raw, &mut secrets).map(ProbeSpec::Tcp),
             Some(other) => {
                 self.problem(

@@ -234,3 +234,22 @@ fn random_edits_never_read_differently_from_the_whole() {
         "{incremental} of {parses} read incrementally"
     );
 }
+
+#[test]
+fn common_prefix_and_suffix_are_exact_across_blocks() {
+    let a: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    for at in [0, 1, 255, 256, 257, 1000, 1999] {
+        let mut b = a.clone();
+        b[at] ^= 0xff;
+        assert_eq!(common_prefix(&a, &b), at, "prefix, difference at {at}");
+        assert_eq!(
+            common_suffix(&a, &b),
+            a.len() - at - 1,
+            "suffix, difference at {at}"
+        );
+    }
+    assert_eq!(common_prefix(&a, &a[..700]), 700);
+    assert_eq!(common_suffix(&a, &a[1300..]), 700);
+    assert_eq!(common_prefix(&a, &a), a.len());
+    assert_eq!((common_prefix(b"", &a), common_suffix(&a, b"")), (0, 0));
+}
