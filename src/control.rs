@@ -286,9 +286,11 @@ struct Base {
 /// 1.067): dropped. A third less work (5.8 → 3.7 ms) did not move the bound either: the
 /// stretch ends at the tick, not with the work. What did: a preparation that ends well inside
 /// one. A reload parses only the dependency tables whose text changed
-/// ([`crate::config`]'s layout) and validation walks the read before's specs in name order:
-/// 1.1–1.7 ms of CPU per reload (median by round), signal to swap p50 3.9–7.1 ms, and the
-/// saturated p99 bound's median over 5 rounds went from 1.056 to 1.022 (BENCHMARKS.md).
+/// ([`crate::config`]'s layout), validation walks the read before's specs in name order, and
+/// unchanged probe specs are shared rather than copied: 0.9–1.2 ms of CPU per reload (median
+/// by round), signal to swap p50 4.9–6.7 ms, and the saturated p99 bound's median over 5
+/// rounds went from 1.056 to 1.022–1.043 in three runs (BENCHMARKS.md). The slowed share fell
+/// less than the CPU did: what is left is no longer mostly the reader's work.
 async fn prepare_in_background(path: PathBuf, base: Base) -> Result<Prepared, ReloadError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The reader while it runs: taken under the lock to raise it, cleared under the lock
