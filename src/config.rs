@@ -298,32 +298,30 @@ pub(crate) fn parse_again(
     text: &str,
     earlier: (&Config, &Validated),
 ) -> Result<(Config, Validated), ConfigError> {
-    let source = path.display().to_string();
-    let env = |name: &str| std::env::var(name).ok();
-    parse_with(
-        text,
-        &source,
-        path.parent(),
-        &env,
-        &|_| false,
-        Some((&earlier.0.dependencies, earlier.1)),
-    )
-    .map(|(config, kept)| (config, kept.unwrap_or_default()))
+    read_file_text(path, text, (&earlier.0.dependencies, earlier.1))
 }
 
 /// The file at `path` validated as [`Config::from_file_text`] does, with what the read keeps
 /// for reading the same file again ([`parse_again`]).
 pub(crate) fn parse_keeping(path: &Path, text: &str) -> Result<(Config, Validated), ConfigError> {
+    read_file_text(path, text, (&BTreeMap::new(), &Validated::default()))
+}
+
+/// [`parse_again`] against the specs and what was kept of the read before.
+fn read_file_text(
+    path: &Path,
+    text: &str,
+    earlier: (&BTreeMap<String, DependencySpec>, &Validated),
+) -> Result<(Config, Validated), ConfigError> {
     let source = path.display().to_string();
     let env = |name: &str| std::env::var(name).ok();
-    let nothing = (&BTreeMap::new(), &Validated::default());
     parse_with(
         text,
         &source,
         path.parent(),
         &env,
         &|_| false,
-        Some(nothing),
+        Some(earlier),
     )
     .map(|(config, kept)| (config, kept.unwrap_or_default()))
 }
