@@ -206,10 +206,11 @@ impl Config {
     /// Reads and validates a config file. Relative TLS file paths are resolved against the
     /// file's directory; `${NAME}` is read from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = read_file(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
             ConfigError::new(
                 path.display().to_string(),
-                vec![Problem::new("", format!("cannot read file: {e}"))],
+                vec![Problem::new("", "the file is not UTF-8 text")],
             )
         })?;
         Config::from_file_text(path, &text)
@@ -236,6 +237,34 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         parse(text, "<config>", None, env)
     }
+}
+
+/// The most a config file may hold: 16 MiB, about 160,000 dependencies. A file is read
+/// whole, parsed, and (for reloads) kept; a bigger one — a mistaken mount, `/dev/zero` — is
+/// refused before it is read past the bound, so it cannot take the process's memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The bytes of the config file at `path`, at most [`MAX_FILE_BYTES`].
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let fail = |why: String| {
+        ConfigError::new(
+            path.display().to_string(),
+            vec![Problem::new("", format!("cannot read file: {why}"))],
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} MiB, the most a config file may hold",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 fn parse(

@@ -191,12 +191,7 @@ fn read_again(
 
 /// The file's text, with the SHA-256 of its bytes.
 fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
-    let text = std::fs::read(path).map_err(|e| {
-        ConfigError::new(
-            path.display().to_string(),
-            vec![Problem::new("", format!("cannot read file: {e}"))],
-        )
-    })?;
+    let text = crate::config::read_file(path)?;
     let hash = sha256_hex(&text);
     let text = String::from_utf8(text).map_err(|_| {
         ConfigError::new(

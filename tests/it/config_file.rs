@@ -45,6 +45,26 @@ fn errors_name_the_file_and_every_problem() {
         "{text}"
     );
 
+    // Past the bound: refused, and not read past it (`/dev/zero` never ends).
+    let big = dir.join("big.toml");
+    let mut text = String::from("# padding\n");
+    while (text.len() as u64) <= healthgate::config::MAX_FILE_BYTES {
+        text.push_str(&"#".repeat(1023));
+        text.push('\n');
+    }
+    std::fs::write(&big, &text).expect("write");
+    for file in [big.as_path(), std::path::Path::new("/dev/zero")] {
+        let err = Config::load(file).expect_err("too large");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}: cannot read file: larger than 16 MiB",
+                file.display()
+            )),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&big).expect("clean");
+
     let missing = dir.join("missing.toml");
     let err = Config::load(&missing).expect_err("no file");
     assert!(
